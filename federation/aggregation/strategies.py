@@ -1,0 +1,425 @@
+"""Aggregation strategies: configuration in, orchestration of the pure maths, state out.
+
+A strategy object holds configuration only. Anything a server optimizer learns between
+rounds (momentum, second moments) goes in and out explicitly as a ``state`` of named
+arrays, because each round may be aggregated by a different worker process. State tensor
+names are ``"<slot>/<tensor name>"`` so the state can be stored as safetensors too.
+
+Each strategy is a plain call on in-memory updates (or stored files)::
+
+    >>> import numpy as np
+    >>> from federation.types import ClientUpdate
+    >>> glob = {"w": np.zeros(2, np.float32)}
+    >>> ups = [ClientUpdate({"w": np.array([1, 1], np.float32)}, num_examples=1),
+    ...        ClientUpdate({"w": np.array([4, 4], np.float32)}, num_examples=2)]
+    >>> FedAvg().aggregate(glob, ups).weights["w"]
+    array([3., 3.], dtype=float32)
+
+The papers behind each rule are cited in :mod:`federation.aggregation.maths`.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from federation.aggregation import maths, streaming
+from federation.aggregation.streaming import UpdateLike
+from federation.errors import ConfigurationError
+from federation.types import ModelSpec, Weights
+
+#: Values that describe an aggregation for provenance: effective weights, selected silos.
+Details = dict[str, float | int | list[float] | list[int]]
+
+
+class StrategyName(enum.StrEnum):
+    FEDAVG = "fedavg"
+    FEDAVGM = "fedavgm"
+    FEDADAGRAD = "fedadagrad"
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+    FEDPROX = "fedprox"
+    MEDIAN = "median"
+    TRIMMED_MEAN = "trimmed_mean"
+    KRUM = "krum"
+    MULTI_KRUM = "multi_krum"
+
+    @property
+    def sees_single_updates(self) -> bool:
+        """Whether the rule needs each update on its own (so secure aggregation cannot apply)."""
+        return self in {
+            StrategyName.MEDIAN,
+            StrategyName.TRIMMED_MEAN,
+            StrategyName.KRUM,
+            StrategyName.MULTI_KRUM,
+        }
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """The next global weights, the server state to keep, and what was done."""
+
+    weights: Weights
+    state: Weights = field(default_factory=dict)
+    details: Details = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Strategy(ABC):
+    """Base of every strategy: a frozen dataclass of hyper-parameters."""
+
+    name: ClassVar[StrategyName]
+
+    @abstractmethod
+    def aggregate(
+        self,
+        global_weights: Weights,
+        updates: Sequence[UpdateLike],
+        *,
+        state: Mapping[str, NDArray[np.floating]] | None = None,
+    ) -> AggregationResult:
+        """Combine ``updates`` (silos' locally trained weights) into new global weights."""
+
+    def params(self) -> dict[str, float | int | None]:
+        """The hyper-parameters, as stored in a study and in provenance records."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigurationError(message)
+
+
+def _spec_and_check(global_weights: Weights, updates: Sequence[UpdateLike]) -> ModelSpec:
+    _require(len(updates) > 0, "cannot aggregate a round with no updates")
+    return ModelSpec.from_weights(global_weights)
+
+
+@dataclass(frozen=True)
+class FedAvg(Strategy):
+    """Federated averaging: the example-weighted mean of the silos' weights.
+
+    ``server_learning_rate`` scales the averaged delta: ``g + eta * (mean - g)``.
+    ``max_weight_share`` caps any silo's share of the weight (see
+    :func:`federation.aggregation.maths.normalized_weights`).
+    """
+
+    name: ClassVar[StrategyName] = StrategyName.FEDAVG
+    server_learning_rate: float = 1.0
+    max_weight_share: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.server_learning_rate > 0, "server_learning_rate must be positive")
+        _require(
+            self.max_weight_share is None or 0 < self.max_weight_share <= 1,
+            "max_weight_share must lie in (0, 1]",
+        )
+
+    def aggregate(
+        self,
+        global_weights: Weights,
+        updates: Sequence[UpdateLike],
+        *,
+        state: Mapping[str, NDArray[np.floating]] | None = None,
+    ) -> AggregationResult:
+        spec = _spec_and_check(global_weights, updates)
+        weights = maths.normalized_weights([u.num_examples for u in updates], max_share=self.max_weight_share)
+        mean = streaming.weighted_mean(updates, weights.tolist(), spec)
+        return AggregationResult(
+            weights=self._server_step(global_weights, mean),
+            details={"weights": weights.tolist(), "num_updates": len(updates)},
+        )
+
+    def _server_step(self, global_weights: Weights, mean: Weights) -> Weights:
+        if self.server_learning_rate == 1.0:
+            return mean  # exact: no round trip through the delta
+        eta = self.server_learning_rate
+        return {
+            name: maths.fedavg_step(params, mean[name] - params, server_learning_rate=eta)
+            for name, params in global_weights.items()
+        }
+
+
+@dataclass(frozen=True)
+class FedProx(FedAvg):
+    """FedProx (Li et al., MLSys 2020): FedAvg on the server; its proximal term ``mu``
+    acts in each silo's local training (``TrainConfig.proximal_mu``)."""
+
+    name: ClassVar[StrategyName] = StrategyName.FEDPROX
+    proximal_mu: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.proximal_mu >= 0, "proximal_mu must be non-negative")
+
+
+@dataclass(frozen=True)
+class _ServerOptimizer(FedAvg, ABC):
+    """FedOpt family: the weighted mean gives a pseudo-gradient, a server optimizer steps."""
+
+    server_learning_rate: float = 0.1
+
+    def aggregate(
+        self,
+        global_weights: Weights,
+        updates: Sequence[UpdateLike],
+        *,
+        state: Mapping[str, NDArray[np.floating]] | None = None,
+    ) -> AggregationResult:
+        spec = _spec_and_check(global_weights, updates)
+        weights = maths.normalized_weights([u.num_examples for u in updates], max_share=self.max_weight_share)
+        mean = streaming.weighted_mean(updates, weights.tolist(), spec)
+        new_weights: Weights = {}
+        new_state: Weights = {}
+        for name, params in global_weights.items():
+            slots = {slot: (state or {}).get(f"{slot}/{name}") for slot in self.slots}
+            stepped, next_slots = self._step(params, mean[name] - params, slots)
+            new_weights[name] = stepped
+            new_state.update({f"{slot}/{name}": value for slot, value in next_slots.items()})
+        return AggregationResult(
+            weights=new_weights,
+            state=new_state,
+            details={"weights": weights.tolist(), "num_updates": len(updates)},
+        )
+
+    slots: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def _step(
+        self,
+        params: NDArray[np.floating],
+        delta: NDArray[np.floating],
+        slots: dict[str, NDArray[np.floating] | None],
+    ) -> tuple[NDArray[np.floating], dict[str, NDArray[np.floating]]]: ...
+
+
+@dataclass(frozen=True)
+class FedAvgM(_ServerOptimizer):
+    """FedAvg with server momentum ``beta``: ``v = beta v + delta; x = x + eta v``."""
+
+    name: ClassVar[StrategyName] = StrategyName.FEDAVGM
+    slots: ClassVar[tuple[str, ...]] = ("momentum",)
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.9
+
+    def _step(
+        self,
+        params: NDArray[np.floating],
+        delta: NDArray[np.floating],
+        slots: dict[str, NDArray[np.floating] | None],
+    ) -> tuple[NDArray[np.floating], dict[str, NDArray[np.floating]]]:
+        step = maths.fedavgm_step(
+            params,
+            delta,
+            slots["momentum"],
+            server_learning_rate=self.server_learning_rate,
+            server_momentum=self.server_momentum,
+        )
+        return step.params, {"momentum": step.momentum}
+
+
+@dataclass(frozen=True)
+class _Adaptive(_ServerOptimizer, ABC):
+    """Shared hyper-parameters of FedAdagrad, FedAdam and FedYogi (Reddi et al. 2021)."""
+
+    slots: ClassVar[tuple[str, ...]] = ("m", "v")
+    server_learning_rate: float = 0.1
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-3
+
+
+@dataclass(frozen=True)
+class FedAdagrad(_Adaptive):
+    name: ClassVar[StrategyName] = StrategyName.FEDADAGRAD
+
+    def _step(
+        self,
+        params: NDArray[np.floating],
+        delta: NDArray[np.floating],
+        slots: dict[str, NDArray[np.floating] | None],
+    ) -> tuple[NDArray[np.floating], dict[str, NDArray[np.floating]]]:
+        step = maths.fedadagrad_step(
+            params,
+            delta,
+            slots["m"],
+            slots["v"],
+            eta=self.server_learning_rate,
+            beta_1=self.beta_1,
+            tau=self.tau,
+        )
+        return step.params, {"m": step.m, "v": step.v}
+
+
+@dataclass(frozen=True)
+class FedAdam(_Adaptive):
+    name: ClassVar[StrategyName] = StrategyName.FEDADAM
+
+    def _step(
+        self,
+        params: NDArray[np.floating],
+        delta: NDArray[np.floating],
+        slots: dict[str, NDArray[np.floating] | None],
+    ) -> tuple[NDArray[np.floating], dict[str, NDArray[np.floating]]]:
+        step = maths.fedadam_step(
+            params,
+            delta,
+            slots["m"],
+            slots["v"],
+            eta=self.server_learning_rate,
+            beta_1=self.beta_1,
+            beta_2=self.beta_2,
+            tau=self.tau,
+        )
+        return step.params, {"m": step.m, "v": step.v}
+
+
+@dataclass(frozen=True)
+class FedYogi(_Adaptive):
+    name: ClassVar[StrategyName] = StrategyName.FEDYOGI
+
+    def _step(
+        self,
+        params: NDArray[np.floating],
+        delta: NDArray[np.floating],
+        slots: dict[str, NDArray[np.floating] | None],
+    ) -> tuple[NDArray[np.floating], dict[str, NDArray[np.floating]]]:
+        step = maths.fedyogi_step(
+            params,
+            delta,
+            slots["m"],
+            slots["v"],
+            eta=self.server_learning_rate,
+            beta_1=self.beta_1,
+            beta_2=self.beta_2,
+            tau=self.tau,
+        )
+        return step.params, {"m": step.m, "v": step.v}
+
+
+@dataclass(frozen=True)
+class CoordinateMedian(Strategy):
+    """The coordinate-wise median of the silos' weights (unweighted, as in Yin et al.)."""
+
+    name: ClassVar[StrategyName] = StrategyName.MEDIAN
+
+    def aggregate(
+        self,
+        global_weights: Weights,
+        updates: Sequence[UpdateLike],
+        *,
+        state: Mapping[str, NDArray[np.floating]] | None = None,
+    ) -> AggregationResult:
+        spec = _spec_and_check(global_weights, updates)
+        median = streaming.coordinate_wise(updates, spec, maths.coordinate_median)
+        return AggregationResult(weights=median, details={"num_updates": len(updates)})
+
+
+@dataclass(frozen=True)
+class TrimmedMean(Strategy):
+    """The coordinate-wise mean after dropping the ``beta`` fraction at each end."""
+
+    name: ClassVar[StrategyName] = StrategyName.TRIMMED_MEAN
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.beta < 0.5, "beta must lie in [0, 0.5)")
+
+    def aggregate(
+        self,
+        global_weights: Weights,
+        updates: Sequence[UpdateLike],
+        *,
+        state: Mapping[str, NDArray[np.floating]] | None = None,
+    ) -> AggregationResult:
+        spec = _spec_and_check(global_weights, updates)
+        beta = self.beta
+        trimmed = streaming.coordinate_wise(
+            updates, spec, lambda stacked: maths.trimmed_mean(stacked, beta=beta)
+        )
+        return AggregationResult(weights=trimmed, details={"num_updates": len(updates)})
+
+
+@dataclass(frozen=True)
+class MultiKrum(Strategy):
+    """Multi-Krum: the plain mean of the ``num_selected`` updates with the lowest Krum
+    scores, assuming at most ``num_byzantine`` silos are hostile. ``num_selected = 1`` is
+    Krum itself."""
+
+    name: ClassVar[StrategyName] = StrategyName.MULTI_KRUM
+    num_byzantine: int = 1
+    num_selected: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.num_byzantine >= 0, "num_byzantine must be non-negative")
+        _require(self.num_selected >= 1, "num_selected must be at least 1")
+
+    def aggregate(
+        self,
+        global_weights: Weights,
+        updates: Sequence[UpdateLike],
+        *,
+        state: Mapping[str, NDArray[np.floating]] | None = None,
+    ) -> AggregationResult:
+        spec = _spec_and_check(global_weights, updates)
+        distances = streaming.pairwise_squared_distances(updates, spec)
+        selected = maths.krum_select(
+            distances, num_byzantine=self.num_byzantine, num_selected=self.num_selected
+        )
+        chosen = [updates[int(i)] for i in selected]
+        mean = streaming.weighted_mean(chosen, [1.0] * len(chosen), spec)
+        return AggregationResult(
+            weights=mean, details={"selected": [int(i) for i in selected], "num_updates": len(updates)}
+        )
+
+
+@dataclass(frozen=True)
+class Krum(MultiKrum):
+    """Krum: the single update with the lowest score."""
+
+    name: ClassVar[StrategyName] = StrategyName.KRUM
+    num_selected: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.num_selected == 1, "Krum selects exactly one update; use multi_krum for more")
+
+
+STRATEGIES: dict[StrategyName, type[Strategy]] = {
+    cls.name: cls
+    for cls in (
+        FedAvg,
+        FedProx,
+        FedAvgM,
+        FedAdagrad,
+        FedAdam,
+        FedYogi,
+        CoordinateMedian,
+        TrimmedMean,
+        Krum,
+        MultiKrum,
+    )
+}
+
+
+def build_strategy(name: str, params: Mapping[str, float | int | None] | None = None) -> Strategy:
+    """The strategy called ``name`` configured with ``params``, with clear errors."""
+    try:
+        strategy_class = STRATEGIES[StrategyName(name)]
+    except ValueError:
+        raise ConfigurationError(
+            f"unknown strategy {name!r}; choose one of {[s.value for s in StrategyName]}"
+        ) from None
+    known = {f.name for f in fields(strategy_class)}
+    unknown = sorted(set(params or {}) - known)
+    _require(not unknown, f"strategy {name!r} has no parameters {unknown}; it takes {sorted(known)}")
+    try:
+        return strategy_class(**dict(params or {}))
+    except TypeError as error:
+        raise ConfigurationError(f"strategy {name!r}: {error}") from error
