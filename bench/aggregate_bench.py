@@ -84,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=int, default=10_000_000)
     parser.add_argument("--updates", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--skip-robust", action="store_true", help="only the weighted mean")
     args = parser.parse_args()
 
@@ -108,9 +108,12 @@ def main() -> None:
             runs["trimmed mean 0.1 streaming"] = (
                 lambda: TrimmedMean(beta=0.1).aggregate(global_weights, updates).weights
             )
-            runs["multi-krum f=2 m=5 streaming"] = (
-                lambda: MultiKrum(num_byzantine=2, num_selected=5).aggregate(global_weights, updates).weights
-            )
+            byzantine = max(0, min(2, (args.updates - 3) // 2))  # Krum needs n >= 2f + 3
+            selected = max(1, min(5, args.updates - byzantine))
+            krum = MultiKrum(num_byzantine=byzantine, num_selected=selected)
+            runs[f"multi-krum f={byzantine} m={selected} streaming"] = lambda: krum.aggregate(
+                global_weights, updates
+            ).weights
         print(
             f"{args.updates} updates x {args.params:,} float32 parameters "
             f"({update_bytes / 1e9:.2f} GB of updates; one model is {model_bytes / 1e6:.0f} MB)"

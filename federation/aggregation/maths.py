@@ -202,13 +202,17 @@ def accumulate_weighted(
     if update.shape != accumulator.shape:
         raise InvalidUpdateError(f"update has shape {update.shape}, expected {accumulator.shape}")
     factor = _hyper("weight", weight)
+    if scratch is not None and scratch.shape == accumulator.shape and scratch.dtype == accumulator.dtype:
+        # The hot path of streaming aggregation: exactly two numpy calls.
+        np.multiply(update, factor, out=scratch, dtype=scratch.dtype)
+        np.add(accumulator, scratch, out=accumulator)
+        return
     if accumulator.ndim > 1 and not accumulator.flags.c_contiguous:
         accumulator += factor * update.astype(accumulator.dtype, copy=False)
         return
     flat = accumulator.reshape(-1)  # a view: 1-D arrays and C-contiguous arrays reshape in place
     values = update.reshape(-1)
     buffer = _scratch_buffer(scratch, flat)
-    # This is the hot loop of streaming aggregation: two numpy calls per block, nothing more.
     for start in range(0, flat.size, buffer.size):
         stop = min(start + buffer.size, flat.size)
         block = buffer[: stop - start]

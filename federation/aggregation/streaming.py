@@ -2,8 +2,9 @@
 
 Every rule here walks the flattened parameter vector in chunks. For each chunk it reads
 that chunk of every update into a small buffer, so the memory used is the output model
-plus ``num_threads * (num_updates + 2) * chunk_elements`` elements, whatever the number
-of silos. The weighted rules fold the updates into one accumulator; the coordinate-wise
+plus about ``num_threads * 3 * chunk_elements`` elements, whatever the number of silos
+(the rules that stack all updates use chunks of ``chunk_elements / num_updates``). The
+weighted rules fold the updates into one accumulator; the coordinate-wise
 rules (median, trimmed mean) and the distances of Krum see one chunk of all updates at a
 time. Chunks are shared among a few threads: the reads and the numpy kernels release the
 GIL, so two cores read at close to memory speed.
@@ -28,8 +29,10 @@ from federation.errors import ConfigurationError, NonFiniteValueError
 from federation.types import ClientUpdate, ModelSpec, TensorSpec, Weights
 from federation.wire import TensorFile, check_weights
 
-#: 64 Ki elements (256 KiB of float32) keeps a chunk of every buffer in the L2 cache.
-DEFAULT_CHUNK_ELEMENTS = 1 << 16
+#: 256 Ki elements (1 MiB of float32): the buffers stay in cache, and the chunks are large
+#: enough that two threads rarely wait for each other's GIL hand-offs (64 Ki elements
+#: made two threads slower than one; see bench/aggregate_bench.py).
+DEFAULT_CHUNK_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -171,8 +174,10 @@ def _fold_chunk(
     buffers: _Buffers,
 ) -> None:
     read, scratch = buffers.pair(accumulator.dtype, chunk.size)
-    accumulator.fill(0)
-    for reader, weight in zip(readers, weights, strict=True):
+    # The first update is read straight into the accumulator and scaled: no zero fill.
+    readers[0].read_into(chunk.tensor.name, chunk.start, accumulator)
+    accumulator *= float(weights[0])
+    for reader, weight in zip(readers[1:], weights[1:], strict=True):
         reader.read_into(chunk.tensor.name, chunk.start, read)
         maths.accumulate_weighted(accumulator, read, float(weight), scratch=scratch)
     # A NaN or inf in any update (all weights are positive) leaves a NaN or inf here, so one
@@ -201,16 +206,22 @@ def coordinate_wise(
 ) -> Weights:
     """Apply ``reduce`` (stacked ``(num_updates, m)`` -> ``(m,)``) chunk by chunk."""
     outputs, flat = _flat_outputs(spec)
+    stacked_chunk = _stacked_chunk_elements(chunk_elements, len(updates))
     with open_readers(updates, spec) as readers:
 
         def work(chunks: list[_Chunk]) -> None:
             stacks: dict[np.dtype, NDArray[np.floating]] = {}
             for chunk in chunks:
-                stacked = _read_stacked(readers, chunk, stacks, chunk_elements)
+                stacked = _read_stacked(readers, chunk, stacks, stacked_chunk)
                 flat[chunk.tensor.name][chunk.start : chunk.stop] = reduce(stacked)
 
-        _run_in_threads(_chunks(spec, chunk_elements), work, num_threads)
+        _run_in_threads(_chunks(spec, stacked_chunk), work, num_threads)
     return outputs
+
+
+def _stacked_chunk_elements(chunk_elements: int, num_updates: int) -> int:
+    """Chunk length for rules that hold one chunk of every update at once."""
+    return max(1, min(chunk_elements, max(4096, chunk_elements // max(1, num_updates))))
 
 
 def _read_stacked(
@@ -241,6 +252,7 @@ def pairwise_squared_distances(
 ) -> NDArray[np.float64]:
     """The ``(n, n)`` matrix of squared Euclidean distances between whole updates."""
     partials: list[NDArray[np.float64]] = []
+    stacked_chunk = _stacked_chunk_elements(chunk_elements, len(updates))
     with open_readers(updates, spec) as readers:
 
         def work(chunks: list[_Chunk]) -> None:
@@ -248,9 +260,9 @@ def pairwise_squared_distances(
             stacks: dict[np.dtype, NDArray[np.floating]] = {}
             for chunk in chunks:
                 total += maths.pairwise_squared_distances(
-                    _read_stacked(readers, chunk, stacks, chunk_elements)
+                    _read_stacked(readers, chunk, stacks, stacked_chunk)
                 )
             partials.append(total)  # list.append is atomic under the GIL
 
-        _run_in_threads(_chunks(spec, chunk_elements), work, num_threads)
+        _run_in_threads(_chunks(spec, stacked_chunk), work, num_threads)
     return np.sum(partials, axis=0) if partials else np.zeros((len(updates), len(updates)))

@@ -1,0 +1,250 @@
+"""PyTorch models (logistic/softmax regression, MLP, small CNN) behind :class:`ModelAdapter`.
+
+Local training is plain minibatch SGD (``torch.optim.SGD``) over data shuffled by a
+``torch.Generator`` seeded from :attr:`TrainConfig.seed`; module weights are initialised
+from a generator seeded by the adapter's ``seed``. Neither touches torch's global RNG or
+thread settings, so the same seed, data and starting weights give bit-identical results.
+
+When ``TrainConfig.proximal_mu > 0`` the local objective gets the FedProx proximal term
+``mu / 2 * ||w - w_global||^2``, where ``w_global`` is a frozen copy of the weights at the
+start of :meth:`TorchAdapter.fit` (the global model the server just sent). See
+T. Li, A. K. Sahu, M. Zaheer, M. Sanjabi, A. Talwalkar and V. Smith, "Federated
+Optimization in Heterogeneous Networks", Proceedings of MLSys 2020.
+
+Weights move only as numpy arrays; this module never uses torch.load or pickle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from numpy.typing import NDArray
+from torch import nn
+
+from federation.errors import ConfigurationError
+from federation.models.base import (
+    ModelConfig,
+    ModelKind,
+    TrainConfig,
+    TrainResult,
+    training_metrics,
+    validate_features,
+    validate_labels,
+    validate_weights,
+)
+from federation.types import ModelSpec, Task, TensorSpec, Weights
+
+#: Output channels of the CNN's two 3x3 convolutions (each followed by ReLU and 2x2 max-pool).
+CNN_CHANNELS = (8, 16)
+
+#: Rows per forward pass in predict(), to bound memory on large inputs.
+_PREDICT_CHUNK = 8192
+
+
+class LinearNet(nn.Module):
+    """One linear layer: logits (binary/multiclass) or the prediction (regression)."""
+
+    def __init__(self, num_features: int, num_outputs: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(num_features, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.linear(x)
+        return out
+
+
+class MLPNet(nn.Module):
+    """Fully connected ReLU layers of ``hidden_sizes`` followed by a linear output layer."""
+
+    def __init__(self, num_features: int, hidden_sizes: tuple[int, ...], num_outputs: int) -> None:
+        super().__init__()
+        widths = (num_features, *hidden_sizes)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
+        self.output = nn.Linear(widths[-1], num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            x = F.relu(layer(x))
+        out: torch.Tensor = self.output(x)
+        return out
+
+
+class SmallCNN(nn.Module):
+    """Two conv(3x3, padding 1) -> ReLU -> max-pool(2) blocks, then ReLU dense layers of
+    ``hidden_sizes`` and a linear output. Input rows are flattened square images."""
+
+    def __init__(self, image_size: int, hidden_sizes: tuple[int, ...], num_outputs: int) -> None:
+        super().__init__()
+        self.image_size = image_size
+        first, second = CNN_CHANNELS
+        self.conv1 = nn.Conv2d(1, first, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(first, second, kernel_size=3, padding=1)
+        flat = second * (image_size // 4) ** 2
+        widths = (flat, *hidden_sizes)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
+        self.output = nn.Linear(widths[-1], num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, 1, self.image_size, self.image_size)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, start_dim=1)
+        for layer in self.hidden:
+            x = F.relu(layer(x))
+        out: torch.Tensor = self.output(x)
+        return out
+
+
+def _build_module(config: ModelConfig) -> nn.Module:
+    if config.kind is ModelKind.LOGISTIC:
+        return LinearNet(config.num_features, config.num_outputs)
+    if config.kind is ModelKind.MLP:
+        return MLPNet(config.num_features, config.hidden_sizes, config.num_outputs)
+    if config.kind is ModelKind.CNN:
+        assert config.image_size is not None  # guaranteed by ModelConfig
+        return SmallCNN(config.image_size, config.hidden_sizes, config.num_outputs)
+    raise ConfigurationError(f"{config.kind.value!r} is not a torch model kind")
+
+
+def _init_parameters(module: nn.Module, generator: torch.Generator) -> None:
+    """He-uniform weights (bound sqrt(6 / fan_in)) for layers followed by a ReLU, uniform
+    +-1/sqrt(fan_in) for the final (output) layer, zero biases. Drawn from ``generator`` so
+    torch's global RNG is never touched."""
+    # Every module here registers its output layer last.
+    layers = [layer for layer in module.modules() if isinstance(layer, nn.Linear | nn.Conv2d)]
+    with torch.no_grad():
+        for index, layer in enumerate(layers):
+            fan_in = layer.weight[0].numel()
+            is_output = index == len(layers) - 1
+            bound = 1.0 / math.sqrt(fan_in) if is_output else math.sqrt(6.0 / fan_in)
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            if layer.bias is not None:
+                layer.bias.zero_()
+
+
+class TorchAdapter:
+    """A torch model (``logistic``, ``mlp`` or ``cnn``) behind :class:`ModelAdapter`.
+
+    ``seed`` fixes the initial weights. Tensor names are torch's parameter names, e.g.
+    ``linear.weight``/``linear.bias`` (logistic), ``hidden.0.weight`` ... ``output.bias``
+    (mlp), ``conv1.weight`` ... ``output.bias`` (cnn).
+    """
+
+    def __init__(self, config: ModelConfig, *, seed: int = 0) -> None:
+        if not config.kind.uses_torch:
+            raise ConfigurationError(f"TorchAdapter cannot build a {config.kind.value!r} model")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ConfigurationError(f"seed must be a non-negative integer, got {seed!r}")
+        self.config = config
+        # Build on the meta device (no memory, no RNG use), then materialise and initialise
+        # from our own generator.
+        with torch.device("meta"):
+            module = _build_module(config)
+        module.to_empty(device="cpu")
+        _init_parameters(module, torch.Generator().manual_seed(seed))
+        module.eval()
+        self._module = module
+        self._spec = ModelSpec(
+            tuple(
+                TensorSpec(name, tuple(int(d) for d in param.shape), "F32")
+                for name, param in module.named_parameters()
+            )
+        )
+
+    @property
+    def module(self) -> nn.Module:
+        """The underlying torch module (for inspection; prefer the adapter methods)."""
+        return self._module
+
+    def model_spec(self) -> ModelSpec:
+        return self._spec
+
+    def get_weights(self) -> Weights:
+        return {
+            name: param.detach().numpy().astype(np.float32, copy=True)
+            for name, param in self._module.named_parameters()
+        }
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        checked = validate_weights(self._spec, weights)
+        params = dict(self._module.named_parameters())
+        with torch.no_grad():
+            for name, array in checked.items():
+                params[name].copy_(torch.from_numpy(array))
+
+    def fit(self, features: NDArray[Any], labels: NDArray[Any], config: TrainConfig) -> TrainResult:
+        x_np = validate_features(self.config, features)
+        y_np = validate_labels(self.config, labels, x_np.shape[0])
+        x = torch.from_numpy(x_np)
+        if self.config.task is Task.MULTICLASS:
+            y = torch.from_numpy(y_np.astype(np.int64))
+        else:
+            y = torch.from_numpy(y_np.astype(np.float32))
+        n = x.shape[0]
+
+        params = [p for _, p in self._module.named_parameters()]
+        start = [p.detach().clone() for p in params]  # w_global for FedProx; restore on failure
+        mu = float(config.proximal_mu)
+        optimizer = torch.optim.SGD(params, lr=float(config.learning_rate))
+        generator = torch.Generator().manual_seed(config.seed)
+
+        self._module.train()
+        try:
+            for _ in range(config.epochs):
+                order = torch.randperm(n, generator=generator)
+                for begin in range(0, n, config.batch_size):
+                    batch = order[begin : begin + config.batch_size]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = self._loss(self._module(x[batch]), y[batch])
+                    if mu > 0:
+                        proximal = sum(
+                            (torch.sum((p - p0) ** 2) for p, p0 in zip(params, start, strict=True)),
+                            torch.zeros(()),
+                        )
+                        loss = loss + 0.5 * mu * proximal
+                    loss.backward()
+                    optimizer.step()
+        finally:
+            self._module.eval()
+
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            with torch.no_grad():
+                for p, p0 in zip(params, start, strict=True):
+                    p.copy_(p0)
+            raise ConfigurationError(
+                "local training diverged (weights became NaN or infinite); "
+                f"lower learning_rate (was {config.learning_rate}) or standardize the features"
+            )
+        metrics = training_metrics(self.config.task, self._predict(x), y_np)
+        return TrainResult(num_examples=int(n), metrics=metrics)
+
+    def predict(self, features: NDArray[Any]) -> NDArray[np.float64]:
+        x = torch.from_numpy(validate_features(self.config, features, allow_empty=True))
+        return self._predict(x)
+
+    def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.config.task is Task.MULTICLASS:
+            return F.cross_entropy(outputs, targets)
+        if self.config.task is Task.BINARY:
+            return F.binary_cross_entropy_with_logits(outputs[:, 0], targets)
+        return F.mse_loss(outputs[:, 0], targets)
+
+    def _predict(self, x: torch.Tensor) -> NDArray[np.float64]:
+        chunks = []
+        with torch.no_grad():
+            for begin in range(0, max(x.shape[0], 1), _PREDICT_CHUNK):
+                out = self._module(x[begin : begin + _PREDICT_CHUNK])
+                if self.config.task is Task.MULTICLASS:
+                    out = torch.softmax(out, dim=1)
+                elif self.config.task is Task.BINARY:
+                    out = torch.sigmoid(out[:, 0])
+                else:
+                    out = out[:, 0]
+                chunks.append(out.numpy().astype(np.float64))
+        return np.concatenate(chunks, axis=0)
