@@ -1,0 +1,276 @@
+"""The agent API (docs/api.md): thin views that validate, call a service and serialize."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from django.conf import settings
+from django.http import FileResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from agentapi import selectors
+from agentapi.authentication import AgentAuthentication, IsAgent, credential_of
+from fedplatform.errors import InvalidInput, NotFound, TooLarge
+from fedplatform.serializers import ErrorResponseSerializer
+from institutions import services as institution_services
+from training import services as training_services
+from training.blobs import blob_store
+
+ERRORS = {code: OpenApiResponse(ErrorResponseSerializer) for code in (400, 401, 403, 404, 409)}
+
+
+class AgentView(APIView):
+    authentication_classes = [AgentAuthentication]
+    permission_classes = [IsAgent]
+    parser_classes = [JSONParser]
+
+
+class EnrollApi(APIView):
+    authentication_classes: list[type] = []
+    permission_classes = [AllowAny]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "enroll"
+
+    class AgentEnrollInputSerializer(serializers.Serializer):
+        token = serializers.CharField(max_length=200)
+        agent_version = serializers.CharField(max_length=50, default="", allow_blank=True)
+        hostname = serializers.CharField(max_length=200, default="", allow_blank=True)
+
+    class AgentEnrollOutputSerializer(serializers.Serializer):
+        institution = serializers.DictField()
+        credential_id = serializers.IntegerField()
+        key = serializers.CharField()
+
+    @extend_schema(
+        request=AgentEnrollInputSerializer,
+        responses={201: AgentEnrollOutputSerializer, **ERRORS},
+        tags=["agent"],
+    )
+    def post(self, request: Request) -> Response:
+        data = self.AgentEnrollInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        enrollment = institution_services.agent_enroll(**data.validated_data)
+        institution = enrollment.credential.institution
+        body = {
+            "institution": {"id": institution.pk, "name": institution.name},
+            "credential_id": enrollment.credential.pk,
+            "key": enrollment.key,
+        }
+        return Response(self.AgentEnrollOutputSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class HeartbeatApi(AgentView):
+    class AgentHeartbeatInputSerializer(serializers.Serializer):
+        agent_version = serializers.CharField(max_length=50, default="", allow_blank=True)
+
+    class AgentHeartbeatOutputSerializer(serializers.Serializer):
+        server_time = serializers.DateTimeField()
+
+    @extend_schema(
+        request=AgentHeartbeatInputSerializer,
+        responses={200: AgentHeartbeatOutputSerializer, **ERRORS},
+        tags=["agent"],
+    )
+    def post(self, request: Request) -> Response:
+        from django.utils import timezone
+
+        data = self.AgentHeartbeatInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        institution_services.credential_touch(credential=credential_of(request), **data.validated_data)
+        return Response(self.AgentHeartbeatOutputSerializer({"server_time": timezone.now()}).data)
+
+
+class MeApi(AgentView):
+    class AgentMeOutputSerializer(serializers.Serializer):
+        institution = serializers.DictField()
+        credential_id = serializers.IntegerField()
+        studies = serializers.ListField(child=serializers.DictField())
+        jobs = serializers.ListField(child=serializers.DictField())
+
+    @extend_schema(responses={200: AgentMeOutputSerializer, **ERRORS}, tags=["agent"])
+    def get(self, request: Request) -> Response:
+        return Response(
+            self.AgentMeOutputSerializer(selectors.agent_overview(credential=credential_of(request))).data
+        )
+
+
+class WorkApi(AgentView):
+    """Long poll: answers as soon as there is work, or with no task after ``wait`` seconds."""
+
+    class AgentWorkOutputSerializer(serializers.Serializer):
+        task = serializers.DictField(allow_null=True)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("wait", int, description="seconds to wait for work, 0 to 30")],
+        responses={200: AgentWorkOutputSerializer, **ERRORS},
+        tags=["agent"],
+    )
+    def get(self, request: Request) -> Response:
+        wait = _bounded_wait(request.query_params.get("wait", "0"))
+        credential = credential_of(request)
+        institution_services.credential_touch(credential=credential)
+        deadline = time.monotonic() + wait
+        while True:
+            task = selectors.work_for(credential=credential)
+            if task is not None or time.monotonic() >= deadline:
+                return Response({"task": task})
+            time.sleep(settings.FEDHEALTH_LONG_POLL_INTERVAL_SECONDS)
+
+
+def _bounded_wait(raw: str) -> float:
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise InvalidInput("wait must be a number of seconds") from None
+    if not 0 <= wait <= settings.FEDHEALTH_LONG_POLL_MAX_SECONDS:
+        raise InvalidInput(f"wait must lie between 0 and {settings.FEDHEALTH_LONG_POLL_MAX_SECONDS} seconds")
+    return wait
+
+
+class ModelDownloadApi(AgentView):
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(description="safetensors bytes"),
+            **ERRORS,
+        },
+        tags=["agent"],
+    )
+    def get(self, request: Request, version_id: int) -> FileResponse:
+        version = selectors.model_version_for_agent(credential=credential_of(request), version_id=version_id)
+        if version is None:
+            raise NotFound("no such model version")
+        response = FileResponse(
+            iter([blob_store().read(version.sha256)]), content_type="application/octet-stream"
+        )
+        response["X-Content-SHA256"] = version.sha256
+        response["Content-Length"] = str(version.size)
+        return response
+
+
+class UpdateMetaSerializer(serializers.Serializer):
+    num_examples = serializers.IntegerField(min_value=1, max_value=training_services.MAX_NUM_EXAMPLES)
+    metrics = serializers.DictField(child=serializers.FloatField(), default=dict)
+    base_model_sha256 = serializers.RegexField(r"^[0-9a-f]{64}$")
+    job_id = serializers.IntegerField(min_value=1)
+    round_number = serializers.IntegerField(min_value=1)
+
+    def validate_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        if len(metrics) > 100 or any(len(name) > 100 for name in metrics):
+            raise serializers.ValidationError("at most 100 metrics with names of at most 100 characters")
+        if any(value != value or value in (float("inf"), float("-inf")) for value in metrics.values()):
+            raise serializers.ValidationError("metrics must be finite numbers")
+        return metrics
+
+
+class SubmitOutputSerializer(serializers.Serializer):
+    update_id = serializers.IntegerField()
+    sha256 = serializers.CharField(allow_blank=True)
+    duplicate = serializers.BooleanField()
+
+
+class UpdateUploadApi(AgentView):
+    parser_classes = [MultiPartParser]
+
+    class AgentUpdateUploadInputSerializer(serializers.Serializer):
+        meta = serializers.CharField(
+            help_text="JSON object: num_examples, metrics, base_model_sha256, job_id, round_number",
+            max_length=100_000,
+        )
+        tensors = serializers.FileField(help_text="the update as a safetensors file")
+
+    @extend_schema(
+        request={"multipart/form-data": AgentUpdateUploadInputSerializer},
+        responses={
+            200: SubmitOutputSerializer,
+            201: SubmitOutputSerializer,
+            413: OpenApiResponse(ErrorResponseSerializer),
+            **ERRORS,
+        },
+        tags=["agent"],
+    )
+    def post(self, request: Request, round_id: int) -> Response:
+        _refuse_oversized(request)
+        data = self.AgentUpdateUploadInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        meta = _parse_meta(data.validated_data["meta"])
+        upload = data.validated_data["tensors"]
+        if upload.size > settings.FEDHEALTH_MAX_UPLOAD_BYTES:
+            raise TooLarge("the update is larger than this control plane accepts")
+        result = training_services.update_submit(
+            round_id=round_id, credential=credential_of(request), meta=meta, data=upload.read()
+        )
+        return _submit_response(result)
+
+
+def _refuse_oversized(request: Request) -> None:
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if length.isdigit() and int(length) > settings.FEDHEALTH_MAX_UPLOAD_BYTES:
+        raise TooLarge("the request body is larger than this control plane accepts")
+
+
+def _parse_meta(raw: str) -> training_services.UpdateMeta:
+    try:
+        loaded = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"meta is not valid JSON: {error.msg}") from None
+    meta = UpdateMetaSerializer(data=loaded)
+    meta.is_valid(raise_exception=True)
+    return training_services.UpdateMeta(**meta.validated_data)
+
+
+def _submit_response(result: training_services.SubmitResult) -> Response:
+    body = {"update_id": result.update.pk, "sha256": result.update.sha256, "duplicate": result.duplicate}
+    code = status.HTTP_200_OK if result.duplicate else status.HTTP_201_CREATED
+    return Response(SubmitOutputSerializer(body).data, status=code)
+
+
+class EvaluationApi(AgentView):
+    class AgentEvaluationInputSerializer(serializers.Serializer):
+        num_examples = serializers.IntegerField(min_value=1, max_value=training_services.MAX_NUM_EXAMPLES)
+        metrics = serializers.DictField(child=serializers.FloatField())
+
+    @extend_schema(
+        request=AgentEvaluationInputSerializer,
+        responses={200: SubmitOutputSerializer, 201: SubmitOutputSerializer, **ERRORS},
+        tags=["agent"],
+    )
+    def post(self, request: Request, round_id: int) -> Response:
+        data = self.AgentEvaluationInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        UpdateMetaSerializer().validate_metrics(data.validated_data["metrics"])
+        result = training_services.evaluation_submit(
+            round_id=round_id, credential=credential_of(request), **data.validated_data
+        )
+        return _submit_response(result)
+
+
+class RefuseApi(AgentView):
+    class AgentRefuseInputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=2000)
+
+    class AgentRefuseOutputSerializer(serializers.Serializer):
+        job_id = serializers.IntegerField()
+        reason = serializers.CharField()
+
+    @extend_schema(
+        request=AgentRefuseInputSerializer,
+        responses={200: AgentRefuseOutputSerializer, **ERRORS},
+        tags=["agent"],
+    )
+    def post(self, request: Request, job_id: int) -> Response:
+        data = self.AgentRefuseInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        refusal = training_services.job_refuse(
+            job_id=job_id, credential=credential_of(request), reason=data.validated_data["reason"]
+        )
+        return Response(
+            self.AgentRefuseOutputSerializer({"job_id": refusal.job_id, "reason": refusal.reason}).data
+        )

@@ -1,0 +1,96 @@
+"""What an agent may see: work for its institution, and the models of its jobs."""
+
+from __future__ import annotations
+
+from django.db.models import Exists, OuterRef
+
+from institutions.models import AgentCredential
+from studies.models import Decision, StudyParticipant
+from training.models import ACCEPTING_STATES, JobState, ModelVersion, Refusal, Round, Update
+
+
+def _open_rounds_for(institution_id: int):  # type: ignore[no-untyped-def]
+    approved = StudyParticipant.objects.filter(
+        study=OuterRef("job__study"), institution=institution_id, decision=Decision.APPROVED
+    )
+    answered = Update.objects.filter(round=OuterRef("pk"), institution=institution_id)
+    refused = Refusal.objects.filter(job=OuterRef("job"), institution=institution_id)
+    return (
+        Round.objects.filter(state__in=ACCEPTING_STATES, job__state=JobState.RUNNING)
+        .filter(Exists(approved))
+        .exclude(Exists(answered))
+        .exclude(Exists(refused))
+    )
+
+
+def work_for(*, credential: AgentCredential) -> dict[str, object] | None:
+    """The oldest open round this institution still has to answer, as a task, or None."""
+    round_ = (
+        _open_rounds_for(credential.institution_id)
+        .select_related("job__study", "base_version")
+        .order_by("opened_at", "pk")
+        .first()
+    )
+    return None if round_ is None else task_for(round_)
+
+
+def task_for(round_: Round) -> dict[str, object]:
+    job, study, version = round_.job, round_.job.study, round_.base_version
+    return {
+        "kind": round_.kind,
+        "job_id": job.pk,
+        "round_id": round_.pk,
+        "round_number": round_.number,
+        "total_rounds": job.num_rounds,
+        "deadline_at": round_.deadline_at.isoformat(),
+        "model_version": {"id": version.pk, "sha256": version.sha256, "size": version.size},
+        "study": {
+            "id": study.pk,
+            "name": study.name,
+            "model": study.model_config,
+            "data_schema": study.data_schema,
+            "feature_scaling": study.feature_scaling,
+            "strategy": {"name": study.strategy, "params": study.strategy_params},
+            "privacy": study.privacy,
+            "training": study.training,
+            "validation_fraction": study.validation_fraction,
+            "seed": study.seed,
+        },
+    }
+
+
+def model_version_for_agent(*, credential: AgentCredential, version_id: int) -> ModelVersion | None:
+    """A model version of a job whose study this institution takes part in."""
+    return (
+        ModelVersion.objects.filter(
+            pk=version_id, job__study__participants__institution=credential.institution_id
+        )
+        .select_related("job")
+        .first()
+    )
+
+
+def agent_overview(*, credential: AgentCredential) -> dict[str, object]:
+    participations = StudyParticipant.objects.filter(institution=credential.institution_id).select_related(
+        "study"
+    )
+    studies = [{"id": p.study_id, "name": p.study.name, "approval": p.decision} for p in participations]
+    study_ids = [p.study_id for p in participations]
+    from training.models import Job
+
+    jobs = [
+        {
+            "id": job.pk,
+            "study_id": job.study_id,
+            "state": job.state,
+            "current_round": job.rounds.order_by("-number").values_list("number", flat=True).first(),
+        }
+        for job in Job.objects.filter(study_id__in=study_ids).order_by("-pk")[:50]
+    ]
+    institution = credential.institution
+    return {
+        "institution": {"id": institution.pk, "name": institution.name},
+        "credential_id": credential.pk,
+        "studies": studies,
+        "jobs": jobs,
+    }

@@ -1,0 +1,96 @@
+"""Settings from environment variables, validated once at start-up.
+
+Every setting has one name and one meaning in every deployment. The embedded default
+(no variables set) keeps everything under ``FEDHEALTH_DATA_DIR``: a SQLite database, a
+filesystem Celery transport and the model files. Production sets ``FEDHEALTH_ENV=production``
+and must then give a secret key, a database URL, a broker URL and the allowed hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Environment:
+    production: bool
+    debug: bool
+    data_dir: Path
+    secret_key: str
+    database_url: str
+    broker_url: str
+    model_storage_dir: Path
+    allowed_hosts: list[str]
+    csrf_trusted_origins: list[str]
+    behind_tls_proxy: bool
+    log_level: str
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}")
+
+
+def _list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name, "")
+    return [item.strip() for item in raw.split(",") if item.strip()] or default
+
+
+def _required(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ImproperlyConfigured(f"{name} must be set when FEDHEALTH_ENV=production")
+    return value
+
+
+def _local_secret_key(data_dir: Path) -> str:
+    """A random key kept in the data folder, made on first start: never a default."""
+    path = data_dir / "secret_key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+def load() -> Environment:
+    mode = os.environ.get("FEDHEALTH_ENV", "development")
+    if mode not in {"development", "production"}:
+        raise ImproperlyConfigured(f"FEDHEALTH_ENV must be development or production, got {mode!r}")
+    production = mode == "production"
+    data_dir = Path(os.environ.get("FEDHEALTH_DATA_DIR") or REPO_ROOT / "var").resolve()
+    return Environment(
+        production=production,
+        debug=_flag("FEDHEALTH_DEBUG", default=not production),
+        data_dir=data_dir,
+        secret_key=_required("SECRET_KEY")
+        if production
+        else os.environ.get("SECRET_KEY") or _local_secret_key(data_dir),
+        database_url=_required("DATABASE_URL")
+        if production
+        else os.environ.get("DATABASE_URL", f"sqlite:///{data_dir / 'db.sqlite3'}"),
+        broker_url=_required("CELERY_BROKER_URL")
+        if production
+        else os.environ.get("CELERY_BROKER_URL", "filesystem://"),
+        model_storage_dir=Path(os.environ.get("FEDHEALTH_MODEL_DIR") or data_dir / "models"),
+        allowed_hosts=_list(
+            "ALLOWED_HOSTS", [] if production else ["127.0.0.1", "localhost", "[::1]", "testserver"]
+        ),
+        csrf_trusted_origins=_list("CSRF_TRUSTED_ORIGINS", []),
+        behind_tls_proxy=_flag("FEDHEALTH_BEHIND_TLS_PROXY", default=production),
+        log_level=os.environ.get("FEDHEALTH_LOG_LEVEL", "INFO").upper(),
+    )

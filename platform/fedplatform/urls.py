@@ -1,0 +1,17 @@
+"""URL routes: the coordinator API, the agent API, the schema and the Django admin."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/agent/v1/", include("agentapi.urls")),
+    path("api/v1/", include("institutions.urls")),
+    path("api/v1/", include("studies.urls")),
+    path("api/v1/", include("training.urls")),
+    path("api/v1/", include("accounts.urls")),
+]

@@ -1,0 +1,43 @@
+"""Institutions (hospitals), their one-time enrollment tokens and agent credentials.
+
+Only hashes of tokens and credentials are stored: a database leak reveals no secret.
+"""
+
+from django.db import models
+
+
+class Institution(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EnrollmentToken(models.Model):
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="enrollment_tokens")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=200)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+
+class AgentCredential(models.Model):
+    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="credentials")
+    secret_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    agent_version = models.CharField(max_length=50, blank=True)
+    hostname = models.CharField(max_length=200, blank=True)
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def __str__(self) -> str:
+        return f"credential {self.pk} of {self.institution}"

@@ -1,0 +1,139 @@
+"""Institutions, enrollment and agent credentials.
+
+An enrollment token is single-use and expires; enrolling trades it for a long-lived
+credential ``fha_<id>_<secret>``. Only SHA-256 hashes of both are stored: the secrets have
+256 bits of entropy, so a plain hash is enough and lookups stay constant-time by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from fedplatform.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from institutions.models import AgentCredential, EnrollmentToken, Institution
+
+CREDENTIAL_PREFIX = "fha"
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@transaction.atomic
+def institution_create(*, name: str, actor: str) -> Institution:
+    name = name.strip()
+    if not name:
+        raise InvalidInput("an institution needs a name")
+    try:
+        with transaction.atomic():
+            institution = Institution.objects.create(name=name)
+    except IntegrityError:
+        raise Conflict(f"an institution named {name!r} exists already", code="duplicate") from None
+    audit_record(actor=actor, kind="institution.created", institution=institution, details={"name": name})
+    return institution
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    record: EnrollmentToken
+
+
+@transaction.atomic
+def enrollment_token_create(*, institution: Institution, actor: str, hours: int | None = None) -> IssuedToken:
+    """A new one-time token; the clear text exists only in this return value."""
+    token = secrets.token_urlsafe(32)
+    lifetime = timedelta(hours=hours or settings.FEDHEALTH_ENROLLMENT_TOKEN_HOURS)
+    record = EnrollmentToken.objects.create(
+        institution=institution,
+        token_hash=_hash(token),
+        created_by=actor,
+        expires_at=timezone.now() + lifetime,
+    )
+    audit_record(
+        actor=actor,
+        kind="enrollment_token.created",
+        institution=institution,
+        details={"token_id": record.pk, "expires_at": record.expires_at.isoformat()},
+    )
+    return IssuedToken(token=token, record=record)
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    credential: AgentCredential
+    key: str
+
+
+@transaction.atomic
+def agent_enroll(*, token: str, agent_version: str, hostname: str) -> Enrollment:
+    """Trade a valid, unused, unexpired token for a credential."""
+    record = EnrollmentToken.objects.select_for_update().filter(token_hash=_hash(token)).first()
+    if record is None or record.used_at is not None or record.expires_at <= timezone.now():
+        # One answer for unknown, used and expired tokens: nothing to learn by probing.
+        raise Unauthenticated("the enrollment token is invalid, used or expired", code="invalid_token")
+    record.used_at = timezone.now()
+    record.save(update_fields=["used_at"])
+    secret = secrets.token_urlsafe(32)
+    credential = AgentCredential.objects.create(
+        institution=record.institution,
+        secret_hash=_hash(secret),
+        agent_version=agent_version[:50],
+        hostname=hostname[:200],
+    )
+    audit_record(
+        actor=f"agent:{credential.pk}",
+        kind="agent.enrolled",
+        institution=record.institution,
+        details={"credential_id": credential.pk, "token_id": record.pk, "hostname": hostname[:200]},
+    )
+    return Enrollment(credential=credential, key=f"{CREDENTIAL_PREFIX}_{credential.pk}_{secret}")
+
+
+def credential_authenticate(*, key: str) -> AgentCredential:
+    """The active credential for ``key``, or :class:`Unauthenticated`."""
+    prefix, _, rest = key.partition("_")
+    identifier, _, secret = rest.partition("_")
+    if prefix != CREDENTIAL_PREFIX or not identifier.isdigit() or not secret:
+        raise Unauthenticated("malformed agent credential", code="invalid_credential")
+    credential = AgentCredential.objects.select_related("institution").filter(pk=int(identifier)).first()
+    expected = credential.secret_hash if credential else _hash("")
+    if not hmac.compare_digest(expected, _hash(secret)) or credential is None:
+        raise Unauthenticated("unknown agent credential", code="invalid_credential")
+    if credential.revoked_at is not None:
+        raise Unauthenticated("this agent credential has been revoked", code="credential_revoked")
+    return credential
+
+
+@transaction.atomic
+def credential_revoke(*, credential_id: int, actor: str) -> AgentCredential:
+    credential = AgentCredential.objects.select_for_update().filter(pk=credential_id).first()
+    if credential is None:
+        raise NotFound("no such credential")
+    if credential.revoked_at is None:
+        credential.revoked_at = timezone.now()
+        credential.save(update_fields=["revoked_at"])
+        audit_record(
+            actor=actor,
+            kind="agent.revoked",
+            institution=credential.institution,
+            details={"credential_id": credential.pk},
+        )
+    return credential
+
+
+def credential_touch(*, credential: AgentCredential, agent_version: str | None = None) -> None:
+    """Record a heartbeat (no audit event: heartbeats are not changes of state)."""
+    fields = {"last_seen_at": timezone.now()}
+    if agent_version:
+        fields["agent_version"] = agent_version[:50]
+    AgentCredential.objects.filter(pk=credential.pk).update(**fields)

@@ -1,0 +1,149 @@
+"""Federated jobs, their rounds, the updates sites send and the model versions they make.
+
+The round state machine (see docs/rounds.md):
+
+    OPEN --first update--> COLLECTING --quorum or deadline--> AGGREGATING --> CLOSED
+      \\________________________ deadline, too few updates ____________________--> FAILED
+
+Every transition happens in a service, under a row lock, after a status check, so that a
+task that runs twice changes nothing the second time.
+"""
+
+from django.db import models
+
+
+class JobState(models.TextChoices):
+    DRAFT = "draft"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class Job(models.Model):
+    study = models.ForeignKey("studies.Study", on_delete=models.PROTECT, related_name="jobs")
+    state = models.CharField(max_length=12, choices=JobState.choices, default=JobState.DRAFT, db_index=True)
+    num_rounds = models.PositiveIntegerField()
+    min_updates = models.PositiveIntegerField(
+        help_text="fewest updates a round may close with at its deadline"
+    )
+    round_deadline_seconds = models.PositiveIntegerField(default=600)
+    max_deadline_extensions = models.PositiveIntegerField(default=1)
+    failure_reason = models.TextField(blank=True)
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} of {self.study}"
+
+
+class RoundKind(models.TextChoices):
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+
+
+class RoundState(models.TextChoices):
+    OPEN = "open"
+    COLLECTING = "collecting"
+    AGGREGATING = "aggregating"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+#: States in which a round accepts updates.
+ACCEPTING_STATES = (RoundState.OPEN, RoundState.COLLECTING)
+#: States of a round that is not finished.
+ACTIVE_STATES = (RoundState.OPEN, RoundState.COLLECTING, RoundState.AGGREGATING)
+
+
+class Round(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="rounds")
+    number = models.PositiveIntegerField(
+        help_text="1..num_rounds for training, num_rounds + 1 for evaluation"
+    )
+    kind = models.CharField(max_length=10, choices=RoundKind.choices, default=RoundKind.TRAIN)
+    state = models.CharField(
+        max_length=12, choices=RoundState.choices, default=RoundState.OPEN, db_index=True
+    )
+    base_version = models.ForeignKey("ModelVersion", on_delete=models.PROTECT, related_name="rounds_started")
+    expected_updates = models.PositiveIntegerField()
+    opened_at = models.DateTimeField(auto_now_add=True)
+    deadline_at = models.DateTimeField(db_index=True)
+    deadline_extensions = models.PositiveIntegerField(default=0)
+    last_update_at = models.DateTimeField(null=True, blank=True)
+    aggregating_since = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="sites' metrics combined by examples")
+    failure_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["job_id", "number"]
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="one_round_number_per_job")]
+
+    def __str__(self) -> str:
+        return f"round {self.number} of job {self.job_id}"
+
+
+class ModelVersion(models.Model):
+    """A global model, content-addressed: the blob's name is its SHA-256."""
+
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="model_versions")
+    number = models.PositiveIntegerField(help_text="0 is the initial model; n is made by round n")
+    sha256 = models.CharField(max_length=64, db_index=True)
+    size = models.PositiveBigIntegerField()
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    made_by_round = models.OneToOneField(
+        Round, null=True, blank=True, on_delete=models.PROTECT, related_name="result_version"
+    )
+    server_state_sha256 = models.CharField(max_length=64, blank=True, help_text="server optimizer state blob")
+    provenance = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job_id", "number"]
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="one_version_number_per_job")]
+
+    def __str__(self) -> str:
+        return f"model {self.number} of job {self.job_id} ({self.sha256[:12]})"
+
+
+class Update(models.Model):
+    """One institution's contribution to one round: unique, so a retry is counted once."""
+
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="updates")
+    institution = models.ForeignKey("institutions.Institution", on_delete=models.PROTECT, related_name="+")
+    credential = models.ForeignKey("institutions.AgentCredential", on_delete=models.PROTECT, related_name="+")
+    num_examples = models.PositiveIntegerField()
+    metrics = models.JSONField(default=dict, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True, help_text="empty for evaluation results")
+    size = models.PositiveBigIntegerField(default=0)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["round_id", "institution__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["round", "institution"], name="one_update_per_site_and_round")
+        ]
+
+
+class Refusal(models.Model):
+    """A site's agent refused a job under its local policy."""
+
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="refusals")
+    institution = models.ForeignKey("institutions.Institution", on_delete=models.PROTECT, related_name="+")
+    reason = models.TextField()
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "institution"], name="one_refusal_per_site_and_job")
+        ]

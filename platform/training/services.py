@@ -1,0 +1,607 @@
+"""Jobs and the round state machine (docs/rounds.md).
+
+Each service runs in one transaction, locks the rows it changes and checks their state
+first, so running it twice (a Celery retry, a worker killed and the task redelivered)
+changes nothing the second time. Tasks are enqueued only after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from safetensors.numpy import load as safetensors_load
+
+from audit.services import audit_record
+from federation.aggregation.strategies import build_strategy
+from federation.aggregation.streaming import StoredUpdate
+from federation.errors import FederationError, UpdateTooLargeError
+from federation.metrics import combine_metrics
+from federation.models import ModelConfig, build_model
+from federation.types import ModelSpec, Weights
+from federation.wire import deserialize_weights, read_metadata, serialize_weights, sha256_hex
+from fedplatform.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
+from institutions.models import AgentCredential
+from studies.models import Decision, Study
+from training.blobs import blob_store
+from training.models import (
+    ACCEPTING_STATES,
+    ACTIVE_STATES,
+    Job,
+    JobState,
+    ModelVersion,
+    Refusal,
+    Round,
+    RoundKind,
+    RoundState,
+    Update,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_NUM_EXAMPLES = 1_000_000_000
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def job_create(
+    *,
+    study: Study,
+    num_rounds: int,
+    min_updates: int,
+    round_deadline_seconds: int,
+    max_deadline_extensions: int,
+    actor: str,
+) -> Job:
+    participants = study.participants.count()
+    if not 1 <= min_updates <= participants:
+        raise InvalidInput(f"min_updates must lie between 1 and the {participants} participants of the study")
+    if num_rounds < 1:
+        raise InvalidInput("a job needs at least one round")
+    job = Job.objects.create(
+        study=study,
+        num_rounds=num_rounds,
+        min_updates=min_updates,
+        round_deadline_seconds=round_deadline_seconds,
+        max_deadline_extensions=max_deadline_extensions,
+        created_by=actor,
+    )
+    audit_record(
+        actor=actor, kind="job.created", job=job, details={"study_id": study.pk, "num_rounds": num_rounds}
+    )
+    return job
+
+
+def _locked_job(job_id: int) -> Job:
+    job = Job.objects.select_for_update().select_related("study").filter(pk=job_id).first()
+    if job is None:
+        raise NotFound("no such job")
+    return job
+
+
+@transaction.atomic
+def job_start(*, job_id: int, actor: str) -> Job:
+    """Check every site approved, write the initial model and open round 1."""
+    job = _locked_job(job_id)
+    if job.state != JobState.DRAFT:
+        raise Conflict(f"job {job.pk} is {job.state}; only a draft job can start", code="invalid_state")
+    pending = job.study.participants.exclude(decision=Decision.APPROVED).select_related("institution")
+    if pending.exists():
+        names = ", ".join(f"{p.institution.name} ({p.decision})" for p in pending)
+        raise Conflict(f"every site must approve the study first: {names}", code="not_approved")
+    _model_version_create_initial(job)
+    job.state, job.started_at = JobState.RUNNING, timezone.now()
+    job.save(update_fields=["state", "started_at"])
+    audit_record(actor=actor, kind="job.started", job=job)
+    round_open(job=job)
+    return job
+
+
+def _model_version_create_initial(job: Job) -> ModelVersion:
+    config = ModelConfig.from_json(job.study.model_config)
+    weights = build_model(config, seed=job.study.seed).get_weights()
+    spec = ModelSpec.from_weights(weights)
+    return _model_version_write(job=job, number=0, weights=weights, spec=spec, parent=None, round_=None)
+
+
+def _model_version_write(
+    *,
+    job: Job,
+    number: int,
+    weights: Weights,
+    spec: ModelSpec,
+    parent: ModelVersion | None,
+    round_: Round | None,
+    server_state: Weights | None = None,
+    provenance: dict[str, object] | None = None,
+) -> ModelVersion:
+    store = blob_store()
+    blob = serialize_weights(weights, spec=spec, metadata={"model_spec": json.dumps(spec.to_json())})
+    sha256 = store.put(blob)
+    state_sha256 = store.put(serialize_weights(server_state)) if server_state else ""
+    return ModelVersion.objects.create(
+        job=job,
+        number=number,
+        sha256=sha256,
+        size=len(blob),
+        parent=parent,
+        made_by_round=round_,
+        server_state_sha256=state_sha256,
+        provenance=provenance or {},
+    )
+
+
+def _transition(job_id: int, *, allowed: tuple[str, ...], target: str, actor: str) -> Job:
+    job = _locked_job(job_id)
+    if job.state not in allowed:
+        raise Conflict(f"job {job.pk} is {job.state}; cannot become {target}", code="invalid_state")
+    job.state = target
+    if target in (JobState.CANCELLED, JobState.COMPLETED, JobState.FAILED):
+        job.finished_at = timezone.now()
+    job.save(update_fields=["state", "finished_at"])
+    audit_record(actor=actor, kind=f"job.{target}", job=job)
+    return job
+
+
+@transaction.atomic
+def job_pause(*, job_id: int, actor: str) -> Job:
+    return _transition(job_id, allowed=(JobState.RUNNING,), target=JobState.PAUSED, actor=actor)
+
+
+@transaction.atomic
+def job_resume(*, job_id: int, actor: str) -> Job:
+    """Resume; the current round gets a fresh deadline, since nobody could work while paused."""
+    job = _transition(job_id, allowed=(JobState.PAUSED,), target=JobState.RUNNING, actor=actor)
+    deadline = timezone.now() + timedelta(seconds=job.round_deadline_seconds)
+    job.rounds.filter(state__in=ACCEPTING_STATES).update(deadline_at=deadline)
+    round_open(job=job)  # in case the pause fell between two rounds
+    return job
+
+
+@transaction.atomic
+def job_cancel(*, job_id: int, actor: str) -> Job:
+    job = _transition(
+        job_id,
+        allowed=(JobState.DRAFT, JobState.RUNNING, JobState.PAUSED),
+        target=JobState.CANCELLED,
+        actor=actor,
+    )
+    job.rounds.filter(state__in=ACTIVE_STATES).update(
+        state=RoundState.FAILED, failure_reason="job cancelled", closed_at=timezone.now()
+    )
+    return job
+
+
+def _job_fail(job: Job, reason: str) -> None:
+    job.state, job.failure_reason, job.finished_at = JobState.FAILED, reason, timezone.now()
+    job.save(update_fields=["state", "failure_reason", "finished_at"])
+    audit_record(actor="system", kind="job.failed", job=job, details={"reason": reason})
+
+
+# --- rounds ------------------------------------------------------------------------------
+
+
+def _active_site_count(job: Job) -> int:
+    approved = job.study.participants.filter(decision=Decision.APPROVED).count()
+    return approved - job.refusals.count()
+
+
+def round_open(*, job: Job) -> Round | None:
+    """Open the job's next round, or complete the job; a no-op while a round is active.
+
+    Call inside a transaction that holds the job's row lock.
+    """
+    if job.state != JobState.RUNNING or job.rounds.filter(state__in=ACTIVE_STATES).exists():
+        return None
+    last = job.rounds.order_by("-number").first()
+    number = (last.number + 1) if last else 1
+    if number > job.num_rounds + 1:
+        job.state, job.finished_at = JobState.COMPLETED, timezone.now()
+        job.save(update_fields=["state", "finished_at"])
+        audit_record(actor="system", kind="job.completed", job=job)
+        return None
+    sites = _active_site_count(job)
+    if sites < job.min_updates:
+        _job_fail(job, f"only {sites} sites still take part; the job needs {job.min_updates}")
+        return None
+    base = job.model_versions.order_by("-number").first()
+    assert base is not None, "a running job always has a model version"
+    opened = Round.objects.create(
+        job=job,
+        number=number,
+        kind=RoundKind.TRAIN if number <= job.num_rounds else RoundKind.EVALUATE,
+        base_version=base,
+        expected_updates=sites,
+        deadline_at=timezone.now() + timedelta(seconds=job.round_deadline_seconds),
+    )
+    audit_record(
+        actor="system",
+        kind="round.opened",
+        job=job,
+        details={"round": number, "kind": opened.kind, "base_version": base.number},
+    )
+    return opened
+
+
+def _locked_round(round_id: int) -> Round:
+    round_ = (
+        Round.objects.select_for_update()
+        .select_related("job__study", "base_version")
+        .filter(pk=round_id)
+        .first()
+    )
+    if round_ is None:
+        raise NotFound("no such round")
+    return round_
+
+
+def _round_reached_quorum(round_: Round) -> None:
+    """Move a round whose every expected site answered on to its next state."""
+    if round_.state in ACCEPTING_STATES and round_.updates.count() >= round_.expected_updates:
+        _round_close_collection(round_)
+
+
+def _round_close_collection(round_: Round) -> None:
+    if round_.kind == RoundKind.EVALUATE:
+        _round_close_evaluation(round_)
+        return
+    round_.state, round_.aggregating_since = RoundState.AGGREGATING, timezone.now()
+    round_.save(update_fields=["state", "aggregating_since"])
+    audit_record(actor="system", kind="round.aggregating", job=round_.job, details={"round": round_.number})
+    round_id = round_.pk
+    transaction.on_commit(lambda: _enqueue_aggregation(round_id))
+
+
+def _enqueue_aggregation(round_id: int) -> None:
+    from training.tasks import round_aggregate_task  # tasks import this module
+
+    round_aggregate_task.delay(round_id)
+
+
+def _round_close_evaluation(round_: Round) -> None:
+    metrics = _combined_metrics(round_)
+    round_.state, round_.closed_at, round_.metrics = RoundState.CLOSED, timezone.now(), metrics
+    round_.save(update_fields=["state", "closed_at", "metrics"])
+    ModelVersion.objects.filter(pk=round_.base_version_id).update(metrics=metrics)
+    audit_record(actor="system", kind="round.closed", job=round_.job, details={"round": round_.number})
+    round_open(job=_locked_job(round_.job_id))
+
+
+def _combined_metrics(round_: Round) -> dict[str, float]:
+    per_site = [(u.metrics, u.num_examples) for u in round_.updates.all()]
+    return combine_metrics(per_site) if per_site else {}
+
+
+@dataclass(frozen=True)
+class AggregationOutcome:
+    round_id: int
+    version_number: int | None
+
+
+@transaction.atomic
+def round_aggregate(*, round_id: int) -> AggregationOutcome:
+    """Aggregate a round's stored updates into the next model version; open the next round."""
+    round_ = _locked_round(round_id)
+    if round_.state != RoundState.AGGREGATING:
+        return AggregationOutcome(round_id, None)  # done already, or never ready
+    job, base = round_.job, round_.base_version
+    updates = list(round_.updates.select_related("institution").order_by("institution_id"))
+    spec = model_spec(base)
+    store = blob_store()
+    strategy = build_strategy(job.study.strategy, job.study.strategy_params)
+    result = strategy.aggregate(
+        deserialize_weights(store.read(base.sha256), spec=spec),
+        [StoredUpdate(store.path(u.sha256), u.num_examples) for u in updates],
+        state=_server_state(base),
+    )
+    provenance = {
+        "strategy": strategy.name.value,
+        "params": strategy.params(),
+        "base": {"number": base.number, "sha256": base.sha256},
+        "updates": [
+            {"institution": u.institution.name, "sha256": u.sha256, "num_examples": u.num_examples}
+            for u in updates
+        ],
+        "details": result.details,
+    }
+    version = _model_version_write(
+        job=job,
+        number=round_.number,
+        weights=result.weights,
+        spec=spec,
+        parent=base,
+        round_=round_,
+        server_state=result.state,
+        provenance=provenance,
+    )
+    metrics = _combined_metrics(round_)
+    round_.state, round_.closed_at, round_.metrics = RoundState.CLOSED, timezone.now(), metrics
+    round_.save(update_fields=["state", "closed_at", "metrics"])
+    ModelVersion.objects.filter(pk=base.pk).update(metrics=_global_metrics(metrics))
+    audit_record(
+        actor="system",
+        kind="round.closed",
+        job=job,
+        details={"round": round_.number, "version": version.number, "sha256": version.sha256},
+    )
+    round_open(job=_locked_job(job.pk))
+    return AggregationOutcome(round_id, version.number)
+
+
+@transaction.atomic
+def round_fail_aggregation(*, round_id: int, reason: str) -> None:
+    """An aggregation that cannot succeed fails its round and job, with the reason."""
+    round_ = _locked_round(round_id)
+    if round_.state == RoundState.AGGREGATING:
+        _round_fail(round_, f"aggregation failed: {reason}")
+
+
+def _global_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The sites' evaluation of the round's base model (``global_*``), without the prefix."""
+    return {
+        name.removeprefix("global_"): value for name, value in metrics.items() if name.startswith("global_")
+    }
+
+
+def model_spec(version: ModelVersion) -> ModelSpec:
+    """The spec of a job's model, kept in every version blob's metadata."""
+    return _model_spec_of_blob(version.sha256)
+
+
+@functools.lru_cache(maxsize=256)
+def _model_spec_of_blob(sha256: str) -> ModelSpec:
+    # Blobs are immutable (named by their digest), so the spec of one never changes.
+    data = blob_store().read(sha256)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    spec = ModelSpec.from_json(json.loads(header["__metadata__"]["model_spec"]))
+    read_metadata(data, spec=spec)  # the stored blob passes the full header check
+    return spec
+
+
+def _server_state(version: ModelVersion) -> Weights | None:
+    if not version.server_state_sha256:
+        return None
+    # Our own blob, checked against its digest on read: not bytes from a site.
+    return dict(safetensors_load(blob_store().read(version.server_state_sha256)))
+
+
+# --- updates from sites ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    num_examples: int
+    metrics: dict[str, float]
+    base_model_sha256: str
+    job_id: int
+    round_number: int
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    update: Update
+    duplicate: bool
+
+
+def _accepting_round_for(round_id: int, credential: AgentCredential) -> Round:
+    round_ = _locked_round(round_id)
+    job = round_.job
+    takes_part = job.study.participants.filter(
+        institution=credential.institution_id, decision=Decision.APPROVED
+    ).exists()
+    if not takes_part:
+        raise NotFound("no such round")  # another institution's round: no existence leak
+    if job.state != JobState.RUNNING:
+        raise Conflict(f"job {job.pk} is {job.state}; it takes no updates now", code="job_not_running")
+    if job.refusals.filter(institution=credential.institution_id).exists():
+        raise Forbidden("this site refused the job", code="refused")
+    return round_
+
+
+def _check_binding(round_: Round, meta: UpdateMeta) -> None:
+    if meta.job_id != round_.job_id or meta.round_number != round_.number:
+        raise Conflict("the update is bound to another job or round", code="wrong_round")
+    if meta.base_model_sha256 != round_.base_version.sha256:
+        raise Conflict("the update was trained from another model version", code="stale_update")
+    if not 1 <= meta.num_examples <= MAX_NUM_EXAMPLES:
+        raise InvalidInput(f"num_examples must lie between 1 and {MAX_NUM_EXAMPLES}")
+
+
+def _existing(round_: Round, credential: AgentCredential, sha256: str) -> SubmitResult | None:
+    existing = round_.updates.filter(institution=credential.institution_id).first()
+    if existing is None:
+        return None
+    if existing.sha256 != sha256:
+        raise Conflict("this site already sent a different update for this round", code="update_exists")
+    return SubmitResult(existing, duplicate=True)
+
+
+@transaction.atomic
+def update_submit(
+    *, round_id: int, credential: AgentCredential, meta: UpdateMeta, data: bytes
+) -> SubmitResult:
+    """Validate and store one site's update; a retry with the same bytes is counted once."""
+    round_ = _accepting_round_for(round_id, credential)
+    sha256 = sha256_hex(data)
+    if (duplicate := _existing(round_, credential, sha256)) is not None:
+        return duplicate
+    if round_.kind != RoundKind.TRAIN or round_.state not in ACCEPTING_STATES:
+        raise Conflict(f"round {round_.number} is {round_.state}; it takes no updates", code="round_closed")
+    _check_binding(round_, meta)
+    spec = model_spec(round_.base_version)
+    try:
+        deserialize_weights(data, spec=spec)
+    except UpdateTooLargeError as error:
+        raise TooLarge(str(error)) from error
+    except FederationError as error:
+        raise InvalidInput(str(error), code="invalid_update") from error
+    blob_store().put(data)
+    update = _update_record(round_, credential, meta.num_examples, meta.metrics, sha256, len(data))
+    return SubmitResult(update, duplicate=False)
+
+
+def _update_record(
+    round_: Round,
+    credential: AgentCredential,
+    num_examples: int,
+    metrics: dict[str, float],
+    sha256: str,
+    size: int,
+) -> Update:
+    try:
+        with transaction.atomic():
+            update = Update.objects.create(
+                round=round_,
+                institution_id=credential.institution_id,
+                credential=credential,
+                num_examples=num_examples,
+                metrics=metrics,
+                sha256=sha256,
+                size=size,
+            )
+    except IntegrityError:
+        raise Conflict("this site already answered this round", code="update_exists") from None
+    round_.last_update_at = timezone.now()
+    if round_.state == RoundState.OPEN:
+        round_.state = RoundState.COLLECTING
+    round_.save(update_fields=["last_update_at", "state"])
+    audit_record(
+        actor=f"agent:{credential.pk}",
+        kind="update.received",
+        institution=credential.institution,
+        job=round_.job,
+        details={"round": round_.number, "sha256": sha256, "num_examples": num_examples},
+    )
+    _round_reached_quorum(round_)
+    return update
+
+
+@transaction.atomic
+def evaluation_submit(
+    *, round_id: int, credential: AgentCredential, num_examples: int, metrics: dict[str, float]
+) -> SubmitResult:
+    round_ = _accepting_round_for(round_id, credential)
+    existing = round_.updates.filter(institution=credential.institution_id).first()
+    if existing is not None:
+        return SubmitResult(existing, duplicate=True)
+    if round_.kind != RoundKind.EVALUATE or round_.state not in ACCEPTING_STATES:
+        raise Conflict(f"round {round_.number} takes no evaluation now", code="round_closed")
+    if not 1 <= num_examples <= MAX_NUM_EXAMPLES:
+        raise InvalidInput(f"num_examples must lie between 1 and {MAX_NUM_EXAMPLES}")
+    return SubmitResult(_update_record(round_, credential, num_examples, metrics, "", 0), duplicate=False)
+
+
+@transaction.atomic
+def job_refuse(*, job_id: int, credential: AgentCredential, reason: str) -> Refusal:
+    """A site's agent refuses a job under its local policy; the rounds adapt."""
+    job = _locked_job(job_id)
+    if not job.study.participants.filter(institution=credential.institution_id).exists():
+        raise NotFound("no such job")
+    refusal, created = Refusal.objects.get_or_create(
+        job=job, institution_id=credential.institution_id, defaults={"reason": reason[:2000]}
+    )
+    if created:
+        audit_record(
+            actor=f"agent:{credential.pk}",
+            kind="job.refused",
+            institution=credential.institution,
+            job=job,
+            details={"reason": reason[:2000]},
+        )
+        _rounds_recount(job)
+    return refusal
+
+
+def _rounds_recount(job: Job) -> None:
+    sites = _active_site_count(job)
+    for round_ in job.rounds.select_for_update().filter(state__in=ACCEPTING_STATES):
+        round_.expected_updates = sites
+        round_.save(update_fields=["expected_updates"])
+        if sites < job.min_updates:
+            _round_fail(round_, f"only {sites} sites still take part")
+        else:
+            _round_reached_quorum(round_)
+
+
+def _round_fail(round_: Round, reason: str) -> None:
+    round_.state, round_.failure_reason, round_.closed_at = RoundState.FAILED, reason, timezone.now()
+    round_.save(update_fields=["state", "failure_reason", "closed_at"])
+    audit_record(
+        actor="system",
+        kind="round.failed",
+        job=round_.job,
+        details={"round": round_.number, "reason": reason},
+    )
+    _job_fail(round_.job, f"round {round_.number} failed: {reason}")
+
+
+# --- the periodic sweep ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    closed: int
+    extended: int
+    failed: int
+    requeued: int
+
+
+def rounds_sweep() -> SweepOutcome:
+    """Close, extend or fail rounds past their deadline; re-enqueue stalled aggregations."""
+    now = timezone.now()
+    due = Round.objects.filter(state__in=ACCEPTING_STATES, deadline_at__lte=now, job__state=JobState.RUNNING)
+    outcomes = Counter(_round_deadline(round_id) for round_id in due.values_list("pk", flat=True))
+    stalled_before = now - timedelta(seconds=settings.FEDHEALTH_STUCK_AGGREGATION_SECONDS)
+    stalled = list(
+        Round.objects.filter(state=RoundState.AGGREGATING, aggregating_since__lte=stalled_before).values_list(
+            "pk", flat=True
+        )
+    )
+    for round_id in stalled:
+        _round_requeue(round_id)
+    return SweepOutcome(outcomes["closed"], outcomes["extended"], outcomes["failed"], len(stalled))
+
+
+@transaction.atomic
+def _round_deadline(round_id: int) -> str:
+    round_ = _locked_round(round_id)
+    if round_.state not in ACCEPTING_STATES or round_.deadline_at > timezone.now():
+        return "unchanged"  # another sweep or an update got there first
+    received = round_.updates.count()
+    enough = received >= round_.job.min_updates or (round_.kind == RoundKind.EVALUATE and received > 0)
+    if enough:
+        _round_close_collection(round_)
+        return "closed"
+    if round_.deadline_extensions < round_.job.max_deadline_extensions:
+        round_.deadline_extensions += 1
+        round_.deadline_at = timezone.now() + timedelta(seconds=round_.job.round_deadline_seconds)
+        round_.save(update_fields=["deadline_extensions", "deadline_at"])
+        audit_record(
+            actor="system",
+            kind="round.extended",
+            job=round_.job,
+            details={"round": round_.number, "received": received},
+        )
+        return "extended"
+    _round_fail(round_, f"deadline passed with {received} of at least {round_.job.min_updates} updates")
+    return "failed"
+
+
+@transaction.atomic
+def _round_requeue(round_id: int) -> None:
+    round_ = _locked_round(round_id)
+    if round_.state == RoundState.AGGREGATING:
+        round_.aggregating_since = timezone.now()
+        round_.save(update_fields=["aggregating_since"])
+        transaction.on_commit(lambda: _enqueue_aggregation(round_id))
+        logger.warning("re-enqueued stalled aggregation of round %s of job %s", round_.number, round_.job_id)

@@ -1,0 +1,397 @@
+"""The agent protocol and the round state machine, through the real API and services."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.core.cache import cache
+from django.test import override_settings
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from audit.models import AuditEvent
+from federation.types import ModelSpec
+from federation.wire import deserialize_weights, serialize_weights
+from institutions import services as institution_services
+from institutions.models import Institution
+from studies import services as study_services
+from training import services as training_services
+from training.models import Job, JobState, ModelVersion, Refusal, Round, RoundKind, RoundState, Update
+
+pytestmark = pytest.mark.django_db
+
+MODEL = {
+    "kind": "logistic",
+    "task": "binary",
+    "num_features": 3,
+    "num_classes": 2,
+    "hidden_sizes": [64],
+    "image_size": None,
+}
+SCHEMA = {
+    "features": [{"name": n, "kind": "numeric"} for n in ("age", "bmi", "glucose")],
+    "label": "outcome",
+    "task": "binary",
+    "classes": ["no", "yes"],
+}
+TRAINING = {"epochs": 1, "batch_size": 16, "learning_rate": 0.1}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_storage(tmp_path, settings):  # type: ignore[no-untyped-def]
+    settings.ENV = type(settings.ENV)(**{**settings.ENV.__dict__, "model_storage_dir": tmp_path / "models"})
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    cache.clear()  # enrollment throttling counts live in the cache
+
+
+class Site:
+    """One hospital: its institution and an enrolled agent client."""
+
+    def __init__(self, name: str) -> None:
+        self.institution = institution_services.institution_create(name=name, actor="user:test")
+        token = institution_services.enrollment_token_create(
+            institution=self.institution, actor="user:test"
+        ).token
+        response = APIClient().post(
+            "/api/agent/v1/enroll", {"token": token, "agent_version": "1.0"}, format="json"
+        )
+        assert response.status_code == 201, response.content
+        self.key = response.json()["key"]
+        self.credential_id = response.json()["credential_id"]
+        self.client = APIClient()
+        self.client.credentials(HTTP_AUTHORIZATION=f"Agent {self.key}")
+
+    def work(self, wait: int = 0) -> dict | None:
+        response = self.client.get(f"/api/agent/v1/work?wait={wait}")
+        assert response.status_code == 200, response.content
+        return response.json()["task"]
+
+    def model(self, task: dict) -> bytes:
+        response = self.client.get(f"/api/agent/v1/models/{task['model_version']['id']}")
+        assert response.status_code == 200
+        body = b"".join(response.streaming_content)
+        assert (
+            hashlib.sha256(body).hexdigest()
+            == response["X-Content-SHA256"]
+            == task["model_version"]["sha256"]
+        )
+        return body
+
+    def upload(self, task: dict, blob: bytes, *, num_examples: int = 50, **meta_changes: object):  # type: ignore[no-untyped-def]
+        meta = {
+            "num_examples": num_examples,
+            "metrics": {"global_accuracy": 0.5, "local_accuracy": 0.7},
+            "base_model_sha256": task["model_version"]["sha256"],
+            "job_id": task["job_id"],
+            "round_number": task["round_number"],
+            **meta_changes,
+        }
+        return self.client.post(
+            f"/api/agent/v1/rounds/{task['round_id']}/update",
+            {"meta": json.dumps(meta), "tensors": io.BytesIO(blob)},
+            format="multipart",
+        )
+
+
+def trained(blob: bytes, shift: float) -> bytes:
+    """The received model moved by ``shift``: a stand-in for local training."""
+    weights = deserialize_weights(blob, spec=spec_of(blob))
+    return serialize_weights({name: array + np.float32(shift) for name, array in weights.items()})
+
+
+def spec_of(blob: bytes) -> ModelSpec:
+    length = int.from_bytes(blob[:8], "little")
+    return ModelSpec.from_json(json.loads(json.loads(blob[8 : 8 + length])["__metadata__"]["model_spec"]))
+
+
+def make_job(
+    sites: list[Site], *, rounds: int = 2, min_updates: int | None = None, strategy: str = "fedavg"
+) -> Job:
+    study = study_services.study_create(
+        name=f"study-{len(sites)}-{strategy}-{rounds}",
+        description="",
+        model_config=MODEL,
+        data_schema=SCHEMA,
+        strategy=strategy,
+        strategy_params={},
+        training=TRAINING,
+        feature_scaling=None,
+        privacy={},
+        validation_fraction=0.2,
+        seed=0,
+        institution_ids=[s.institution.pk for s in sites],
+        actor="user:test",
+    )
+    for site in sites:
+        study_services.study_decide(
+            study=study, institution=site.institution, approve=True, actor="user:owner"
+        )
+    job = training_services.job_create(
+        study=study,
+        num_rounds=rounds,
+        min_updates=min_updates or len(sites),
+        round_deadline_seconds=60,
+        max_deadline_extensions=1,
+        actor="user:test",
+    )
+    return training_services.job_start(job_id=job.pk, actor="user:test")
+
+
+@pytest.fixture
+def sites() -> list[Site]:
+    return [Site("Hospital A"), Site("Hospital B"), Site("Hospital C")]
+
+
+def test_a_whole_job_runs_round_by_round_to_an_evaluated_final_model(
+    sites: list[Site], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    job = make_job(sites, rounds=2)
+    for round_number in (1, 2):
+        for index, site in enumerate(sites):
+            task = site.work()
+            assert task["kind"] == "train"
+            assert task["round_number"] == round_number
+            with django_capture_on_commit_callbacks(execute=True):
+                response = site.upload(
+                    task, trained(site.model(task), shift=index + 1), num_examples=10 * (index + 1)
+                )
+            assert response.status_code == 201, response.content
+            assert site.work() is None or index == len(sites) - 1  # answered: no more work this round
+    version = ModelVersion.objects.get(job=job, number=2)
+    parent = ModelVersion.objects.get(job=job, number=1)
+    assert version.parent == parent
+    assert [u["num_examples"] for u in version.provenance["updates"]] == [10, 20, 30]
+    # FedAvg of shifts 1, 2, 3 weighted 10, 20, 30: each round moves every weight by 14/6.
+    initial = deserialize_weights(
+        sites[0].model(
+            {
+                "model_version": {
+                    "id": job.model_versions.get(number=0).pk,
+                    "sha256": job.model_versions.get(number=0).sha256,
+                }
+            }
+        ),
+        spec=spec_of(sites[0].model({"model_version": {"id": version.pk, "sha256": version.sha256}})),
+    )
+    final_task = sites[0].work()
+    assert final_task["kind"] == "evaluate"
+    final = deserialize_weights(sites[0].model(final_task), spec=ModelSpec.from_weights(initial))
+    for name in initial:
+        np.testing.assert_allclose(final[name], initial[name] + 2 * 14 / 6, rtol=1e-5)
+    for site in sites:
+        task = site.work()
+        with django_capture_on_commit_callbacks(execute=True):
+            response = site.client.post(
+                f"/api/agent/v1/rounds/{task['round_id']}/evaluation",
+                {"num_examples": 40, "metrics": {"accuracy": 0.9}},
+                format="json",
+            )
+        assert response.status_code == 201, response.content
+    job.refresh_from_db()
+    assert job.state == JobState.COMPLETED
+    assert ModelVersion.objects.get(job=job, number=2).metrics == {"accuracy": pytest.approx(0.9)}
+    kinds = set(AuditEvent.objects.filter(job=job).values_list("kind", flat=True))
+    assert {
+        "job.started",
+        "round.opened",
+        "update.received",
+        "round.aggregating",
+        "round.closed",
+        "job.completed",
+    } <= kinds
+
+
+def test_a_retried_upload_is_accepted_once_and_counted_once(sites: list[Site]) -> None:
+    make_job(sites)
+    site = sites[0]
+    task = site.work()
+    blob = trained(site.model(task), 1.0)
+    first, again = site.upload(task, blob), site.upload(task, blob)
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
+    assert again.json()["update_id"] == first.json()["update_id"]
+    assert Update.objects.filter(round_id=task["round_id"]).count() == 1
+    different = site.upload(task, trained(site.model(task), 2.0))
+    assert different.status_code == 409
+    assert different.json()["error"]["code"] == "update_exists"
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"base_model_sha256": "0" * 64}, "stale_update"),
+        ({"round_number": 5}, "wrong_round"),
+        ({"job_id": 999}, "wrong_round"),
+        ({"num_examples": 0}, "invalid"),
+        ({"num_examples": -5}, "invalid"),
+        ({"num_examples": 10**12}, "invalid"),
+    ],
+)
+def test_an_update_bound_to_anything_else_is_refused(sites: list[Site], change: dict, code: str) -> None:
+    make_job(sites)
+    task = sites[0].work()
+    meta = {k: v for k, v in change.items() if k != "num_examples"}
+    response = sites[0].upload(
+        task, trained(sites[0].model(task), 1.0), num_examples=change.get("num_examples", 50), **meta
+    )
+    assert 400 <= response.status_code < 500
+    assert response.json()["error"]["code"] == code
+    assert not Update.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("blob", "status"),
+    [
+        (b"\x00" * 10, 400),
+        (
+            serialize_weights(
+                {"linear.weight": np.zeros((1, 4), np.float32), "linear.bias": np.zeros(1, np.float32)}
+            ),
+            400,
+        ),
+        (b"\x80\x04\x95" + b"pickle" * 10, 400),
+    ],
+)
+def test_malformed_tensors_are_refused_with_a_clear_message(
+    sites: list[Site], blob: bytes, status: int
+) -> None:
+    make_job(sites)
+    task = sites[0].work()
+    response = sites[0].upload(task, blob)
+    assert response.status_code == status
+    assert response.json()["error"]["message"]
+    assert not Update.objects.exists()
+
+
+def test_non_finite_values_are_refused(sites: list[Site]) -> None:
+    from safetensors.numpy import save
+
+    make_job(sites)
+    task = sites[0].work()
+    weights = deserialize_weights(sites[0].model(task), spec=spec_of(sites[0].model(task)))
+    weights["linear.bias"] = np.array([np.nan], np.float32)
+    response = sites[0].upload(task, save(weights))
+    assert response.status_code == 400
+    assert "NaN" in response.json()["error"]["message"]
+
+
+def test_an_agent_sees_only_its_own_institutions_rounds_and_models(sites: list[Site]) -> None:
+    job = make_job(sites[:2])
+    outsider = sites[2]
+    assert outsider.work() is None
+    task = sites[0].work()
+    assert outsider.client.get(f"/api/agent/v1/models/{task['model_version']['id']}").status_code == 404
+    response = outsider.upload(task, trained(sites[0].model(task), 1.0))
+    assert response.status_code == 404
+    assert (
+        outsider.client.post(
+            f"/api/agent/v1/jobs/{job.pk}/refuse", {"reason": "x"}, format="json"
+        ).status_code
+        == 404
+    )
+
+
+def test_a_revoked_credential_stops_working_at_once(sites: list[Site]) -> None:
+    site = sites[0]
+    assert site.client.get("/api/agent/v1/me").status_code == 200
+    institution_services.credential_revoke(credential_id=site.credential_id, actor="user:test")
+    response = site.client.get("/api/agent/v1/me")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "credential_revoked"
+
+
+def test_enrollment_tokens_are_single_use_and_expire() -> None:
+    institution = Institution.objects.create(name="Hospital Z")
+    issued = institution_services.enrollment_token_create(institution=institution, actor="user:test")
+    client = APIClient()
+    assert client.post("/api/agent/v1/enroll", {"token": issued.token}, format="json").status_code == 201
+    reuse = client.post("/api/agent/v1/enroll", {"token": issued.token}, format="json")
+    assert reuse.status_code == 401
+    expired = institution_services.enrollment_token_create(institution=institution, actor="user:test")
+    expired.record.expires_at = timezone.now() - timedelta(seconds=1)
+    expired.record.save()
+    assert client.post("/api/agent/v1/enroll", {"token": expired.token}, format="json").status_code == 401
+    assert issued.token not in str(list(institution.enrollment_tokens.values()))
+
+
+def test_bad_keys_get_clear_401s() -> None:
+    client = APIClient()
+    for header in ("Agent", "Agent fha_1_nope", "Agent something", "Agent fha_x_y extra"):
+        client.credentials(HTTP_AUTHORIZATION=header)
+        response = client.get("/api/agent/v1/me")
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] in {"invalid_credential", "not_authenticated"}
+
+
+def test_a_refusal_is_recorded_and_the_round_closes_without_that_site(
+    sites: list[Site], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    job = make_job(sites, min_updates=2)
+    for site in sites[:2]:
+        task = site.work()
+        with django_capture_on_commit_callbacks(execute=True):
+            site.upload(task, trained(site.model(task), 1.0))
+    assert Round.objects.get(job=job, number=1).state == RoundState.COLLECTING
+    with django_capture_on_commit_callbacks(execute=True):
+        response = sites[2].client.post(
+            f"/api/agent/v1/jobs/{job.pk}/refuse", {"reason": "epochs above our policy"}, format="json"
+        )
+    assert response.status_code == 200
+    assert Refusal.objects.get(job=job).reason == "epochs above our policy"
+    assert Round.objects.get(job=job, number=1).state == RoundState.CLOSED
+    assert Round.objects.get(job=job, number=2).expected_updates == 2
+    assert sites[2].work() is None
+
+
+def test_aggregating_twice_changes_nothing(sites: list[Site]) -> None:
+    job = make_job(sites[:1], rounds=1)
+    task = sites[0].work()
+    with override_settings(CELERY_TASK_ALWAYS_EAGER=False):
+        sites[0].upload(task, trained(sites[0].model(task), 1.0))
+    round_ = Round.objects.get(pk=task["round_id"])
+    assert round_.state == RoundState.AGGREGATING
+    first = training_services.round_aggregate(round_id=round_.pk)
+    second = training_services.round_aggregate(round_id=round_.pk)
+    assert first.version_number == 1
+    assert second.version_number is None
+    assert job.model_versions.count() == 2
+    assert Round.objects.filter(job=job, kind=RoundKind.EVALUATE).count() == 1
+
+
+def test_the_sweep_closes_extends_or_fails_rounds_at_their_deadline(
+    sites: list[Site], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    job = make_job(sites, min_updates=2)
+    round_ = Round.objects.get(job=job, number=1)
+    Round.objects.filter(pk=round_.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
+    assert training_services.rounds_sweep().extended == 1  # no updates yet: one extension allowed
+    Round.objects.filter(pk=round_.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
+    for site in sites[:2]:
+        task = site.work()
+        site.upload(task, trained(site.model(task), 1.0))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert training_services.rounds_sweep().closed == 1
+    assert Round.objects.get(job=job, number=2).state == RoundState.OPEN
+    Round.objects.filter(job=job, number=2).update(
+        deadline_at=timezone.now() - timedelta(seconds=1), deadline_extensions=1
+    )
+    assert training_services.rounds_sweep().failed == 1
+    job.refresh_from_db()
+    assert job.state == JobState.FAILED
+    assert "deadline passed" in job.failure_reason
+
+
+def test_long_poll_answers_within_its_bound(sites: list[Site]) -> None:
+    import time
+
+    started = time.monotonic()
+    assert sites[0].work(wait=1) is None
+    assert 0.9 <= time.monotonic() - started < 3
+    response = sites[0].client.get("/api/agent/v1/work?wait=31")
+    assert response.status_code == 400
