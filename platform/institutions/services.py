@@ -133,7 +133,7 @@ def credential_revoke(*, credential_id: int, actor: str) -> AgentCredential:
 
 def credential_touch(*, credential: AgentCredential, agent_version: str | None = None) -> None:
     """Record a heartbeat (no audit event: heartbeats are not changes of state)."""
-    fields = {"last_seen_at": timezone.now()}
+    fields: dict[str, object] = {"last_seen_at": timezone.now()}
     if agent_version:
         fields["agent_version"] = agent_version[:50]
     AgentCredential.objects.filter(pk=credential.pk).update(**fields)

@@ -17,7 +17,9 @@ class Study(models.Model):
     seed = models.PositiveIntegerField(default=0)
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
-    institutions = models.ManyToManyField("institutions.Institution", through="StudyParticipant")
+    institutions = models.ManyToManyField(  # type: ignore[var-annotated]
+        "institutions.Institution", through="StudyParticipant"
+    )
 
     class Meta:
         ordering = ["-id"]

@@ -125,6 +125,9 @@ def study_decide(*, study: Study, institution: Institution, approve: bool, actor
     )
     if participant is None:
         raise NotFound(f"{institution.name} does not take part in study {study.name!r}")
+    if study.jobs.filter(state__in=("running", "paused")).exists():
+        # Mid-job the site's agent refuses instead, which the rounds are recounted for.
+        raise Conflict("a job of this study is running; its decision cannot change now", code="job_running")
     participant.decision = Decision.APPROVED if approve else Decision.DECLINED
     participant.decided_at = timezone.now()
     participant.decided_by = actor

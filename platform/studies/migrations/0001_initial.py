@@ -5,58 +5,94 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('institutions', '0001_initial'),
+        ("institutions", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Study',
+            name="Study",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, unique=True)),
-                ('description', models.TextField(blank=True)),
-                ('model_config', models.JSONField(help_text='federation.models.ModelConfig.to_json()')),
-                ('data_schema', models.JSONField(help_text='federation.data.DataSchema.to_json()')),
-                ('feature_scaling', models.JSONField(blank=True, help_text='{"mean": [...], "std": [...]}', null=True)),
-                ('strategy', models.CharField(max_length=40)),
-                ('strategy_params', models.JSONField(blank=True, default=dict)),
-                ('privacy', models.JSONField(blank=True, default=dict)),
-                ('training', models.JSONField(help_text='local epochs, batch size, learning rate, proximal mu')),
-                ('validation_fraction', models.FloatField(default=0.2)),
-                ('seed', models.PositiveIntegerField(default=0)),
-                ('created_by', models.CharField(max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, unique=True)),
+                ("description", models.TextField(blank=True)),
+                ("model_config", models.JSONField(help_text="federation.models.ModelConfig.to_json()")),
+                ("data_schema", models.JSONField(help_text="federation.data.DataSchema.to_json()")),
+                (
+                    "feature_scaling",
+                    models.JSONField(blank=True, help_text='{"mean": [...], "std": [...]}', null=True),
+                ),
+                ("strategy", models.CharField(max_length=40)),
+                ("strategy_params", models.JSONField(blank=True, default=dict)),
+                ("privacy", models.JSONField(blank=True, default=dict)),
+                (
+                    "training",
+                    models.JSONField(help_text="local epochs, batch size, learning rate, proximal mu"),
+                ),
+                ("validation_fraction", models.FloatField(default=0.2)),
+                ("seed", models.PositiveIntegerField(default=0)),
+                ("created_by", models.CharField(max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'verbose_name_plural': 'studies',
-                'ordering': ['-id'],
+                "verbose_name_plural": "studies",
+                "ordering": ["-id"],
             },
         ),
         migrations.CreateModel(
-            name='StudyParticipant',
+            name="StudyParticipant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('decision', models.CharField(choices=[('pending', 'Pending'), ('approved', 'Approved'), ('declined', 'Declined')], default='pending', max_length=10)),
-                ('decided_at', models.DateTimeField(blank=True, null=True)),
-                ('decided_by', models.CharField(blank=True, max_length=200)),
-                ('institution', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='institutions.institution')),
-                ('study', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='participants', to='studies.study')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "decision",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("approved", "Approved"), ("declined", "Declined")],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("decided_at", models.DateTimeField(blank=True, null=True)),
+                ("decided_by", models.CharField(blank=True, max_length=200)),
+                (
+                    "institution",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="institutions.institution",
+                    ),
+                ),
+                (
+                    "study",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="participants",
+                        to="studies.study",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['institution__name'],
+                "ordering": ["institution__name"],
             },
         ),
         migrations.AddField(
-            model_name='study',
-            name='institutions',
-            field=models.ManyToManyField(through='studies.StudyParticipant', to='institutions.institution'),
+            model_name="study",
+            name="institutions",
+            field=models.ManyToManyField(through="studies.StudyParticipant", to="institutions.institution"),
         ),
         migrations.AddConstraint(
-            model_name='studyparticipant',
-            constraint=models.UniqueConstraint(fields=('study', 'institution'), name='one_participation'),
+            model_name="studyparticipant",
+            constraint=models.UniqueConstraint(fields=("study", "institution"), name="one_participation"),
         ),
     ]

@@ -1,0 +1,7 @@
+from django.urls import path
+
+from audit.apis import AuditEventListApi
+
+urlpatterns = [
+    path("audit-events/", AuditEventListApi.as_view(), name="audit-event-list"),
+]

@@ -1,0 +1,52 @@
+"""Reading institutions and their agents' credentials, within a person's scope."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db.models import Count, Max, Q, QuerySet
+from django.utils import timezone
+
+from accounts.selectors import Scope, scope_queryset
+from fedplatform.errors import NotFound
+from institutions.models import AgentCredential, Institution
+
+#: An agent counts as online when its credential was last seen at most this long ago.
+ONLINE_WINDOW = timedelta(seconds=60)
+
+_ACTIVE = Q(credentials__revoked_at__isnull=True)
+
+
+def is_online(last_seen_at: datetime | None, *, now: datetime | None = None) -> bool:
+    if last_seen_at is None:
+        return False
+    return (now or timezone.now()) - last_seen_at <= ONLINE_WINDOW
+
+
+def institution_list(*, scope: Scope) -> QuerySet[Institution]:
+    """Institutions with ``active_credentials`` and ``agent_last_seen_at`` annotated."""
+    queryset = Institution.objects.annotate(
+        active_credentials=Count("credentials", filter=_ACTIVE),
+        agent_last_seen_at=Max("credentials__last_seen_at", filter=_ACTIVE),
+    ).order_by("name")
+    return scope_queryset(queryset, scope=scope, institution_path="pk")
+
+
+def institution_get(*, scope: Scope, institution_id: int) -> Institution:
+    institution = institution_list(scope=scope).filter(pk=institution_id).first()
+    if institution is None:
+        raise NotFound("no such institution")
+    return institution
+
+
+def credential_list(*, institution: Institution) -> QuerySet[AgentCredential]:
+    """The institution's credentials, newest first (call with an institution in scope)."""
+    return AgentCredential.objects.filter(institution=institution).order_by("-created_at", "-pk")
+
+
+def credential_get(*, scope: Scope, credential_id: int) -> AgentCredential:
+    queryset = scope_queryset(AgentCredential.objects.all(), scope=scope, institution_path="institution")
+    credential = queryset.filter(pk=credential_id).first()
+    if credential is None:
+        raise NotFound("no such credential")
+    return credential

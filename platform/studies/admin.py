@@ -1,0 +1,36 @@
+"""Admin for studies and their participants' decisions (read only: the API records decisions)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import Model
+from django.http import HttpRequest
+
+from accounts.admin import ReadOnlyAdmin
+from studies.models import Study, StudyParticipant
+
+
+class StudyParticipantInline(admin.TabularInline):
+    model = StudyParticipant
+    fields = ("institution", "decision", "decided_at", "decided_by")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+@admin.register(Study)
+class StudyAdmin(ReadOnlyAdmin):
+    list_display = ("name", "strategy", "created_by", "created_at")
+    list_filter = ("strategy",)
+    search_fields = ("name", "description")
+    inlines = (StudyParticipantInline,)
+
+
+@admin.register(StudyParticipant)
+class StudyParticipantAdmin(ReadOnlyAdmin):
+    list_display = ("study", "institution", "decision", "decided_at", "decided_by")
+    list_filter = ("decision", "institution")
+    search_fields = ("study__name", "institution__name")

@@ -1,0 +1,191 @@
+"""Coordinator API: studies, their participants, and each site's decision about them."""
+
+from __future__ import annotations
+
+import enum
+
+from drf_spectacular.utils import extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.api_base import ApiView, error_responses, request_actor, request_scope
+from accounts.permissions import IsDataOwner
+from federation.aggregation.strategies import StrategyName
+from federation.models.base import MAX_SEED
+from fedplatform.errors import Forbidden
+from institutions.apis import InstitutionRefSerializer
+from institutions.selectors import institution_get
+from studies import selectors, services
+from studies.models import Decision
+
+TAGS = ["studies"]
+
+
+class ParticipantOutputSerializer(serializers.Serializer):
+    institution = InstitutionRefSerializer()
+    decision = serializers.ChoiceField(choices=Decision.choices)
+    decided_at = serializers.DateTimeField(allow_null=True)
+    decided_by = serializers.CharField(help_text="who decided, e.g. `user:alice`; empty while pending")
+
+    class Meta:
+        ref_name = "StudyParticipant"
+
+
+class StudySummaryOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    strategy = serializers.CharField()
+    created_by = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    participants = ParticipantOutputSerializer(many=True, source="participants.all")
+
+    class Meta:
+        ref_name = "StudySummary"
+
+
+class StudyOutputSerializer(StudySummaryOutputSerializer):
+    """A study in full (detail and create)."""
+
+    model = serializers.DictField(source="model_config", help_text="federation ModelConfig")
+    data_schema = serializers.DictField(help_text="federation DataSchema")
+    strategy_params = serializers.DictField()
+    training = serializers.DictField()
+    feature_scaling = serializers.DictField(allow_null=True)
+    privacy = serializers.DictField()
+    validation_fraction = serializers.FloatField()
+    seed = serializers.IntegerField()
+
+    class Meta:
+        ref_name = "Study"
+
+
+class StudyListApi(ApiView):
+    @extend_schema(
+        tags=TAGS, responses={200: StudySummaryOutputSerializer(many=True), **error_responses(401)}
+    )
+    def get(self, request: Request) -> Response:
+        """The studies this account may see (a data owner: those their institution takes part in)."""
+        queryset = selectors.study_list(scope=request_scope(request))
+        return self.paginated_response(queryset=queryset, serializer_class=StudySummaryOutputSerializer)
+
+
+class StudyCreateApi(ApiView):
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        description = serializers.CharField(allow_blank=True, default="")
+        model = serializers.DictField(
+            help_text="federation ModelConfig: kind, task, num_features, num_classes, ..."
+        )
+        data_schema = serializers.DictField(help_text="federation DataSchema: features, label, task, classes")
+        strategy = serializers.ChoiceField(choices=[name.value for name in StrategyName])
+        strategy_params = serializers.DictField(default=dict)
+        training = serializers.DictField(
+            default=dict, help_text="epochs, batch_size, learning_rate, proximal_mu (defaults when left out)"
+        )
+        feature_scaling = serializers.DictField(
+            allow_null=True, default=None, help_text='{"mean": [], "std": []}'
+        )
+        privacy = serializers.DictField(default=dict)
+        validation_fraction = serializers.FloatField(default=0.2, help_text="strictly between 0 and 1")
+        seed = serializers.IntegerField(min_value=0, max_value=MAX_SEED, default=0)
+        institutions = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1)
+
+        class Meta:
+            ref_name = "StudyCreate"
+
+        def validate_validation_fraction(self, value: float) -> float:
+            if not 0.0 < value < 1.0:
+                raise serializers.ValidationError("validation_fraction must lie strictly between 0 and 1.")
+            return value
+
+    @extend_schema(
+        tags=TAGS,
+        request=InputSerializer,
+        responses={201: StudyOutputSerializer, **error_responses(400, 401, 403, 409)},
+    )
+    def post(self, request: Request) -> Response:
+        """Set up a study and its participants (coordinators); the parts must fit together."""
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        study = services.study_create(
+            name=data["name"],
+            description=data["description"],
+            model_config=data["model"],
+            data_schema=data["data_schema"],
+            strategy=data["strategy"],
+            strategy_params=data["strategy_params"],
+            training=data["training"],
+            feature_scaling=data["feature_scaling"],
+            privacy=data["privacy"],
+            validation_fraction=data["validation_fraction"],
+            seed=data["seed"],
+            institution_ids=data["institutions"],
+            actor=request_actor(request),
+        )
+        study = selectors.study_get(scope=request_scope(request), study_id=study.pk)
+        return Response(StudyOutputSerializer(study).data, status=status.HTTP_201_CREATED)
+
+
+class StudyListCreateApi(StudyListApi, StudyCreateApi):
+    """``studies/`` answers GET (list) and POST (create): two operations, one route."""
+
+
+class StudyDetailApi(ApiView):
+    @extend_schema(tags=TAGS, responses={200: StudyOutputSerializer, **error_responses(401, 404)})
+    def get(self, request: Request, study_id: int) -> Response:
+        """One study in full, with each participant's decision."""
+        study = selectors.study_get(scope=request_scope(request), study_id=study_id)
+        return Response(StudyOutputSerializer(study).data)
+
+
+class DecisionChoice(enum.StrEnum):
+    APPROVE = "approve"
+    DECLINE = "decline"
+
+
+@extend_schema_field(
+    {"type": "string", "pattern": "^(approve|decline)$", "description": "approve or decline"}
+)
+class DecisionChoiceField(serializers.ChoiceField):
+    """The input ``decision``. Documented by a pattern, not an enum: an enum would collide with
+    the participants' ``decision`` enum (pending|approved|declined) and make drf-spectacular warn."""
+
+
+class StudyDecideApi(ApiView):
+    """A data owner approves or declines a study for their own institution (only they may)."""
+
+    permission_classes = (IsDataOwner,)
+
+    class InputSerializer(serializers.Serializer):
+        institution = serializers.IntegerField(min_value=1, help_text="the caller's own institution")
+        decision = DecisionChoiceField(choices=[choice.value for choice in DecisionChoice])
+
+        class Meta:
+            ref_name = "StudyDecision"
+
+    @extend_schema(
+        tags=TAGS,
+        request=InputSerializer,
+        responses={200: ParticipantOutputSerializer, **error_responses(400, 401, 403, 404)},
+    )
+    def post(self, request: Request, study_id: int) -> Response:
+        """Approve or decline the study for the caller's own institution (data owners only)."""
+        scope = request_scope(request)
+        study = selectors.study_get(scope=scope, study_id=study_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        if serializer.validated_data["institution"] != scope.institution_id:
+            raise Forbidden(
+                "a data owner decides only for their own institution", code="not_your_institution"
+            )
+        institution = institution_get(scope=scope, institution_id=serializer.validated_data["institution"])
+        participant = services.study_decide(
+            study=study,
+            institution=institution,
+            actor=request_actor(request),
+            approve=serializer.validated_data["decision"] == DecisionChoice.APPROVE,
+        )
+        return Response(ParticipantOutputSerializer(participant).data)

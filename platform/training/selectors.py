@@ -1,0 +1,173 @@
+"""Reading jobs, their progress and their model versions, within a person's scope."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db.models import Count, Max, QuerySet
+from django.utils import timezone
+
+from accounts.selectors import Scope, scope_queryset
+from fedplatform.errors import NotFound
+from institutions.models import AgentCredential, Institution
+from institutions.selectors import is_online
+from studies.models import StudyParticipant
+from training.models import Job, ModelVersion, Refusal, Round, RoundKind, Update
+
+_JOB_SCOPE = "study__participants__institution"
+
+
+def job_list(*, scope: Scope, study_id: int | None = None, state: str | None = None) -> QuerySet[Job]:
+    """Jobs with ``current_round`` (the highest round number, or None) annotated."""
+    queryset = (
+        Job.objects.select_related("study").annotate(current_round=Max("rounds__number")).order_by("-pk")
+    )
+    if study_id is not None:
+        queryset = queryset.filter(study_id=study_id)
+    if state is not None:
+        queryset = queryset.filter(state=state)
+    return scope_queryset(queryset, scope=scope, institution_path=_JOB_SCOPE)
+
+
+def job_get(*, scope: Scope, job_id: int) -> Job:
+    job = job_list(scope=scope).filter(pk=job_id).first()
+    if job is None:
+        raise NotFound("no such job")
+    return job
+
+
+def model_version_list(*, job: Job) -> QuerySet[ModelVersion]:
+    """The job's global models, oldest first (call with a job in scope)."""
+    return ModelVersion.objects.filter(job=job).select_related("parent", "made_by_round").order_by("number")
+
+
+def model_version_get(*, scope: Scope, version_id: int) -> ModelVersion:
+    queryset = scope_queryset(
+        ModelVersion.objects.select_related("job"), scope=scope, institution_path=f"job__{_JOB_SCOPE}"
+    )
+    version = queryset.filter(pk=version_id).first()
+    if version is None:
+        raise NotFound("no such model version")
+    return version
+
+
+# --- progress ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    number: int
+    kind: str
+    state: str
+    expected_updates: int
+    received: int
+    opened_at: datetime
+    deadline_at: datetime
+    last_update_at: datetime | None
+    closed_at: datetime | None
+    duration_seconds: float
+    metrics: dict[str, float]
+    failure_reason: str
+
+
+@dataclass(frozen=True)
+class SiteProgress:
+    institution: Institution
+    decision: str
+    refused: bool
+    refusal_reason: str
+    updates_sent: int
+    last_update_at: datetime | None
+    latest_metrics: dict[str, float]
+    agent_online: bool
+    agent_last_seen_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    job: Job
+    rounds: list[RoundProgress]
+    sites: list[SiteProgress]
+
+
+def job_progress(*, scope: Scope, job: Job) -> JobProgress:
+    """Per round and per site; a data owner sees only their own site's row."""
+    now = timezone.now()
+    participants = StudyParticipant.objects.filter(study_id=job.study_id).select_related("institution")
+    participants = scope_queryset(participants, scope=scope, institution_path="institution")
+    return JobProgress(
+        job=job, rounds=_rounds_progress(job, now), sites=_sites_progress(job, list(participants), now)
+    )
+
+
+def _rounds_progress(job: Job, now: datetime) -> list[RoundProgress]:
+    rounds = Round.objects.filter(job=job).annotate(received=Count("updates")).order_by("number")
+    return [
+        RoundProgress(
+            number=round_.number,
+            kind=round_.kind,
+            state=round_.state,
+            expected_updates=round_.expected_updates,
+            received=round_.received,
+            opened_at=round_.opened_at,
+            deadline_at=round_.deadline_at,
+            last_update_at=round_.last_update_at,
+            closed_at=round_.closed_at,
+            duration_seconds=((round_.closed_at or now) - round_.opened_at).total_seconds(),
+            metrics=round_.metrics,
+            failure_reason=round_.failure_reason,
+        )
+        for round_ in rounds
+    ]
+
+
+@dataclass
+class _SiteActivity:
+    updates_sent: int = 0
+    last_update_at: datetime | None = None
+    latest_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _site_activity(job: Job) -> dict[int, _SiteActivity]:
+    """Training updates sent per site, and the time and metrics of each site's latest answer."""
+    activity: dict[int, _SiteActivity] = defaultdict(_SiteActivity)
+    answers = Update.objects.filter(round__job=job).order_by("received_at", "pk")
+    for institution_id, kind, received_at, metrics in answers.values_list(
+        "institution_id", "round__kind", "received_at", "metrics"
+    ):
+        site = activity[institution_id]
+        site.updates_sent += kind == RoundKind.TRAIN
+        site.last_update_at, site.latest_metrics = received_at, metrics
+    return activity
+
+
+def _agents_last_seen(institution_ids: list[int]) -> dict[int, datetime | None]:
+    active = AgentCredential.objects.filter(institution_id__in=institution_ids, revoked_at__isnull=True)
+    rows = active.values("institution_id").annotate(last_seen=Max("last_seen_at"))
+    return {row["institution_id"]: row["last_seen"] for row in rows}
+
+
+def _sites_progress(job: Job, participants: list[StudyParticipant], now: datetime) -> list[SiteProgress]:
+    refusals = dict(Refusal.objects.filter(job=job).values_list("institution_id", "reason"))
+    activity = _site_activity(job)
+    last_seen = _agents_last_seen([participant.institution_id for participant in participants])
+    sites = []
+    for participant in participants:
+        site = activity.get(participant.institution_id, _SiteActivity())
+        seen = last_seen.get(participant.institution_id)
+        sites.append(
+            SiteProgress(
+                institution=participant.institution,
+                decision=participant.decision,
+                refused=participant.institution_id in refusals,
+                refusal_reason=refusals.get(participant.institution_id, ""),
+                updates_sent=site.updates_sent,
+                last_update_at=site.last_update_at,
+                latest_metrics=site.latest_metrics,
+                agent_online=is_online(seen, now=now),
+                agent_last_seen_at=seen,
+            )
+        )
+    return sites

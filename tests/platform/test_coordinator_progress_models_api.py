@@ -1,0 +1,171 @@
+"""``jobs/<id>/progress/``, ``jobs/<id>/models/`` and ``models/<id>/download/``."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts.models import Role
+from institutions.models import AgentCredential, Institution
+from institutions.services import agent_enroll, enrollment_token_create, institution_create
+from training.blobs import blob_store
+from training.models import Job, ModelVersion, Refusal, Update
+
+pytestmark = pytest.mark.django_db
+
+
+def _credential(institution: Institution) -> AgentCredential:
+    token = enrollment_token_create(institution=institution, actor="user:setup").token
+    return agent_enroll(token=token, agent_version="1.0", hostname="agent").credential
+
+
+def _record_update(job: Job, institution: Institution, metrics: dict[str, float]) -> Update:
+    """An update row as the agent API would store it (the bytes do not matter here)."""
+    round_ = job.rounds.get(number=1)
+    return Update.objects.create(
+        round=round_,
+        institution=institution,
+        credential=_credential(institution),
+        num_examples=50,
+        metrics=metrics,
+        sha256="ab" * 32,
+        size=10,
+    )
+
+
+def _body(response: object) -> bytes:
+    return b"".join(response.streaming_content)  # type: ignore[attr-defined]
+
+
+# --- progress ----------------------------------------------------------------------------
+
+
+def test_progress_after_start(coordinator_client: APIClient, running_job: Job) -> None:
+    response = coordinator_client.get(f"/api/v1/jobs/{running_job.pk}/progress/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["job"]["state"] == "running"
+    assert body["job"]["current_round"] == 1
+    [round_] = body["rounds"]
+    assert (round_["number"], round_["kind"], round_["state"]) == (1, "train", "open")
+    assert (round_["expected_updates"], round_["received"]) == (2, 0)
+    assert round_["closed_at"] is None
+    assert 0 <= round_["duration_seconds"] < 60
+    assert [(s["institution"]["name"], s["decision"], s["updates_sent"]) for s in body["sites"]] == [
+        ("Hospital A", "approved", 0),
+        ("Hospital B", "approved", 0),
+    ]
+    assert all(site["agent_online"] is False and site["agent_last_seen_at"] is None for site in body["sites"])
+
+
+def test_progress_counts_updates_refusals_and_agents(
+    coordinator_client: APIClient, running_job: Job, hospital_a: Institution, hospital_b: Institution
+) -> None:
+    update = _record_update(running_job, hospital_a, {"local_accuracy": 0.75})
+    AgentCredential.objects.filter(pk=update.credential_id).update(last_seen_at=timezone.now())
+    Refusal.objects.create(job=running_job, institution=hospital_b, reason="policy forbids mlp")
+    body = coordinator_client.get(f"/api/v1/jobs/{running_job.pk}/progress/").json()
+    assert body["rounds"][0]["received"] == 1
+    site_a, site_b = body["sites"]
+    assert (site_a["updates_sent"], site_a["latest_metrics"], site_a["agent_online"]) == (
+        1,
+        {"local_accuracy": 0.75},
+        True,
+    )
+    assert site_a["last_update_at"] is not None
+    assert (site_a["refused"], site_b["refused"]) == (False, True)
+    assert site_b["refusal_reason"] == "policy forbids mlp"
+    assert (site_b["updates_sent"], site_b["latest_metrics"], site_b["last_update_at"]) == (0, {}, None)
+
+
+def test_data_owner_sees_only_their_own_site_in_progress(
+    owner_a_client: APIClient, running_job: Job, hospital_b: Institution
+) -> None:
+    _record_update(running_job, hospital_b, {"local_accuracy": 0.9})
+    body = owner_a_client.get(f"/api/v1/jobs/{running_job.pk}/progress/").json()
+    assert [site["institution"]["name"] for site in body["sites"]] == ["Hospital A"]
+    assert body["rounds"][0]["received"] == 1
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+def test_models_listing_after_start(observer_client: APIClient, running_job: Job) -> None:
+    version = ModelVersion.objects.get(job=running_job)
+    response = observer_client.get(f"/api/v1/jobs/{running_job.pk}/models/")
+    assert response.status_code == 200
+    [row] = response.json()["results"]
+    assert row["id"] == version.pk
+    assert (row["number"], row["sha256"], row["size"]) == (0, version.sha256, version.size)
+    assert (row["parent_number"], row["made_by_round_number"]) == (None, None)
+    assert row["size"] > 0
+
+
+def test_models_listing_names_parent_and_round(coordinator_client: APIClient, running_job: Job) -> None:
+    initial = ModelVersion.objects.get(job=running_job)
+    ModelVersion.objects.create(
+        job=running_job,
+        number=1,
+        sha256=initial.sha256,
+        size=initial.size,
+        parent=initial,
+        made_by_round=running_job.rounds.get(number=1),
+        provenance={"strategy": "fedavg"},
+        metrics={"accuracy": 0.8},
+    )
+    rows = coordinator_client.get(f"/api/v1/jobs/{running_job.pk}/models/").json()["results"]
+    assert [(r["number"], r["parent_number"], r["made_by_round_number"]) for r in rows] == [
+        (0, None, None),
+        (1, 0, 1),
+    ]
+    assert rows[1]["provenance"] == {"strategy": "fedavg"}
+    assert rows[1]["metrics"] == {"accuracy": 0.8}
+
+
+@pytest.mark.parametrize("accept", [None, "application/octet-stream"])
+def test_model_download_bytes_match_the_checksums(
+    owner_a_client: APIClient, running_job: Job, accept: str | None
+) -> None:
+    version = ModelVersion.objects.get(job=running_job)
+    headers = {"HTTP_ACCEPT": accept} if accept else {}
+    response = owner_a_client.get(f"/api/v1/models/{version.pk}/download/", **headers)
+    assert response.status_code == 200
+    data = _body(response)
+    assert hashlib.sha256(data).hexdigest() == response["X-Content-SHA256"] == version.sha256
+    assert len(data) == version.size == int(response["Content-Length"])
+    assert response["Content-Type"] == "application/octet-stream"
+    expected_name = f"model-{running_job.pk}-0-{version.sha256[:12]}.safetensors"
+    assert response["Content-Disposition"] == f'attachment; filename="{expected_name}"'
+
+
+def test_corrupt_blob_is_not_served(
+    coordinator_client: APIClient, running_job: Job, isolated_model_storage: Path
+) -> None:
+    version = ModelVersion.objects.get(job=running_job)
+    path = blob_store().path(version.sha256)
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    response = coordinator_client.get(
+        f"/api/v1/models/{version.pk}/download/", HTTP_ACCEPT="application/octet-stream"
+    )
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "blob_corrupt"
+
+
+def test_model_download_outside_scope_is_404(
+    make_api_client: Callable[..., APIClient], running_job: Job, coordinator_client: APIClient
+) -> None:
+    outsider = make_api_client(
+        "olive", Role.DATA_OWNER, institution_create(name="Hospital C", actor="user:setup")
+    )
+    version = ModelVersion.objects.get(job=running_job)
+    response = outsider.get(f"/api/v1/models/{version.pk}/download/", HTTP_ACCEPT="application/octet-stream")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "not_found"
+    assert coordinator_client.get("/api/v1/models/999/download/").status_code == 404
