@@ -1,0 +1,282 @@
+"""Carry out one task: policy check, model download, local training or evaluation, upload.
+
+Only aggregates leave the site: the update's tensors, ``num_examples`` and metrics computed
+over the site's validation rows. Every step is recorded in the :class:`StateStore` before
+the next one starts, so a restart resumes where the agent stopped (see
+:mod:`silo_agent.state` for the rules).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Callable, Mapping
+
+from federation.data import Dataset
+from federation.errors import FederationError
+from federation.metrics import compute_metrics
+from federation.models import ModelAdapter, ModelConfig, TrainConfig, build_model
+from federation.models.base import MAX_SEED
+from federation.types import ModelSpec, Weights
+from federation.wire import deserialize_weights, max_update_bytes, serialize_weights, sha256_hex
+from silo_agent.client import AgentClient, DownloadedModel
+from silo_agent.config import Policy
+from silo_agent.errors import ApiError, TaskError
+from silo_agent.local_data import DataCache, PreparedData
+from silo_agent.logs import log_context
+from silo_agent.policy import check_task, needs_server_approvals
+from silo_agent.state import RoundState, StateStore, Step
+from silo_agent.tasks import ModelVersionRef, TaskKind, WorkTask, parse_task
+
+logger = logging.getLogger(__name__)
+
+
+class TaskOutcome(enum.StrEnum):
+    """How a task ended."""
+
+    UPLOADED = "uploaded"
+    EVALUATED = "evaluated"
+    REFUSED = "refused"
+    ALREADY_DONE = "already_done"
+
+
+class ProgressStep(enum.StrEnum):
+    """The visible steps of a task, reported to a :data:`ProgressCallback`."""
+
+    DOWNLOADING = "downloading"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    UPLOADING = "uploading"
+
+
+#: Receives each step as it starts, with a short description (sizes and counts only).
+ProgressCallback = Callable[[ProgressStep, str], None]
+
+
+def log_progress(step: ProgressStep, detail: str) -> None:
+    logger.info("%s %s", step.value, detail)
+
+
+def training_seed(study_seed: int, round_number: int, institution_id: int) -> int:
+    """The seed of one site's local training in one round: repeatable, distinct per site and round."""
+    return (study_seed * 1_000_003 + round_number * 1_009 + institution_id) % (MAX_SEED + 1)
+
+
+class TaskRunner:
+    """Handles the tasks of one enrolled institution."""
+
+    def __init__(
+        self,
+        *,
+        client: AgentClient,
+        policy: Policy,
+        institution_id: int,
+        store: StateStore,
+        data: DataCache,
+        progress: ProgressCallback = log_progress,
+    ) -> None:
+        self._client = client
+        self._policy = policy
+        self._institution_id = institution_id
+        self._store = store
+        self._data = data
+        self._progress = progress
+
+    def handle(self, raw_task: Mapping[str, object]) -> TaskOutcome:
+        """Carry out one task as returned by ``GET work``."""
+        task = parse_task(raw_task)
+        with log_context(job_id=task.job_id, round_number=task.round_number):
+            try:
+                return self._handle(task)
+            except FederationError as error:
+                raise TaskError(str(error)) from None
+
+    def _handle(self, task: WorkTask) -> TaskOutcome:
+        state = self._store.load()
+        if task.job_id in state.refused_jobs:
+            # Refused before: tell the server again (it evidently did not record it), decide nothing anew.
+            self._send_refusal(task.job_id, state.refused_jobs[task.job_id])
+            return TaskOutcome.REFUSED
+        if state.is_completed(task.kind, task.round_id):
+            logger.info("this %s task was already done; nothing to send", task.kind.value)
+            return TaskOutcome.ALREADY_DONE
+        reason = self._policy_reason(task)
+        if reason is not None:
+            logger.warning("refusing the job: %s", reason)
+            self._store.remember_refusal(task.job_id, reason)
+            self._send_refusal(task.job_id, reason)
+            return TaskOutcome.REFUSED
+        model = _model_config(task)
+        if task.kind is TaskKind.TRAIN:
+            return self._train(task, model)
+        return self._evaluate(task, model)
+
+    # --- policy ------------------------------------------------------------------------
+
+    def _policy_reason(self, task: WorkTask) -> str | None:
+        approved = (
+            self._client.me().approved_study_ids() if needs_server_approvals(self._policy) else frozenset()
+        )
+        return check_task(self._policy, task, approved)
+
+    def _send_refusal(self, job_id: int, reason: str) -> None:
+        try:
+            self._client.refuse_job(job_id, reason)
+        except ApiError as error:  # e.g. the job ended meanwhile; the refusal stays recorded here
+            logger.warning("the server did not take the refusal: %s", error)
+
+    # --- train -------------------------------------------------------------------------
+
+    def _train(self, task: WorkTask, model: ModelConfig) -> TaskOutcome:
+        current = self._resumable(task)
+        if current is not None and current.step is Step.TRAINED:
+            update = self._store.read_prepared(current)
+            if update is not None:
+                logger.info("resuming: sending the update prepared before the restart")
+                return self._upload(task, current, update)
+            logger.warning("the prepared update is missing or damaged; training again")
+        adapter = build_model(model)
+        adapter.set_weights(self._global_weights(task, adapter.model_spec()))
+        data = self._data.prepare(task.study, model)
+        current, update = self._train_locally(task, adapter, data)
+        return self._upload(task, current, update)
+
+    def _train_locally(
+        self, task: WorkTask, adapter: ModelAdapter, data: PreparedData
+    ) -> tuple[RoundState, bytes]:
+        training = task.study.training
+        global_metrics = evaluate_model(adapter, data.validation, prefix="global_")
+        self._progress(ProgressStep.TRAINING, f"{training.epochs} epoch(s) on {len(data.train)} rows")
+        config = TrainConfig(
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            learning_rate=training.learning_rate,
+            proximal_mu=training.proximal_mu,
+            seed=training_seed(task.study.seed, task.round_number, self._institution_id),
+        )
+        result = adapter.fit(data.train.features, data.train.labels, config)
+        local_metrics = evaluate_model(adapter, data.validation, prefix="local_")
+        update = serialize_weights(adapter.get_weights(), spec=adapter.model_spec())
+        current = _round_state(task, Step.TRAINED, result.num_examples, {**global_metrics, **local_metrics})
+        return self._store.save_prepared(current, update), update
+
+    def _upload(self, task: WorkTask, current: RoundState, update: bytes) -> TaskOutcome:
+        digest = sha256_hex(update)
+        self._progress(
+            ProgressStep.UPLOADING,
+            f"update of {len(update)} bytes (sha256 {digest[:16]}) trained on {current.num_examples} rows",
+        )
+        meta = {
+            "num_examples": current.num_examples,
+            "metrics": current.metrics,
+            "base_model_sha256": current.model_sha256,
+            "job_id": current.job_id,
+            "round_number": current.round_number,
+        }
+        try:
+            receipt = self._client.upload_update(task.round_id, meta, update)
+        except ApiError as error:
+            if error.status != 409 or error.code != "update_exists":
+                raise
+            logger.warning("the server already holds this site's update for the round; sending no other")
+        else:
+            if receipt.sha256 and receipt.sha256 != digest:
+                logger.warning(
+                    "the server reports sha256 %s for the update sent as %s", receipt.sha256, digest
+                )
+            logger.info("update accepted%s", " (the server already had it)" if receipt.duplicate else "")
+        self._store.mark_done(TaskKind.TRAIN, task.round_id)
+        return TaskOutcome.UPLOADED
+
+    # --- evaluate ----------------------------------------------------------------------
+
+    def _evaluate(self, task: WorkTask, model: ModelConfig) -> TaskOutcome:
+        current = self._resumable(task)
+        if current is None or current.step is not Step.EVALUATED:
+            adapter = build_model(model)
+            adapter.set_weights(self._global_weights(task, adapter.model_spec()))
+            validation = self._data.prepare(task.study, model).validation
+            self._progress(ProgressStep.EVALUATING, f"the final model on {len(validation)} validation rows")
+            metrics = evaluate_model(adapter, validation, prefix="")
+            current = self._store.save_prepared(
+                _round_state(task, Step.EVALUATED, len(validation), metrics), None
+            )
+        self._progress(
+            ProgressStep.UPLOADING, f"{len(current.metrics)} metrics over {current.num_examples} rows"
+        )
+        self._client.post_evaluation(task.round_id, current.num_examples, current.metrics)
+        logger.info("evaluation accepted")
+        self._store.mark_done(TaskKind.EVALUATE, task.round_id)
+        return TaskOutcome.EVALUATED
+
+    # --- shared steps ------------------------------------------------------------------
+
+    def _resumable(self, task: WorkTask) -> RoundState | None:
+        """The saved progress of this very round (same kind, round and base model), if any."""
+        current = self._store.load().current
+        same_round = current is not None and current.kind is task.kind and current.round_id == task.round_id
+        if same_round and current is not None and current.model_sha256 == task.model_version.sha256:
+            return current
+        return None
+
+    def _global_weights(self, task: WorkTask, spec: ModelSpec) -> Weights:
+        """The round's global model: from the local copy if intact, else downloaded and checked."""
+        reference = task.model_version
+        data = self._store.read_model(reference.sha256)
+        if data is None:
+            limit = max_update_bytes(spec)
+            if reference.size > limit:
+                raise TaskError(
+                    f"model version {reference.id} announces {reference.size} bytes; its spec allows {limit}"
+                )
+            self._progress(ProgressStep.DOWNLOADING, f"model version {reference.id} ({reference.size} bytes)")
+            downloaded = self._client.download_model(reference.id, max_bytes=limit)
+            verify_download(reference, downloaded)
+            self._store.save_model(reference.sha256, downloaded.data)
+            data = downloaded.data
+        self._store.begin(_round_state(task, Step.DOWNLOADED, 0, {}))
+        self._store.clean_files(keep_model=reference.sha256)
+        return deserialize_weights(data, spec=spec)
+
+
+def verify_download(reference: ModelVersionRef, downloaded: DownloadedModel) -> None:
+    """Refuse a model whose size or SHA-256 differ from what the task announced."""
+    actual = sha256_hex(downloaded.data)
+    if len(downloaded.data) != reference.size:
+        raise TaskError(
+            f"model version {reference.id}: got {len(downloaded.data)} bytes, expected {reference.size}"
+        )
+    if actual != reference.sha256:
+        raise TaskError(
+            f"model version {reference.id}: sha256 {actual} differs from the task's {reference.sha256}"
+        )
+    header = downloaded.header_sha256
+    if header is not None and header.lower() != reference.sha256:
+        raise TaskError(f"model version {reference.id}: X-Content-SHA256 {header} differs from the task's")
+
+
+def evaluate_model(adapter: ModelAdapter, dataset: Dataset, *, prefix: str) -> dict[str, float]:
+    """Aggregate metrics of the adapter's current weights on ``dataset``, names prefixed."""
+    metrics = compute_metrics(dataset.task, dataset.labels, adapter.predict(dataset.features))
+    return {prefix + name: float(value) for name, value in metrics.items() if math.isfinite(value)}
+
+
+def _model_config(task: WorkTask) -> ModelConfig:
+    try:
+        return ModelConfig.from_json(task.study.model)
+    except FederationError as error:
+        raise TaskError(f"the study's model cannot be built: {error}") from None
+
+
+def _round_state(task: WorkTask, step: Step, num_examples: int, metrics: dict[str, float]) -> RoundState:
+    return RoundState(
+        kind=task.kind,
+        job_id=task.job_id,
+        round_id=task.round_id,
+        round_number=task.round_number,
+        model_sha256=task.model_version.sha256,
+        step=step,
+        num_examples=num_examples,
+        metrics=metrics,
+    )
