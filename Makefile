@@ -14,20 +14,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## The main job: a whole federation on this machine.
-demo: $(STAMP)
-	$(BIN)/python -m federation.simulate --dataset breast_cancer --silos 3 --partition iid \
-		--strategy fedavg --model logistic --rounds 10 --seed 0
+POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
+CODE := federation silo_agent platform tests bench deploy manage.py
 
-## The whole test suite, with lint, type and import-rule checks.
+## The main job: a whole federation on this machine, as separate processes over HTTP.
+demo: $(STAMP)
+	$(BIN)/python deploy/run_local.py
+
+## The whole test suite, with lint, type and import-rule checks. The control plane's tests
+## run once more on PostgreSQL where it runs (on CI it must).
 test: $(STAMP) lint
+	@$(BIN)/python tests/service_support.py postgres; status=$$?; \
+	if [ $$status -eq 0 ]; then \
+		DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q -p no:cacheprovider tests/platform; \
+	elif [ $$status -eq 3 ]; then echo "PostgreSQL is not running here: its run of tests/platform is skipped"; \
+	else exit 1; fi
 	$(BIN)/python -m pytest --doctest-modules federation tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check federation tests bench
-	$(BIN)/ruff format --check federation tests bench
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
-	$(BIN)/lint-imports
+	PYTHONPATH=platform $(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/aggregate_bench.py

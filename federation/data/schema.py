@@ -405,6 +405,13 @@ class Dataset:
         split in the same proportion, so both parts keep the class balance. Both parts
         are non-empty, which needs at least two rows.
         """
+        train_rows, test_rows = self.split_indices(test_fraction, rng, stratify)
+        return self.subset(train_rows), self.subset(test_rows)
+
+    def split_indices(
+        self, test_fraction: float, rng: np.random.Generator, stratify: bool = True
+    ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+        """The row indices of :meth:`train_test_split`: ``(train, test)``, each sorted."""
         if not 0.0 < test_fraction < 1.0:
             raise ConfigurationError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
         n = len(self)
@@ -417,7 +424,7 @@ class Dataset:
             test_index = rng.permutation(n)[:n_test]
         is_test = np.zeros(n, dtype=bool)
         is_test[test_index] = True
-        return self.subset(np.flatnonzero(~is_test)), self.subset(np.flatnonzero(is_test))
+        return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
 def _stratified_test_rows(

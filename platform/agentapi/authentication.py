@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
@@ -33,7 +32,7 @@ class AgentPrincipal:
 
 
 class AgentAuthentication(BaseAuthentication):
-    def authenticate(self, request: HttpRequest) -> tuple[AgentPrincipal, AgentCredential] | None:
+    def authenticate(self, request: Request) -> tuple[AgentPrincipal, AgentCredential] | None:
         parts = get_authorization_header(request).split()
         if not parts or parts[0].lower() != KEYWORD:
             return None
@@ -44,7 +43,7 @@ class AgentAuthentication(BaseAuthentication):
         credential = credential_authenticate(key=parts[1].decode("ascii", errors="replace"))
         return AgentPrincipal(credential), credential
 
-    def authenticate_header(self, request: HttpRequest) -> str:
+    def authenticate_header(self, request: Request) -> str:
         return "Agent"
 
 
@@ -59,7 +58,7 @@ def credential_of(request: Request) -> AgentCredential:
     return principal.credential
 
 
-class AgentAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[misc]
+class AgentAuthenticationScheme(OpenApiAuthenticationExtension):
     """Describes the Agent scheme in the OpenAPI schema."""
 
     target_class = "agentapi.authentication.AgentAuthentication"

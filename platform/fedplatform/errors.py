@@ -69,17 +69,21 @@ def _flatten(detail: object) -> dict[str, list[str]]:
     return {"non_field_errors": [str(m) for m in (detail if isinstance(detail, list) else [detail])]}
 
 
+def _service_error_response(error: ServiceError) -> Response:
+    response = Response(error_body(error.code, error.message), status=error.status_code)
+    if isinstance(error, Unauthenticated):
+        response["WWW-Authenticate"] = "Agent"
+    return response
+
+
 def api_exception_handler(error: Exception, context: dict[str, object]) -> Response | None:
     if isinstance(error, ServiceError):
-        response = Response(error_body(error.code, error.message), status=error.status_code)
-        if isinstance(error, Unauthenticated):
-            response["WWW-Authenticate"] = "Agent"
-        return response
+        return _service_error_response(error)
     if isinstance(error, Http404):
         error = exceptions.NotFound()
     elif isinstance(error, PermissionDenied):
         error = exceptions.PermissionDenied()
-    response = exception_handler(error, context)
+    response: Response | None = exception_handler(error, context)
     if response is None or not isinstance(error, exceptions.APIException):
         return response
     if isinstance(error, exceptions.ValidationError):

@@ -6,7 +6,16 @@ from rest_framework import serializers
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # A field called "fields" cannot be a class attribute: it would hide Serializer.fields.
+        declared = super().get_fields()
+        declared["fields"] = serializers.DictField(
+            child=serializers.ListField(child=serializers.CharField()),
+            required=False,
+            help_text="messages per invalid input field",
+        )
+        return declared
 
 
 class ErrorResponseSerializer(serializers.Serializer):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
@@ -66,7 +68,8 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": dj_database_url.parse(ENV.database_url, conn_max_age=60)}
+# Health checks: threaded web workers keep connections that go stale when the server restarts.
+DATABASES = {"default": dj_database_url.parse(ENV.database_url, conn_max_age=60, conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (web, worker, beat) share one file: WAL lets readers run beside the
     # writer, IMMEDIATE transactions take the write lock up front (no upgrade deadlocks),
@@ -106,12 +109,13 @@ STORAGES = {
 # is checked against the model spec in the service layer.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
-FEDHEALTH_MAX_UPLOAD_BYTES = 1024 * 1024 * 1024
+FEDHEALTH_MAX_UPLOAD_BYTES = int(os.environ.get("FEDHEALTH_MAX_UPLOAD_BYTES", 1024 * 1024 * 1024))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
+        # Token first: an unauthenticated request then gets 401 with WWW-Authenticate, not 403.
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -140,6 +144,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(BROKER_FOLDER),
         "data_folder_out": str(BROKER_FOLDER),
         "processed_folder": str(DATA_DIR / "broker-processed"),
+        "control_folder": str(DATA_DIR / "broker-control"),
         "store_processed": False,
         "polling_interval": 0.05,
     }
@@ -161,7 +166,8 @@ CELERY_TASK_ALWAYS_EAGER = False
 
 FEDHEALTH_ENROLLMENT_TOKEN_HOURS = 24
 FEDHEALTH_LONG_POLL_MAX_SECONDS = 30
-FEDHEALTH_LONG_POLL_INTERVAL_SECONDS = 0.05
+# How often a waiting long poll looks for work: the floor of the round-to-round latency.
+FEDHEALTH_LONG_POLL_INTERVAL_SECONDS = float(os.environ.get("FEDHEALTH_LONG_POLL_INTERVAL_SECONDS", 0.05))
 FEDHEALTH_STUCK_AGGREGATION_SECONDS = 120
 
 if ENV.behind_tls_proxy:

@@ -4,7 +4,10 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from fedplatform.health import health
+
 urlpatterns = [
+    path("healthz", health, name="health"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
@@ -14,4 +17,5 @@ urlpatterns = [
     path("api/v1/", include("studies.urls")),
     path("api/v1/", include("training.urls")),
     path("api/v1/", include("accounts.urls")),
+    path("api/v1/", include("audit.urls")),
 ]

@@ -303,7 +303,7 @@ def round_aggregate(*, round_id: int) -> AggregationOutcome:
         [StoredUpdate(store.path(u.sha256), u.num_examples) for u in updates],
         state=_server_state(base),
     )
-    provenance = {
+    provenance: dict[str, object] = {
         "strategy": strategy.name.value,
         "params": strategy.params(),
         "base": {"number": base.number, "sha256": base.sha256},

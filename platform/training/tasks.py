@@ -13,7 +13,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from federation.errors import FederationError
-from fedplatform.errors import ServiceError
+from fedplatform.errors import NotFound, ServiceError
 from training import services
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ def round_aggregate_task(self: object, round_id: int) -> int | None:
         outcome = services.round_aggregate(round_id=round_id)
     except TRANSIENT_ERRORS:
         raise
+    except NotFound:
+        logger.warning("round %s no longer exists; nothing to aggregate", round_id)
+        return None
     except (FederationError, ServiceError) as error:
         logger.error("aggregation of round %s failed: %s", round_id, error)
         services.round_fail_aggregation(round_id=round_id, reason=str(error))
@@ -51,7 +54,12 @@ def round_aggregate_task(self: object, round_id: int) -> int | None:
 
 
 @shared_task(
-    autoretry_for=TRANSIENT_ERRORS, retry_backoff=1, retry_jitter=True, max_retries=3, time_limit=120
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=1,
+    retry_jitter=True,
+    max_retries=3,
+    time_limit=120,
+    soft_time_limit=100,
 )
 def rounds_sweep_task() -> dict[str, int]:
     """Deadlines and stalled aggregations; run every few seconds by beat."""

@@ -5,121 +5,283 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('institutions', '0001_initial'),
-        ('studies', '0001_initial'),
+        ("institutions", "0001_initial"),
+        ("studies", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Job',
+            name="Job",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('state', models.CharField(choices=[('draft', 'Draft'), ('running', 'Running'), ('paused', 'Paused'), ('completed', 'Completed'), ('cancelled', 'Cancelled'), ('failed', 'Failed')], db_index=True, default='draft', max_length=12)),
-                ('num_rounds', models.PositiveIntegerField()),
-                ('min_updates', models.PositiveIntegerField(help_text='fewest updates a round may close with at its deadline')),
-                ('round_deadline_seconds', models.PositiveIntegerField(default=600)),
-                ('max_deadline_extensions', models.PositiveIntegerField(default=1)),
-                ('failure_reason', models.TextField(blank=True)),
-                ('created_by', models.CharField(max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('study', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='studies.study')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("draft", "Draft"),
+                            ("running", "Running"),
+                            ("paused", "Paused"),
+                            ("completed", "Completed"),
+                            ("cancelled", "Cancelled"),
+                            ("failed", "Failed"),
+                        ],
+                        db_index=True,
+                        default="draft",
+                        max_length=12,
+                    ),
+                ),
+                ("num_rounds", models.PositiveIntegerField()),
+                (
+                    "min_updates",
+                    models.PositiveIntegerField(
+                        help_text="fewest updates a round may close with at its deadline"
+                    ),
+                ),
+                ("round_deadline_seconds", models.PositiveIntegerField(default=600)),
+                ("max_deadline_extensions", models.PositiveIntegerField(default=1)),
+                ("failure_reason", models.TextField(blank=True)),
+                ("created_by", models.CharField(max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "study",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="jobs", to="studies.study"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField(help_text='0 is the initial model; n is made by round n')),
-                ('sha256', models.CharField(db_index=True, max_length=64)),
-                ('size', models.PositiveBigIntegerField()),
-                ('server_state_sha256', models.CharField(blank=True, help_text='server optimizer state blob', max_length=64)),
-                ('provenance', models.JSONField(blank=True, default=dict)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='model_versions', to='training.job')),
-                ('parent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='children', to='training.modelversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "number",
+                    models.PositiveIntegerField(help_text="0 is the initial model; n is made by round n"),
+                ),
+                ("sha256", models.CharField(db_index=True, max_length=64)),
+                ("size", models.PositiveBigIntegerField()),
+                (
+                    "server_state_sha256",
+                    models.CharField(blank=True, help_text="server optimizer state blob", max_length=64),
+                ),
+                ("provenance", models.JSONField(blank=True, default=dict)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="model_versions",
+                        to="training.job",
+                    ),
+                ),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="children",
+                        to="training.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['job_id', 'number'],
+                "ordering": ["job_id", "number"],
             },
         ),
         migrations.CreateModel(
-            name='Round',
+            name="Round",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField(help_text='1..num_rounds for training, num_rounds + 1 for evaluation')),
-                ('kind', models.CharField(choices=[('train', 'Train'), ('evaluate', 'Evaluate')], default='train', max_length=10)),
-                ('state', models.CharField(choices=[('open', 'Open'), ('collecting', 'Collecting'), ('aggregating', 'Aggregating'), ('closed', 'Closed'), ('failed', 'Failed')], db_index=True, default='open', max_length=12)),
-                ('expected_updates', models.PositiveIntegerField()),
-                ('opened_at', models.DateTimeField(auto_now_add=True)),
-                ('deadline_at', models.DateTimeField(db_index=True)),
-                ('deadline_extensions', models.PositiveIntegerField(default=0)),
-                ('last_update_at', models.DateTimeField(blank=True, null=True)),
-                ('aggregating_since', models.DateTimeField(blank=True, null=True)),
-                ('closed_at', models.DateTimeField(blank=True, null=True)),
-                ('metrics', models.JSONField(blank=True, default=dict, help_text="sites' metrics combined by examples")),
-                ('failure_reason', models.TextField(blank=True)),
-                ('base_version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='rounds_started', to='training.modelversion')),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='rounds', to='training.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "number",
+                    models.PositiveIntegerField(
+                        help_text="1..num_rounds for training, num_rounds + 1 for evaluation"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("train", "Train"), ("evaluate", "Evaluate")], default="train", max_length=10
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("open", "Open"),
+                            ("collecting", "Collecting"),
+                            ("aggregating", "Aggregating"),
+                            ("closed", "Closed"),
+                            ("failed", "Failed"),
+                        ],
+                        db_index=True,
+                        default="open",
+                        max_length=12,
+                    ),
+                ),
+                ("expected_updates", models.PositiveIntegerField()),
+                ("opened_at", models.DateTimeField(auto_now_add=True)),
+                ("deadline_at", models.DateTimeField(db_index=True)),
+                ("deadline_extensions", models.PositiveIntegerField(default=0)),
+                ("last_update_at", models.DateTimeField(blank=True, null=True)),
+                ("aggregating_since", models.DateTimeField(blank=True, null=True)),
+                ("closed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "metrics",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="sites' metrics combined by examples"
+                    ),
+                ),
+                ("failure_reason", models.TextField(blank=True)),
+                (
+                    "base_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="rounds_started",
+                        to="training.modelversion",
+                    ),
+                ),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="rounds", to="training.job"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['job_id', 'number'],
+                "ordering": ["job_id", "number"],
             },
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='made_by_round',
-            field=models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='result_version', to='training.round'),
+            model_name="modelversion",
+            name="made_by_round",
+            field=models.OneToOneField(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="result_version",
+                to="training.round",
+            ),
         ),
         migrations.CreateModel(
-            name='Update',
+            name="Update",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('num_examples', models.PositiveIntegerField()),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('sha256', models.CharField(blank=True, help_text='empty for evaluation results', max_length=64)),
-                ('size', models.PositiveBigIntegerField(default=0)),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('credential', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='institutions.agentcredential')),
-                ('institution', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='institutions.institution')),
-                ('round', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='updates', to='training.round')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("num_examples", models.PositiveIntegerField()),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                (
+                    "sha256",
+                    models.CharField(blank=True, help_text="empty for evaluation results", max_length=64),
+                ),
+                ("size", models.PositiveBigIntegerField(default=0)),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "credential",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="institutions.agentcredential",
+                    ),
+                ),
+                (
+                    "institution",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="institutions.institution",
+                    ),
+                ),
+                (
+                    "round",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="updates",
+                        to="training.round",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['round_id', 'institution__name'],
+                "ordering": ["round_id", "institution__name"],
             },
         ),
         migrations.CreateModel(
-            name='Refusal',
+            name="Refusal",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('reason', models.TextField()),
-                ('at', models.DateTimeField(auto_now_add=True)),
-                ('institution', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='institutions.institution')),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='refusals', to='training.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("reason", models.TextField()),
+                ("at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "institution",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="institutions.institution",
+                    ),
+                ),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="refusals",
+                        to="training.job",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('job', 'institution'), name='one_refusal_per_site_and_job')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("job", "institution"), name="one_refusal_per_site_and_job"
+                    )
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='round',
-            constraint=models.UniqueConstraint(fields=('job', 'number'), name='one_round_number_per_job'),
+            model_name="round",
+            constraint=models.UniqueConstraint(fields=("job", "number"), name="one_round_number_per_job"),
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.UniqueConstraint(fields=('job', 'number'), name='one_version_number_per_job'),
+            model_name="modelversion",
+            constraint=models.UniqueConstraint(fields=("job", "number"), name="one_version_number_per_job"),
         ),
         migrations.AddConstraint(
-            model_name='update',
-            constraint=models.UniqueConstraint(fields=('round', 'institution'), name='one_update_per_site_and_round'),
+            model_name="update",
+            constraint=models.UniqueConstraint(
+                fields=("round", "institution"), name="one_update_per_site_and_round"
+            ),
         ),
     ]
