@@ -71,6 +71,8 @@ class Processes:
             command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.children[name] = child
+        with (self.logs.parent / PID_FILE).open("a") as pids:  # so that a later run can stop leftovers
+            pids.write(f"{child.pid}\n")
         return child
 
     def check_alive(self) -> None:
@@ -91,6 +93,26 @@ class Processes:
             except subprocess.TimeoutExpired:
                 _signal_group(child, signal.SIGKILL)
                 child.wait()
+
+
+PID_FILE = "children.pid"
+
+
+def stop_leftovers(data_dir: Path) -> None:
+    """Stop process groups a killed earlier run left behind in the same data folder."""
+    pid_file = data_dir / PID_FILE
+    if not pid_file.exists():
+        return
+    for line in pid_file.read_text().split():
+        pid = int(line)
+        try:
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone already
+        if str(data_dir).encode() in command_line or b"fedplatform" in command_line:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink()
 
 
 def _signal_group(child: subprocess.Popen[bytes], number: int) -> None:
@@ -420,8 +442,9 @@ def round_latencies(progress: dict) -> list[float]:  # type: ignore[type-arg]
 @contextmanager
 def federation(args: argparse.Namespace) -> Iterator[tuple[Processes, Settings]]:
     data_dir = Path(args.data_dir).resolve()
+    stop_leftovers(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
-    (data_dir / "logs").mkdir(parents=True)
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     settings = Settings(
         data_dir, args.port or free_port(), control_plane_env(data_dir, args.database_url, args.broker_url)
     )
@@ -457,7 +480,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             institution = api.call("POST", "institutions/", json={"name": site.name})
             institution_ids.append(institution["id"])
             token = api.call("POST", f"institutions/{institution['id']}/enrollment-tokens/")["token"]
-            run_agent_command(site, settings.env, "enroll", "--token", token)
+            # "--token=" because a token may begin with "-".
+            run_agent_command(site, settings.env, "enroll", f"--token={token}")
             owners.append(
                 Api(
                     settings.url, create_user(settings, f"owner-{institution['id']}", "data_owner", site.name)
@@ -566,8 +590,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _exit_on_signal(number: int, frame: object) -> None:
+    raise SystemExit(128 + number)  # unwinds through the finally blocks that stop the children
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _exit_on_signal)
     try:
         result = run(args)
     except (RuntimeError, httpx.HTTPError) as error:

@@ -199,6 +199,8 @@ def command_run(arguments: argparse.Namespace, runtime: Runtime) -> int:
     )
     with store.lock(), _client(config, runtime, key=credential.key) as client, _stop_on_signals(runtime):
         store.prepare()
+        if store.bind(f"{config.server_url}#credential-{credential.credential_id}"):
+            logger.warning("state kept for another server or credential was moved aside; starting afresh")
         institution = credential.institution
         runner = TaskRunner(
             client=client,

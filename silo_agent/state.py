@@ -30,6 +30,7 @@ import errno
 import fcntl
 import json
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -131,6 +132,18 @@ class StateStore:
                 f"{self.path} is unreadable ({error}); move it aside to start afresh "
                 "(an update already sent for the current round may then be refused as a conflict)"
             ) from None
+
+    def bind(self, identity: str) -> bool:
+        """Tie the state to one server and credential. Job and round ids mean nothing on
+        another server, so state kept for a different one is moved aside; True if it was."""
+        identity_file = self.directory / "identity"
+        previous = identity_file.read_text(encoding="utf-8").strip() if identity_file.exists() else None
+        moved = previous is not None and previous != identity and self.path.exists()
+        if moved:
+            self.path.rename(self.directory / f"{STATE_FILE}.{int(time.time())}.previous-server")
+        if previous != identity:
+            atomic_write(identity_file, identity.encode() + b"\n", mode=0o600)
+        return moved
 
     def save(self, state: AgentState) -> None:
         data = json.dumps(_state_to_json(state), indent=1, sort_keys=True).encode()

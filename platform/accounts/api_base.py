@@ -67,12 +67,16 @@ class ApiView(APIView):
     pagination_class = cast("type[BasePagination]", api_settings.DEFAULT_PAGINATION_CLASS)
 
     def paginated_response(
-        self, *, queryset: QuerySet[_M], serializer_class: type[serializers.Serializer]
+        self,
+        *,
+        queryset: QuerySet[_M],
+        serializer_class: type[serializers.Serializer],
+        context: dict[str, object] | None = None,
     ) -> Response:
         """One page of ``queryset`` (``?limit=&offset=``) in the paginator's envelope."""
         paginator = self.pagination_class()
         page: list[_M] | None = paginator.paginate_queryset(queryset, self.request, view=self)
-        return paginator.get_paginated_response(serializer_class(page, many=True).data)
+        return paginator.get_paginated_response(serializer_class(page, many=True, context=context or {}).data)
 
 
 def request_scope(request: Request) -> Scope:

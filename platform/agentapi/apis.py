@@ -202,10 +202,12 @@ class UpdateUploadApi(AgentView):
         data.is_valid(raise_exception=True)
         meta = _parse_meta(data.validated_data["meta"])
         upload = data.validated_data["tensors"]
-        if upload.size > settings.FEDHEALTH_MAX_UPLOAD_BYTES:
-            raise TooLarge("the update is larger than this control plane accepts")
+        credential = credential_of(request)
+        limit = training_services.update_size_limit(round_id=round_id, credential=credential)
+        if upload.size > limit:  # before a byte of it is read into memory
+            raise TooLarge(f"the update is {upload.size} bytes; this round's model takes at most {limit}")
         result = training_services.update_submit(
-            round_id=round_id, credential=credential_of(request), meta=meta, data=upload.read()
+            round_id=round_id, credential=credential, meta=meta, data=upload.read()
         )
         return _submit_response(result)
 

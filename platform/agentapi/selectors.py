@@ -60,11 +60,15 @@ def task_for(round_: Round) -> dict[str, object]:
 
 
 def model_version_for_agent(*, credential: AgentCredential, version_id: int) -> ModelVersion | None:
-    """A model version of a job whose study this institution takes part in."""
+    """A model version of a job this institution approved and has not refused."""
+    approved = StudyParticipant.objects.filter(
+        study=OuterRef("job__study"), institution=credential.institution_id, decision=Decision.APPROVED
+    )
+    refused = Refusal.objects.filter(job=OuterRef("job"), institution=credential.institution_id)
     return (
-        ModelVersion.objects.filter(
-            pk=version_id, job__study__participants__institution=credential.institution_id
-        )
+        ModelVersion.objects.filter(pk=version_id)
+        .filter(Exists(approved))
+        .exclude(Exists(refused))
         .select_related("job")
         .first()
     )

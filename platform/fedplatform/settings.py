@@ -168,7 +168,9 @@ FEDHEALTH_ENROLLMENT_TOKEN_HOURS = 24
 FEDHEALTH_LONG_POLL_MAX_SECONDS = 30
 # How often a waiting long poll looks for work: the floor of the round-to-round latency.
 FEDHEALTH_LONG_POLL_INTERVAL_SECONDS = float(os.environ.get("FEDHEALTH_LONG_POLL_INTERVAL_SECONDS", 0.05))
-FEDHEALTH_STUCK_AGGREGATION_SECONDS = 120
+# An aggregation that started this long ago and has not finished is started again (its
+# message was lost); a repeat is harmless, since the result is written only once.
+FEDHEALTH_STUCK_AGGREGATION_SECONDS = int(os.environ.get("FEDHEALTH_STUCK_AGGREGATION_SECONDS", 300))
 
 if ENV.behind_tls_proxy:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

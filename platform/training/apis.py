@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -19,7 +19,7 @@ from institutions.apis import InstitutionRefSerializer
 from studies.models import Decision, Study
 from training import selectors, services
 from training.blobs import blob_store
-from training.models import Job, JobState, RoundKind, RoundState
+from training.models import Job, JobState, ModelVersion, RoundKind, RoundState
 
 TAGS = ["jobs"]
 MAX_ROUNDS = 10_000
@@ -230,12 +230,17 @@ class ModelVersionOutputSerializer(serializers.Serializer):
     size = serializers.IntegerField(help_text="bytes")
     parent_number = serializers.IntegerField(source="parent.number", allow_null=True)
     made_by_round_number = serializers.IntegerField(source="made_by_round.number", allow_null=True)
-    provenance = serializers.DictField()
+    provenance = serializers.SerializerMethodField()
     metrics = serializers.DictField()
     created_at = serializers.DateTimeField()
 
     class Meta:
         ref_name = "ModelVersion"
+
+    @extend_schema_field(serializers.DictField())
+    def get_provenance(self, version: ModelVersion) -> dict[str, object]:
+        scope = self.context.get("scope")
+        return selectors.provenance_visible(scope=scope, version=version) if scope else version.provenance
 
 
 class JobModelListApi(ApiView):
@@ -244,9 +249,12 @@ class JobModelListApi(ApiView):
     )
     def get(self, request: Request, job_id: int) -> Response:
         """The job's global model versions, oldest first."""
-        job = selectors.job_get(scope=request_scope(request), job_id=job_id)
+        scope = request_scope(request)
+        job = selectors.job_get(scope=scope, job_id=job_id)
         queryset = selectors.model_version_list(job=job)
-        return self.paginated_response(queryset=queryset, serializer_class=ModelVersionOutputSerializer)
+        return self.paginated_response(
+            queryset=queryset, serializer_class=ModelVersionOutputSerializer, context={"scope": scope}
+        )
 
 
 class OctetStreamRenderer(BaseRenderer):

@@ -78,6 +78,7 @@ class Round(models.Model):
     deadline_extensions = models.PositiveIntegerField(default=0)
     last_update_at = models.DateTimeField(null=True, blank=True)
     aggregating_since = models.DateTimeField(null=True, blank=True)
+    aggregation_attempts = models.PositiveIntegerField(default=0)
     closed_at = models.DateTimeField(null=True, blank=True)
     metrics = models.JSONField(default=dict, blank=True, help_text="sites' metrics combined by examples")
     failure_reason = models.TextField(blank=True)

@@ -43,6 +43,17 @@ def model_version_list(*, job: Job) -> QuerySet[ModelVersion]:
     return ModelVersion.objects.filter(job=job).select_related("parent", "made_by_round").order_by("number")
 
 
+def provenance_visible(*, scope: Scope, version: ModelVersion) -> dict[str, object]:
+    """A version's provenance; a data owner sees only their own site's update in it."""
+    provenance = dict(version.provenance)
+    updates = provenance.get("updates")
+    if scope.is_data_owner and scope.institution_id is not None and isinstance(updates, list):
+        own = Institution.objects.filter(pk=scope.institution_id).values_list("name", flat=True).first()
+        provenance["updates"] = [u for u in updates if u.get("institution") == own]
+        provenance.pop("details", None)  # per-site weights and selections
+    return provenance
+
+
 def model_version_get(*, scope: Scope, version_id: int) -> ModelVersion:
     queryset = scope_queryset(
         ModelVersion.objects.select_related("job"), scope=scope, institution_path=f"job__{_JOB_SCOPE}"

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from safetensors.numpy import load as safetensors_load
 
@@ -26,7 +27,13 @@ from federation.errors import FederationError, UpdateTooLargeError
 from federation.metrics import combine_metrics
 from federation.models import ModelConfig, build_model
 from federation.types import ModelSpec, Weights
-from federation.wire import deserialize_weights, read_metadata, serialize_weights, sha256_hex
+from federation.wire import (
+    deserialize_weights,
+    max_update_bytes,
+    read_metadata,
+    serialize_weights,
+    sha256_hex,
+)
 from fedplatform.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
 from institutions.models import AgentCredential
 from studies.models import Decision, Study
@@ -47,6 +54,9 @@ from training.models import (
 logger = logging.getLogger(__name__)
 
 MAX_NUM_EXAMPLES = 1_000_000_000
+#: An aggregation that keeps dying (a worker killed each time, an unexpected error) fails
+#: its round after this many starts instead of being retried for ever.
+MAX_AGGREGATION_ATTEMPTS = 5
 
 
 # --- jobs --------------------------------------------------------------------------------
@@ -82,7 +92,8 @@ def job_create(
 
 
 def _locked_job(job_id: int) -> Job:
-    job = Job.objects.select_for_update().select_related("study").filter(pk=job_id).first()
+    """Lock a job's row (only that row: ``of`` keeps the study unlocked)."""
+    job = Job.objects.select_for_update(of=("self",)).select_related("study").filter(pk=job_id).first()
     if job is None:
         raise NotFound("no such job")
     return job
@@ -94,7 +105,9 @@ def job_start(*, job_id: int, actor: str) -> Job:
     job = _locked_job(job_id)
     if job.state != JobState.DRAFT:
         raise Conflict(f"job {job.pk} is {job.state}; only a draft job can start", code="invalid_state")
-    pending = job.study.participants.exclude(decision=Decision.APPROVED).select_related("institution")
+    participants = job.study.participants.select_for_update(of=("self",))
+    list(participants)  # lock every decision: none may change while the job starts
+    pending = participants.exclude(decision=Decision.APPROVED).select_related("institution")
     if pending.exists():
         names = ", ".join(f"{p.institution.name} ({p.decision})" for p in pending)
         raise Conflict(f"every site must approve the study first: {names}", code="not_approved")
@@ -232,21 +245,39 @@ def round_open(*, job: Job) -> Round | None:
     return opened
 
 
-def _locked_round(round_id: int) -> Round:
-    round_ = (
-        Round.objects.select_for_update()
+def _locked_round(round_id: int, *, skip_locked: bool = False) -> Round | None:
+    """Lock a round after its job: every service takes the job's lock first, so two
+    services never wait for each other in opposite orders. With ``skip_locked`` a round
+    that someone else holds gives ``None`` instead of a wait (for the sweep)."""
+    job_id = Round.objects.filter(pk=round_id).values_list("job_id", flat=True).first()
+    if job_id is None:
+        raise NotFound("no such round")
+    job = Job.objects.select_for_update(of=("self",), skip_locked=skip_locked).filter(pk=job_id).first()
+    if job is None:
+        return None
+    return (
+        Round.objects.select_for_update(of=("self",), skip_locked=skip_locked)
         .select_related("job__study", "base_version")
         .filter(pk=round_id)
         .first()
     )
-    if round_ is None:
-        raise NotFound("no such round")
+
+
+def _round(round_id: int) -> Round:
+    round_ = _locked_round(round_id)
+    assert round_ is not None, "without skip_locked the lock is waited for"
     return round_
+
+
+def _counted_updates(round_: Round) -> QuerySet[Update]:
+    """The round's updates from sites that still take part (a refusal withdraws one)."""
+    refused = Refusal.objects.filter(job=round_.job_id).values("institution")
+    return round_.updates.exclude(institution__in=refused)
 
 
 def _round_reached_quorum(round_: Round) -> None:
     """Move a round whose every expected site answered on to its next state."""
-    if round_.state in ACCEPTING_STATES and round_.updates.count() >= round_.expected_updates:
+    if round_.state in ACCEPTING_STATES and _counted_updates(round_).count() >= round_.expected_updates:
         _round_close_collection(round_)
 
 
@@ -277,7 +308,7 @@ def _round_close_evaluation(round_: Round) -> None:
 
 
 def _combined_metrics(round_: Round) -> dict[str, float]:
-    per_site = [(u.metrics, u.num_examples) for u in round_.updates.all()]
+    per_site = [(u.metrics, u.num_examples) for u in _counted_updates(round_)]
     return combine_metrics(per_site) if per_site else {}
 
 
@@ -287,60 +318,100 @@ class AggregationOutcome:
     version_number: int | None
 
 
-@transaction.atomic
+@dataclass(frozen=True)
+class _AggregationWork:
+    round_id: int
+    number: int
+    job: Job
+    base: ModelVersion
+    updates: list[Update]
+
+
 def round_aggregate(*, round_id: int) -> AggregationOutcome:
-    """Aggregate a round's stored updates into the next model version; open the next round."""
-    round_ = _locked_round(round_id)
-    if round_.state != RoundState.AGGREGATING:
-        return AggregationOutcome(round_id, None)  # done already, or never ready
-    job, base = round_.job, round_.base_version
-    updates = list(round_.updates.select_related("institution").order_by("institution_id"))
-    spec = model_spec(base)
+    """Aggregate a round's stored updates into the next model version; open the next round.
+
+    The maths runs outside any transaction, so no lock is held while it runs; the round's
+    state is checked again before the result is written, so a second run that overlaps
+    the first writes nothing. Both would compute the same bytes anyway.
+    """
+    work = _aggregation_claim(round_id)
+    if work is None:
+        return AggregationOutcome(round_id, None)  # done already, never ready, or given up
+    spec = model_spec(work.base)
     store = blob_store()
-    strategy = build_strategy(job.study.strategy, job.study.strategy_params)
+    strategy = build_strategy(work.job.study.strategy, work.job.study.strategy_params)
     result = strategy.aggregate(
-        deserialize_weights(store.read(base.sha256), spec=spec),
-        [StoredUpdate(store.path(u.sha256), u.num_examples) for u in updates],
-        state=_server_state(base),
+        deserialize_weights(store.read(work.base.sha256), spec=spec),
+        [StoredUpdate(store.path(u.sha256), u.num_examples) for u in work.updates],
+        state=_server_state(work.base),
     )
     provenance: dict[str, object] = {
         "strategy": strategy.name.value,
         "params": strategy.params(),
-        "base": {"number": base.number, "sha256": base.sha256},
+        "base": {"number": work.base.number, "sha256": work.base.sha256},
         "updates": [
             {"institution": u.institution.name, "sha256": u.sha256, "num_examples": u.num_examples}
-            for u in updates
+            for u in work.updates
         ],
         "details": result.details,
     }
+    return _aggregation_commit(work, spec, result.weights, result.state, provenance)
+
+
+@transaction.atomic
+def _aggregation_claim(round_id: int) -> _AggregationWork | None:
+    round_ = _round(round_id)
+    if round_.state != RoundState.AGGREGATING:
+        return None
+    if round_.aggregation_attempts >= MAX_AGGREGATION_ATTEMPTS:
+        _round_fail(round_, f"aggregation did not finish in {MAX_AGGREGATION_ATTEMPTS} attempts")
+        return None
+    round_.aggregation_attempts += 1
+    round_.aggregating_since = timezone.now()
+    round_.save(update_fields=["aggregation_attempts", "aggregating_since"])
+    updates = list(_counted_updates(round_).select_related("institution").order_by("institution_id"))
+    return _AggregationWork(round_.pk, round_.number, round_.job, round_.base_version, updates)
+
+
+@transaction.atomic
+def _aggregation_commit(
+    work: _AggregationWork,
+    spec: ModelSpec,
+    weights: Weights,
+    server_state: Weights,
+    provenance: dict[str, object],
+) -> AggregationOutcome:
+    round_ = _round(work.round_id)
+    if round_.state != RoundState.AGGREGATING:
+        return AggregationOutcome(work.round_id, None)  # cancelled, failed or done meanwhile
     version = _model_version_write(
-        job=job,
+        job=round_.job,
         number=round_.number,
-        weights=result.weights,
+        weights=weights,
         spec=spec,
-        parent=base,
+        parent=work.base,
         round_=round_,
-        server_state=result.state,
+        server_state=server_state,
         provenance=provenance,
     )
     metrics = _combined_metrics(round_)
     round_.state, round_.closed_at, round_.metrics = RoundState.CLOSED, timezone.now(), metrics
     round_.save(update_fields=["state", "closed_at", "metrics"])
-    ModelVersion.objects.filter(pk=base.pk).update(metrics=_global_metrics(metrics))
+    ModelVersion.objects.filter(pk=work.base.pk).update(metrics=_global_metrics(metrics))
     audit_record(
         actor="system",
         kind="round.closed",
-        job=job,
+        job=round_.job,
         details={"round": round_.number, "version": version.number, "sha256": version.sha256},
     )
-    round_open(job=_locked_job(job.pk))
-    return AggregationOutcome(round_id, version.number)
+    round_open(job=_locked_job(round_.job_id))
+    return AggregationOutcome(work.round_id, version.number)
 
 
 @transaction.atomic
 def round_fail_aggregation(*, round_id: int, reason: str) -> None:
     """An aggregation that cannot succeed fails its round and job, with the reason."""
-    round_ = _locked_round(round_id)
+    round_ = _round(round_id)
     if round_.state == RoundState.AGGREGATING:
         _round_fail(round_, f"aggregation failed: {reason}")
 
@@ -393,19 +464,31 @@ class SubmitResult:
     duplicate: bool
 
 
-def _accepting_round_for(round_id: int, credential: AgentCredential) -> Round:
-    round_ = _locked_round(round_id)
-    job = round_.job
-    takes_part = job.study.participants.filter(
+def _site_takes_part(round_: Round, credential: AgentCredential) -> bool:
+    return round_.job.study.participants.filter(
         institution=credential.institution_id, decision=Decision.APPROVED
     ).exists()
-    if not takes_part:
+
+
+def _round_for_site(round_id: int, credential: AgentCredential) -> Round:
+    """The round, unlocked, if the credential's institution takes part; else NotFound."""
+    round_ = Round.objects.select_related("job__study", "base_version").filter(pk=round_id).first()
+    if round_ is None or not _site_takes_part(round_, credential):
         raise NotFound("no such round")  # another institution's round: no existence leak
+    return round_
+
+
+def update_size_limit(*, round_id: int, credential: AgentCredential) -> int:
+    """The largest update the round can take: checked before an upload is read."""
+    return max_update_bytes(model_spec(_round_for_site(round_id, credential).base_version))
+
+
+def _check_site_may_answer(round_: Round, credential: AgentCredential) -> None:
+    job = round_.job
     if job.state != JobState.RUNNING:
         raise Conflict(f"job {job.pk} is {job.state}; it takes no updates now", code="job_not_running")
     if job.refusals.filter(institution=credential.institution_id).exists():
         raise Forbidden("this site refused the job", code="refused")
-    return round_
 
 
 def _check_binding(round_: Round, meta: UpdateMeta) -> None:
@@ -426,27 +509,42 @@ def _existing(round_: Round, credential: AgentCredential, sha256: str) -> Submit
     return SubmitResult(existing, duplicate=True)
 
 
-@transaction.atomic
-def update_submit(
-    *, round_id: int, credential: AgentCredential, meta: UpdateMeta, data: bytes
-) -> SubmitResult:
-    """Validate and store one site's update; a retry with the same bytes is counted once."""
-    round_ = _accepting_round_for(round_id, credential)
-    sha256 = sha256_hex(data)
-    if (duplicate := _existing(round_, credential, sha256)) is not None:
-        return duplicate
-    if round_.kind != RoundKind.TRAIN or round_.state not in ACCEPTING_STATES:
-        raise Conflict(f"round {round_.number} is {round_.state}; it takes no updates", code="round_closed")
-    _check_binding(round_, meta)
-    spec = model_spec(round_.base_version)
+def _check_tensors(round_: Round, data: bytes) -> None:
     try:
-        deserialize_weights(data, spec=spec)
+        deserialize_weights(data, spec=model_spec(round_.base_version))
     except UpdateTooLargeError as error:
         raise TooLarge(str(error)) from error
     except FederationError as error:
         raise InvalidInput(str(error), code="invalid_update") from error
+
+
+def update_submit(
+    *, round_id: int, credential: AgentCredential, meta: UpdateMeta, data: bytes
+) -> SubmitResult:
+    """Validate and store one site's update; a retry with the same bytes is counted once.
+
+    The tensors are checked and the blob stored (content-addressed, so a repeat is a
+    no-op) before the round's lock is taken; under the lock only the record is written.
+    """
+    _check_tensors(_round_for_site(round_id, credential), data)
+    sha256 = sha256_hex(data)
     blob_store().put(data)
-    update = _update_record(round_, credential, meta.num_examples, meta.metrics, sha256, len(data))
+    return _update_accept(round_id, credential, meta, sha256, len(data))
+
+
+@transaction.atomic
+def _update_accept(
+    round_id: int, credential: AgentCredential, meta: UpdateMeta, sha256: str, size: int
+) -> SubmitResult:
+    round_ = _round(round_id)
+    # A retry of an update already accepted gets its first answer, whatever happened since.
+    if (duplicate := _existing(round_, credential, sha256)) is not None:
+        return duplicate
+    _check_site_may_answer(round_, credential)
+    if round_.kind != RoundKind.TRAIN or round_.state not in ACCEPTING_STATES:
+        raise Conflict(f"round {round_.number} is {round_.state}; it takes no updates", code="round_closed")
+    _check_binding(round_, meta)
+    update = _update_record(round_, credential, meta.num_examples, meta.metrics, sha256, size)
     return SubmitResult(update, duplicate=False)
 
 
@@ -490,10 +588,12 @@ def _update_record(
 def evaluation_submit(
     *, round_id: int, credential: AgentCredential, num_examples: int, metrics: dict[str, float]
 ) -> SubmitResult:
-    round_ = _accepting_round_for(round_id, credential)
+    _round_for_site(round_id, credential)
+    round_ = _round(round_id)
     existing = round_.updates.filter(institution=credential.institution_id).first()
     if existing is not None:
         return SubmitResult(existing, duplicate=True)
+    _check_site_may_answer(round_, credential)
     if round_.kind != RoundKind.EVALUATE or round_.state not in ACCEPTING_STATES:
         raise Conflict(f"round {round_.number} takes no evaluation now", code="round_closed")
     if not 1 <= num_examples <= MAX_NUM_EXAMPLES:
@@ -524,7 +624,7 @@ def job_refuse(*, job_id: int, credential: AgentCredential, reason: str) -> Refu
 
 def _rounds_recount(job: Job) -> None:
     sites = _active_site_count(job)
-    for round_ in job.rounds.select_for_update().filter(state__in=ACCEPTING_STATES):
+    for round_ in job.rounds.select_for_update(of=("self",)).filter(state__in=ACCEPTING_STATES):
         round_.expected_updates = sites
         round_.save(update_fields=["expected_updates"])
         if sites < job.min_updates:
@@ -574,12 +674,15 @@ def rounds_sweep() -> SweepOutcome:
 
 @transaction.atomic
 def _round_deadline(round_id: int) -> str:
-    round_ = _locked_round(round_id)
-    if round_.state not in ACCEPTING_STATES or round_.deadline_at > timezone.now():
-        return "unchanged"  # another sweep or an update got there first
-    received = round_.updates.count()
-    enough = received >= round_.job.min_updates or (round_.kind == RoundKind.EVALUATE and received > 0)
-    if enough:
+    round_ = _locked_round(round_id, skip_locked=True)
+    if round_ is None:
+        return "unchanged"  # someone holds it; the next sweep looks again
+    due = round_.state in ACCEPTING_STATES and round_.deadline_at <= timezone.now()
+    if not due or round_.job.state != JobState.RUNNING:
+        return "unchanged"  # an update, a pause or another sweep got there first
+    received = _counted_updates(round_).count()
+    # The final evaluation only gathers metrics: its deadline ends it, answered or not.
+    if received >= round_.job.min_updates or round_.kind == RoundKind.EVALUATE:
         _round_close_collection(round_)
         return "closed"
     if round_.deadline_extensions < round_.job.max_deadline_extensions:
@@ -599,8 +702,8 @@ def _round_deadline(round_id: int) -> str:
 
 @transaction.atomic
 def _round_requeue(round_id: int) -> None:
-    round_ = _locked_round(round_id)
-    if round_.state == RoundState.AGGREGATING:
+    round_ = _locked_round(round_id, skip_locked=True)
+    if round_ is not None and round_.state == RoundState.AGGREGATING:
         round_.aggregating_since = timezone.now()
         round_.save(update_fields=["aggregating_since"])
         transaction.on_commit(lambda: _enqueue_aggregation(round_id))

@@ -395,3 +395,76 @@ def test_long_poll_answers_within_its_bound(sites: list[Site]) -> None:
     assert 0.9 <= time.monotonic() - started < 3
     response = sites[0].client.get("/api/agent/v1/work?wait=31")
     assert response.status_code == 400
+
+
+def test_a_site_that_uploads_and_then_refuses_is_left_out_of_the_aggregate(
+    sites: list[Site], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    job = make_job(sites, min_updates=2)
+    first = sites[0].work()
+    sites[0].upload(first, trained(sites[0].model(first), 100.0))
+    with django_capture_on_commit_callbacks(execute=True):
+        sites[0].client.post(f"/api/agent/v1/jobs/{job.pk}/refuse", {"reason": "withdrawn"}, format="json")
+        task = sites[1].work()
+        sites[1].upload(task, trained(sites[1].model(task), 1.0))
+    round_ = Round.objects.get(job=job, number=1)
+    assert round_.state == RoundState.COLLECTING  # waits for C: A's update no longer counts
+    with django_capture_on_commit_callbacks(execute=True):
+        task = sites[2].work()
+        sites[2].upload(task, trained(sites[2].model(task), 1.0))
+    version = ModelVersion.objects.get(job=job, number=1)
+    assert [u["institution"] for u in version.provenance["updates"]] == ["Hospital B", "Hospital C"]
+    response = sites[0].client.get(f"/api/agent/v1/models/{version.pk}")
+    assert response.status_code == 404  # a site that refused gets no more models
+
+
+def test_a_retry_after_a_pause_still_gets_its_first_answer(sites: list[Site]) -> None:
+    job = make_job(sites)
+    task = sites[0].work()
+    blob = trained(sites[0].model(task), 1.0)
+    first = sites[0].upload(task, blob)
+    training_services.job_pause(job_id=job.pk, actor="user:test")
+    again = sites[0].upload(task, blob)
+    assert again.status_code == 200
+    assert again.json()["update_id"] == first.json()["update_id"]
+    late = sites[1].upload(task, trained(sites[1].model(task), 1.0))
+    assert late.status_code == 409
+    assert late.json()["error"]["code"] == "job_not_running"
+
+
+def test_an_upload_larger_than_the_model_allows_is_refused_before_it_is_read(sites: list[Site]) -> None:
+    make_job(sites)
+    task = sites[0].work()
+    response = sites[0].upload(task, b"\0" * 200_000)
+    assert response.status_code == 413
+    assert "at most" in response.json()["error"]["message"]
+
+
+def test_an_unanswered_final_evaluation_still_completes_the_job(
+    sites: list[Site], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    job = make_job(sites[:1], rounds=1)
+    task = sites[0].work()
+    with django_capture_on_commit_callbacks(execute=True):
+        sites[0].upload(task, trained(sites[0].model(task), 1.0))
+    evaluation = Round.objects.get(job=job, kind=RoundKind.EVALUATE)
+    Round.objects.filter(pk=evaluation.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
+    assert training_services.rounds_sweep().closed == 1
+    job.refresh_from_db()
+    assert job.state == JobState.COMPLETED
+
+
+def test_an_aggregation_that_keeps_dying_fails_its_round_after_a_bounded_number_of_tries(
+    sites: list[Site],
+) -> None:
+    job = make_job(sites[:1], rounds=1)
+    task = sites[0].work()
+    with override_settings(CELERY_TASK_ALWAYS_EAGER=False):
+        sites[0].upload(task, trained(sites[0].model(task), 1.0))
+    Round.objects.filter(pk=task["round_id"]).update(
+        aggregation_attempts=training_services.MAX_AGGREGATION_ATTEMPTS
+    )
+    assert training_services.round_aggregate(round_id=task["round_id"]).version_number is None
+    job.refresh_from_db()
+    assert job.state == JobState.FAILED
+    assert "attempts" in job.failure_reason

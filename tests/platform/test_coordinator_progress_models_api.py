@@ -169,3 +169,23 @@ def test_model_download_outside_scope_is_404(
     assert response["Content-Type"] == "application/json"
     assert response.json()["error"]["code"] == "not_found"
     assert coordinator_client.get("/api/v1/models/999/download/").status_code == 404
+
+
+def test_a_data_owner_sees_only_their_own_site_in_a_models_provenance(
+    running_job: Job, owner_a_client: APIClient, coordinator_client: APIClient
+) -> None:
+    version = running_job.model_versions.get(number=0)
+    version.provenance = {
+        "strategy": "fedavg",
+        "updates": [
+            {"institution": "Hospital A", "sha256": "a" * 64, "num_examples": 10},
+            {"institution": "Hospital B", "sha256": "b" * 64, "num_examples": 20},
+        ],
+        "details": {"weights": [0.33, 0.67]},
+    }
+    version.save()
+    owner_view = owner_a_client.get(f"/api/v1/jobs/{running_job.pk}/models/").json()["results"][0]
+    coordinator_view = coordinator_client.get(f"/api/v1/jobs/{running_job.pk}/models/").json()["results"][0]
+    assert [u["institution"] for u in owner_view["provenance"]["updates"]] == ["Hospital A"]
+    assert "details" not in owner_view["provenance"]
+    assert len(coordinator_view["provenance"]["updates"]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -221,3 +222,17 @@ def test_the_validation_split_differs_between_sites(site):
     there = DataCache(data, 8).prepare(study, MODEL_CONFIG).validation.features
     assert here.shape == there.shape
     assert not np.array_equal(here, there)
+
+
+def test_state_kept_for_another_server_is_moved_aside(tmp_path: Path) -> None:
+    from silo_agent.state import AgentState, StateStore
+
+    store = StateStore(tmp_path / "state")
+    store.prepare()
+    assert store.bind("https://a.example#credential-1") is False
+    store.save(AgentState(completed=("train:7",)))
+    assert store.bind("https://a.example#credential-1") is False
+    assert store.load().completed == ("train:7",)
+    assert store.bind("https://b.example#credential-1") is True
+    assert store.load().completed == ()
+    assert list((tmp_path / "state").glob("*.previous-server"))
