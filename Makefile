@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench simulate figures clean
+.PHONY: demo test lint bench simulate figures clean browser-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,12 +21,20 @@ CODE := federation silo_agent platform tests bench deploy manage.py
 demo: $(STAMP)
 	$(BIN)/python deploy/run_local.py
 
+## Debian's Chromium and its driver, for the console's browser tests.
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	fi
+
 ## The whole test suite, with lint, type and import-rule checks. The control plane's tests
 ## run once more on PostgreSQL where it runs (on CI it must).
-test: $(STAMP) lint
+test: $(STAMP) browser-deps lint
 	@$(BIN)/python tests/service_support.py postgres; status=$$?; \
 	if [ $$status -eq 0 ]; then \
-		DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q -p no:cacheprovider tests/platform; \
+		DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q -p no:cacheprovider tests/platform tests/audit tests/console; \
 	elif [ $$status -eq 3 ]; then echo "PostgreSQL is not running here: its run of tests/platform is skipped"; \
 	else exit 1; fi
 	$(BIN)/python -m pytest --doctest-modules federation tests

@@ -4,6 +4,7 @@
     python -m federation.simulate --dataset breast_cancer --silos 5 --partition dirichlet \\
         --alpha 0.5 --strategy fedadam --param server_learning_rate=0.05
     python -m federation.simulate --csv site_a.csv site_b.csv --schema schema.json
+    python -m federation.simulate --silos 5 --strategy median --attack scaled --malicious 1
 
 Prints one line per round with a progress bar, then a comparison table, and as its last
 line one JSON object with the figures (``--json-only`` prints only that line).
@@ -22,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from federation.aggregation.strategies import StrategyName, build_strategy
+from federation.attacks import AttackKind
 from federation.data import BUILTIN_DATASETS, DataSchema, PartitionKind
 from federation.errors import FederationError
 from federation.models import ModelKind
@@ -74,12 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--batch-size", type=int, default=32)
     training.add_argument("--learning-rate", type=float, default=0.1, help="client learning rate")
     training.add_argument("--seed", type=int, default=0)
+    _add_attack_arguments(parser)
     output = parser.add_argument_group("output")
     output.add_argument(
         "--no-baselines", action="store_true", help="skip centralized and local-only training"
     )
     output.add_argument("--json-only", action="store_true", help="print only the final JSON line")
     return parser
+
+
+def _add_attack_arguments(parser: argparse.ArgumentParser) -> None:
+    attack = parser.add_argument_group("attack (the first --malicious silos; see federation.attacks)")
+    attack.add_argument(
+        "--attack",
+        choices=[k.value for k in AttackKind],
+        default=AttackKind.NONE.value,
+        help="what the malicious silos send instead of their honestly trained weights",
+    )
+    attack.add_argument(
+        "--malicious", type=int, help="how many silos are malicious (default 1 with an attack, else 0)"
+    )
+    attack.add_argument(
+        "--attack-scale", type=float, help="the scale s of sign_flip (default 1) and scaled (default 10)"
+    )
+    attack.add_argument(
+        "--attack-z",
+        type=float,
+        help="little_is_enough's shift in standard deviations (default: the paper's)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulationConfig:
@@ -103,7 +127,17 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         standardize=not args.no_standardize,
         baselines=not args.no_baselines,
         seed=args.seed,
+        attack=AttackKind(args.attack),
+        num_malicious=_num_malicious(args),
+        attack_scale=args.attack_scale,
+        attack_z=args.attack_z,
     )
+
+
+def _num_malicious(args: argparse.Namespace) -> int:
+    if args.malicious is not None:
+        return int(args.malicious)
+    return 0 if args.attack == AttackKind.NONE.value else 1
 
 
 #: The metrics shown on each round's line, in order (the table at the end shows all).
@@ -125,13 +159,21 @@ def _comparison_table(report: SimulationReport) -> Table:
     rows = [("federated", report.federated)]
     if report.centralized:
         rows.append(("centralized (pooled)", report.centralized))
+    malicious = set(report.config.malicious_silos)
     rows += [
-        (f"silo {i + 1} alone ({size} rows)", m)
+        (f"silo {i + 1} alone ({size} rows{', malicious' if i in malicious else ''})", m)
         for i, (m, size) in enumerate(zip(report.local, report.silo_sizes, strict=True))
     ]
     for label, metrics in rows:
         table.add_row(label, *(f"{metrics[n]:.4f}" if n in metrics else "-" for n in names))
     return table
+
+
+def _attack_line(config: SimulationConfig) -> str:
+    if config.attack is AttackKind.NONE:
+        return ""
+    silos = ", ".join(str(index + 1) for index in config.malicious_silos)
+    return f"; attack {config.attack.value} by malicious silo(s) {silos}"
 
 
 def run(config: SimulationConfig, console: Console, quiet: bool) -> SimulationReport:
@@ -166,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(
                 f"{config.strategy.name.value}, {config.model_kind.value} model, {config.num_silos} silos "
                 f"({config.dataset or 'CSV files'}, {config.partition.value}), "
-                f"{config.rounds} rounds, seed {config.seed}"
+                f"{config.rounds} rounds, seed {config.seed}{_attack_line(config)}"
             )
         report = run(config, console, quiet=args.json_only)
     except (FederationError, OSError, json.JSONDecodeError) as error:

@@ -6,6 +6,10 @@ strategy aggregates them. At the end the federated model is compared with centra
 training on the pooled data and with each silo training alone, all on one held-out test
 set and with the same number of local epochs. A run with the same seed repeats exactly.
 
+To measure robust aggregation, the first ``num_malicious`` silos can be made malicious:
+they train honestly on their own data, then an attack from :mod:`federation.attacks`
+replaces what they send, every round, before the strategy aggregates.
+
 The command-line front end is :mod:`federation.simulate`.
 """
 
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from federation.aggregation.strategies import FedProx, Strategy
+from federation.attacks import AttackKind, attack, little_is_enough_z
 from federation.data import (
     DataSchema,
     Dataset,
@@ -57,6 +62,13 @@ class SimulationConfig:
     standardize: bool = True
     baselines: bool = True
     seed: int = 0
+    attack: AttackKind = AttackKind.NONE
+    #: The first ``num_malicious`` silos are malicious (0 without an attack).
+    num_malicious: int = 0
+    #: The attack's scale ``s``; ``None`` is the attack's default (sign flip 1, scaled 10).
+    attack_scale: float | None = None
+    #: The shift of "a little is enough" in standard deviations; ``None`` is the paper's.
+    attack_z: float | None = None
 
     def __post_init__(self) -> None:
         if (self.dataset is None) == (not self.csv_files):
@@ -67,6 +79,32 @@ class SimulationConfig:
             raise ConfigurationError("rounds and silos must be at least 1")
         if not 0 < self.test_fraction < 1:
             raise ConfigurationError("test_fraction must lie in (0, 1)")
+        self._check_attack()
+
+    def _check_attack(self) -> None:
+        silos = len(self.csv_files) or self.num_silos
+        if self.attack is AttackKind.NONE:
+            if self.num_malicious:
+                raise ConfigurationError("malicious silos need an attack; without one every silo is honest")
+            return
+        if not 1 <= self.num_malicious <= silos:
+            raise ConfigurationError(
+                f"an attack needs 1 to {silos} malicious silos, got {self.num_malicious}"
+            )
+        if self.attack_scale is not None and not 0 < self.attack_scale < float("inf"):
+            raise ConfigurationError(f"attack_scale must be positive, got {self.attack_scale}")
+        if self.attack is AttackKind.LITTLE_IS_ENOUGH:
+            if self.num_malicious == silos:
+                raise ConfigurationError("'a little is enough' needs at least one honest silo")
+            if self.attack_z is None:
+                little_is_enough_z(silos, self.num_malicious)  # raises when undefined
+            elif not 0 <= self.attack_z < float("inf"):
+                raise ConfigurationError(f"attack_z must be non-negative, got {self.attack_z}")
+
+    @property
+    def malicious_silos(self) -> list[int]:
+        """The malicious silos' indices (0-based): the first ``num_malicious``."""
+        return list(range(self.num_malicious))
 
 
 @dataclass(frozen=True)
@@ -103,6 +141,9 @@ class SimulationReport:
             "silo_sizes": self.silo_sizes,
             "rounds": len(self.rounds),
             "strategy": self.config.strategy.name.value,
+            "attack": self.config.attack.value,
+            # 1-based, like the comparison table's "silo 1".
+            "malicious_silos": [index + 1 for index in self.config.malicious_silos],
             "seconds": round(self.seconds, 2),
         }
 
@@ -176,9 +217,12 @@ def run_simulation(config: SimulationConfig, progress: ProgressCallback | None =
     global_weights = worker.get_weights()
     initial_weights = {name: array.copy() for name, array in global_weights.items()}
     state: Weights = {}
+    # Its own stream, so an attack never shifts the data split or the training.
+    attack_rng = np.random.default_rng([config.seed, _ATTACK_STREAM])
     for round_number in range(1, config.rounds + 1):
         round_started = time.perf_counter()
         updates, train_metrics = _local_round(config, worker, global_weights, silos, round_number)
+        updates = poison_updates(config, global_weights, updates, attack_rng)
         result = config.strategy.aggregate(global_weights, updates, state=state)
         global_weights, state = result.weights, result.state
         record = RoundRecord(
@@ -195,6 +239,37 @@ def run_simulation(config: SimulationConfig, progress: ProgressCallback | None =
         report.centralized, report.local = _baselines(config, model_config, initial_weights, silos, test)
     report.seconds = time.perf_counter() - started
     return report
+
+
+#: Mixed into the seed of the attack's random stream.
+_ATTACK_STREAM = 0xA77AC
+
+
+def poison_updates(
+    config: SimulationConfig,
+    global_weights: Weights,
+    updates: Sequence[ClientUpdate],
+    rng: np.random.Generator,
+) -> list[ClientUpdate]:
+    """The round's updates with the malicious silos' weights replaced by the attack's.
+
+    Malicious silos keep the example counts and training metrics they reported."""
+    if config.attack is AttackKind.NONE:
+        return list(updates)
+    malicious, honest = updates[: config.num_malicious], updates[config.num_malicious :]
+    forged = attack(
+        config.attack,
+        global_weights,
+        [u.weights for u in honest],
+        [u.weights for u in malicious],
+        rng,
+        scale=config.attack_scale,
+        z=config.attack_z,
+    )
+    sent = [
+        ClientUpdate(weights, u.num_examples, u.metrics) for weights, u in zip(forged, malicious, strict=True)
+    ]
+    return sent + list(honest)
 
 
 def _local_round(

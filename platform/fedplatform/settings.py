@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "studies",
     "training",
     "agentapi",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -48,10 +49,16 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "console.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "fedplatform.urls"
 WSGI_APPLICATION = "fedplatform.wsgi.application"
+
+# The web console (console/): its own sign-in pages; the Django admin keeps its own.
+LOGIN_URL = "console:login"
+LOGIN_REDIRECT_URL = "console:overview"
+LOGOUT_REDIRECT_URL = "console:login"
 
 TEMPLATES = [
     {

@@ -1,4 +1,4 @@
-"""URL routes: the coordinator API, the agent API, the schema and the Django admin."""
+"""URL routes: the coordinator API, the agent API, the schema, the Django admin and the web console."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -18,4 +18,6 @@ urlpatterns = [
     path("api/v1/", include("training.urls")),
     path("api/v1/", include("accounts.urls")),
     path("api/v1/", include("audit.urls")),
+    # The web console last: its pages live at the top level (/, /jobs/, ...).
+    path("", include("console.urls")),
 ]

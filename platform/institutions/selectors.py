@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.selectors import Scope, scope_queryset
 from fedplatform.errors import NotFound
-from institutions.models import AgentCredential, Institution
+from institutions.models import AgentCredential, EnrollmentToken, Institution
 
 #: An agent counts as online when its credential was last seen at most this long ago.
 ONLINE_WINDOW = timedelta(seconds=60)
@@ -50,3 +50,11 @@ def credential_get(*, scope: Scope, credential_id: int) -> AgentCredential:
     if credential is None:
         raise NotFound("no such credential")
     return credential
+
+
+def enrollment_token_get(*, institution: Institution, token_id: int) -> EnrollmentToken:
+    """One of the institution's enrollment tokens (its hash and dates; never a clear token)."""
+    token = EnrollmentToken.objects.filter(institution=institution, pk=token_id).first()
+    if token is None:
+        raise NotFound("no such enrollment token")
+    return token

@@ -38,6 +38,18 @@ def job_get(*, scope: Scope, job_id: int) -> Job:
     return job
 
 
+def update_list(*, scope: Scope, job: Job) -> QuerySet[Update]:
+    """Each site's answer to each round of ``job`` (training updates and final evaluations),
+    by round then site, with their example counts and metrics; a data owner sees only their
+    own site's (call with a job in scope)."""
+    queryset = (
+        Update.objects.filter(round__job=job)
+        .select_related("round", "institution")
+        .order_by("round__number", "institution__name")
+    )
+    return scope_queryset(queryset, scope=scope, institution_path="institution")
+
+
 def model_version_list(*, job: Job) -> QuerySet[ModelVersion]:
     """The job's global models, oldest first (call with a job in scope)."""
     return ModelVersion.objects.filter(job=job).select_related("parent", "made_by_round").order_by("number")

@@ -1,0 +1,445 @@
+"""The "New study" form: one page in five numbered steps, each error next to its field.
+
+Each part is parsed with the federation library's own types (the data schema, the model
+configuration, the strategy, the local training settings), so an error names the field it
+belongs to; the model's width, task and classes are derived from the schema, so they cannot
+disagree with it. :func:`studies.services.study_validate` then checks the whole, and
+:func:`studies.services.study_create` creates it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import TypedDict, get_type_hints
+
+from django import forms
+from django.db.models import QuerySet
+
+from console.forms import add_service_error
+from federation.aggregation.strategies import STRATEGIES, StrategyName, build_strategy
+from federation.data import DataSchema, Standardizer
+from federation.errors import ConfigurationError, FederationError
+from federation.models import ModelConfig, ModelKind, TrainConfig
+from federation.models.base import MAX_SEED
+from fedplatform.errors import ServiceError
+from institutions.models import Institution
+from studies.services import study_validate
+
+EXAMPLE_SCHEMA: dict[str, object] = {
+    "features": [
+        {"name": "age", "kind": "numeric"},
+        {"name": "bmi", "kind": "numeric"},
+        {"name": "glucose", "kind": "numeric"},
+        {"name": "smoker", "kind": "boolean"},
+        {"name": "sex", "kind": "categorical", "categories": ["female", "male"]},
+    ],
+    "label": "outcome",
+    "task": "binary",
+    "classes": ["no", "yes"],
+}
+
+MODEL_KIND_LABELS = {
+    ModelKind.LOGISTIC: "Logistic / linear model (torch)",
+    ModelKind.MLP: "Multi-layer perceptron (torch)",
+    ModelKind.CNN: "Small CNN for square images (torch)",
+    ModelKind.SKLEARN_SGD: "SGD classifier or regressor (scikit-learn)",
+    ModelKind.SKLEARN_LOGISTIC: "Logistic regression (scikit-learn)",
+}
+
+STRATEGY_LABELS = {
+    StrategyName.FEDAVG: "FedAvg: weighted mean",
+    StrategyName.FEDPROX: "FedProx: FedAvg with a proximal term",
+    StrategyName.FEDAVGM: "FedAvgM: server momentum",
+    StrategyName.FEDADAGRAD: "FedAdagrad: adaptive server step",
+    StrategyName.FEDADAM: "FedAdam: adaptive server step",
+    StrategyName.FEDYOGI: "FedYogi: adaptive server step",
+    StrategyName.MEDIAN: "Coordinate-wise median (robust)",
+    StrategyName.TRIMMED_MEAN: "Trimmed mean (robust)",
+    StrategyName.KRUM: "Krum (robust)",
+    StrategyName.MULTI_KRUM: "Multi-Krum (robust)",
+}
+
+TRAINING_FIELDS = ("epochs", "batch_size", "learning_rate", "proximal_mu")
+
+
+class StudyArguments(TypedDict):
+    """The keyword arguments of :func:`studies.services.study_create`, less the actor."""
+
+    name: str
+    description: str
+    model_config: dict[str, object]
+    data_schema: dict[str, object]
+    strategy: str
+    strategy_params: dict[str, object]
+    training: dict[str, object]
+    feature_scaling: dict[str, object] | None
+    privacy: dict[str, object]
+    validation_fraction: float
+    seed: int
+    institution_ids: list[int]
+
+
+def sentence(message: str) -> str:
+    """A library message ("a binary schema declares ...") as a sentence for a person; one that
+    starts with a parameter's name (``learning_rate must be ...``) keeps it as written."""
+    first_word = message.split(" ", 1)[0]
+    return message if "_" in first_word else message[:1].upper() + message[1:]
+
+
+def param_field_name(strategy: StrategyName, param: str) -> str:
+    return f"param_{strategy.value}_{param}"
+
+
+class JsonObjectField(forms.CharField):
+    """A JSON object typed into a textarea, with the parser's position in its errors."""
+
+    def __init__(self, *, rows: int = 8, **kwargs: object) -> None:
+        widget = forms.Textarea(attrs={"rows": rows, "class": "code", "spellcheck": "false"})
+        super().__init__(widget=widget, strip=True, **kwargs)  # type: ignore[arg-type]
+
+    def to_python(self, value: object) -> dict[str, object] | None:  # type: ignore[override]
+        text = super().to_python(value)
+        if not text:
+            return None
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as error:
+            message = f"This is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})."
+            raise forms.ValidationError(message, code="json") from error
+        if not isinstance(parsed, dict):
+            raise forms.ValidationError("This must be a JSON object: {...}.", code="json_object")
+        return parsed
+
+    def prepare_value(self, value: object) -> object:
+        return json.dumps(value, indent=2) if isinstance(value, dict) else value
+
+
+def _strategy_param_field(default: object, hint: object) -> forms.Field:
+    """A number field for one strategy parameter; left empty, the strategy's default applies."""
+    is_integer = hint is int
+    help_text = "default: none" if default is None else f"default: {default}"
+    attrs = {"placeholder": "" if default is None else str(default)}
+    if is_integer:
+        return forms.IntegerField(
+            required=False, initial=default, help_text=help_text, widget=forms.NumberInput(attrs=attrs)
+        )
+    number = forms.NumberInput(attrs={**attrs, "step": "any"})
+    return forms.FloatField(required=False, initial=default, help_text=help_text, widget=number)
+
+
+def strategy_param_fields() -> Iterator[tuple[StrategyName, str, forms.Field]]:
+    """Every strategy's parameters, from the strategy dataclasses themselves."""
+    for strategy, strategy_class in STRATEGIES.items():
+        hints = get_type_hints(strategy_class)
+        for parameter in fields(strategy_class):
+            yield strategy, parameter.name, _strategy_param_field(parameter.default, hints[parameter.name])
+
+
+@dataclass
+class Section:
+    number: int
+    slug: str
+    title: str
+    intro: str
+    fields: list[forms.BoundField]
+    strategy_groups: list[tuple[str, str, list[forms.BoundField]]] = field(default_factory=list)
+
+    @property
+    def has_errors(self) -> bool:
+        groups = [bound for _, _, group in self.strategy_groups for bound in group]
+        return any(bound.errors for bound in [*self.fields, *groups])
+
+
+class StudyForm(forms.Form):
+    # 1. name, description and participants
+    name = forms.CharField(max_length=200, label="Study name", help_text="Unique within the consortium.")
+    description = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 3}), help_text="What the study is for."
+    )
+    institutions = forms.ModelMultipleChoiceField(
+        queryset=Institution.objects.none(),
+        widget=forms.CheckboxSelectMultiple,
+        label="Participating institutions",
+        help_text="Each one's data owner must approve the study before a job can start.",
+        error_messages={"required": "Choose at least one institution."},
+    )
+    # 2. data schema
+    data_schema = JsonObjectField(
+        rows=16,
+        label="Data schema (JSON)",
+        initial=EXAMPLE_SCHEMA,
+        help_text="The columns every site exports: features (numeric, boolean or categorical with "
+        "its categories), the label column, the task (binary, multiclass or regression) and the classes.",
+    )
+    # 3. model
+    model_kind = forms.ChoiceField(
+        choices=[(kind.value, MODEL_KIND_LABELS[kind]) for kind in ModelKind],
+        label="Model",
+        initial="logistic",
+    )
+    hidden_sizes = forms.CharField(
+        required=False,
+        initial="64",
+        label="Hidden layer sizes",
+        help_text="Comma-separated widths, e.g. 64, 32 (multi-layer perceptron and CNN only).",
+    )
+    image_size = forms.IntegerField(
+        required=False,
+        min_value=4,
+        label="Image size",
+        help_text="CNN only: the side of the square images; the schema must have that many squared features.",
+    )
+    # 4. strategy (its parameters are added in __init__)
+    strategy = forms.ChoiceField(
+        choices=[(name.value, STRATEGY_LABELS[name]) for name in StrategyName],
+        initial="fedavg",
+        label="Aggregation strategy",
+    )
+    # 5. local training, validation, privacy
+    epochs = forms.IntegerField(
+        min_value=1, initial=1, label="Local epochs", help_text="Passes over local data per round."
+    )
+    batch_size = forms.IntegerField(min_value=1, initial=32, label="Batch size")
+    learning_rate = forms.FloatField(
+        min_value=0, initial=0.1, label="Learning rate", widget=forms.NumberInput(attrs={"step": "any"})
+    )
+    proximal_mu = forms.FloatField(
+        min_value=0,
+        initial=0.0,
+        label="Proximal term (mu)",
+        help_text="FedProx's proximal term in local training; 0 turns it off.",
+        widget=forms.NumberInput(attrs={"step": "any"}),
+    )
+    validation_fraction = forms.FloatField(
+        initial=0.2,
+        label="Validation fraction",
+        help_text="Share of each site's rows kept for evaluation, strictly between 0 and 1.",
+        widget=forms.NumberInput(attrs={"step": "any"}),
+    )
+    seed = forms.IntegerField(
+        min_value=0, max_value=MAX_SEED, initial=0, help_text="Fixes the initial model and the splits."
+    )
+    feature_scaling = JsonObjectField(
+        required=False,
+        rows=4,
+        label="Feature scaling (JSON, optional)",
+        help_text='{"mean": [...], "std": [...]}, one value per encoded feature; empty for none.',
+    )
+    privacy = JsonObjectField(
+        required=False,
+        rows=3,
+        initial={},
+        label="Privacy settings",
+        help_text="None yet: differential privacy and secure aggregation come in a later release. Leave {}.",
+    )
+
+    def __init__(self, *args: object, institutions: QuerySet[Institution], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fields["institutions"].queryset = institutions  # type: ignore[attr-defined]
+        for strategy, parameter, form_field in strategy_param_fields():
+            form_field.label = parameter.replace("_", " ").capitalize()
+            self.fields[param_field_name(strategy, parameter)] = form_field
+        self.schema: DataSchema | None = None
+
+    # --- the steps, for the template ------------------------------------------------------
+
+    def sections(self) -> list[Section]:
+        def bound(*names: str) -> list[forms.BoundField]:
+            return [self[name] for name in names]
+
+        groups = []
+        for strategy in StrategyName:
+            names = [name for name in self.fields if name.startswith(f"param_{strategy.value}_")]
+            groups.append((strategy.value, STRATEGY_LABELS[strategy], bound(*names)))
+        return [
+            Section(
+                1,
+                "participants",
+                "Study and participants",
+                "Name the study and choose who takes part.",
+                bound("name", "description", "institutions"),
+            ),
+            Section(
+                2, "schema", "Data schema", "What every site's local export looks like.", bound("data_schema")
+            ),
+            Section(
+                3,
+                "model",
+                "Model",
+                "The model's inputs and outputs are derived from the schema.",
+                bound("model_kind", "hidden_sizes", "image_size"),
+            ),
+            Section(
+                4,
+                "strategy",
+                "Aggregation strategy",
+                "How the sites' updates are combined each round.",
+                bound("strategy"),
+                groups,
+            ),
+            Section(
+                5,
+                "training",
+                "Local training and privacy",
+                "How each site trains in a round.",
+                bound(
+                    "epochs",
+                    "batch_size",
+                    "learning_rate",
+                    "proximal_mu",
+                    "validation_fraction",
+                    "seed",
+                    "feature_scaling",
+                    "privacy",
+                ),
+            ),
+        ]
+
+    # --- parsing ----------------------------------------------------------------------
+
+    def clean_data_schema(self) -> dict[str, object] | None:
+        raw = self.cleaned_data.get("data_schema")
+        try:
+            self.schema = DataSchema.from_json(raw)
+        except FederationError as error:
+            raise forms.ValidationError(sentence(str(error)), code="schema") from error
+        return self.schema.to_json()
+
+    def clean_hidden_sizes(self) -> list[int]:
+        text = str(self.cleaned_data.get("hidden_sizes") or "").strip()
+        if not text:
+            return []
+        try:
+            sizes = [int(part) for part in text.replace(" ", "").split(",") if part]
+        except ValueError:
+            raise forms.ValidationError("Write whole numbers separated by commas, e.g. 64, 32.") from None
+        if any(size < 1 for size in sizes):
+            raise forms.ValidationError("Every layer needs at least one unit.")
+        return sizes
+
+    def clean_validation_fraction(self) -> float:
+        value = float(self.cleaned_data["validation_fraction"])
+        if not 0.0 < value < 1.0:
+            raise forms.ValidationError("The validation fraction must lie strictly between 0 and 1.")
+        return value
+
+    def clean_privacy(self) -> dict[str, object]:
+        return self.cleaned_data.get("privacy") or {}
+
+    def clean(self) -> dict[str, object]:
+        cleaned = super().clean() or {}
+        self._forget_other_strategies(str(cleaned.get("strategy", "")))
+        if self.schema is not None and "model_kind" in cleaned and "hidden_sizes" in cleaned:
+            words = {"image_size": "image", "hidden_sizes": "hidden_sizes"}
+            self._check(self._model_config, words, fallback="model_kind")
+        if "strategy" in cleaned:
+            self._check(self._strategy_params, self._param_fields(cleaned["strategy"]), fallback="strategy")
+        if all(name in cleaned for name in TRAINING_FIELDS):
+            self._check(self._training, list(TRAINING_FIELDS), fallback="epochs")
+        if self.schema is not None and cleaned.get("feature_scaling") is not None:
+            self._check(self._feature_scaling, [], fallback="feature_scaling")
+        if not self.errors:
+            self._validate_whole()
+        return cleaned
+
+    def _forget_other_strategies(self, strategy: str) -> None:
+        """Only the chosen strategy's parameters count: the others' input is not checked."""
+        chosen = f"param_{strategy}_"
+        for name in [name for name in self.errors if name.startswith("param_")]:
+            if not name.startswith(chosen):
+                del self.errors[name]
+
+    def _param_fields(self, strategy: str) -> dict[str, str]:
+        prefix = f"param_{strategy}_"
+        return {name: name.removeprefix(prefix) for name in self.fields if name.startswith(prefix)}
+
+    def _check(
+        self, parse: Callable[[], None], candidates: list[str] | dict[str, str], *, fallback: str
+    ) -> None:
+        """Run one part's parser; put its error next to the field the message names.
+
+        ``candidates`` maps field names to the word the library's messages use for them
+        (a list when they are the same); the longest word is tried first.
+        """
+        try:
+            parse()
+        except FederationError as error:
+            message = str(error)
+            words = candidates if isinstance(candidates, dict) else {name: name for name in candidates}
+            by_length = sorted(words.items(), key=lambda item: -len(item[1]))
+            named = next((name for name, word in by_length if word in message), fallback)
+            self.add_error(named, sentence(message))
+
+    def _model_config(self) -> None:
+        assert self.schema is not None
+        kind = self.cleaned_data["model_kind"]
+        config = {
+            "kind": kind,
+            "task": self.schema.task.value,
+            "num_features": len(self.schema.encoded_feature_names()),
+            "num_classes": self.schema.num_classes,
+            "hidden_sizes": self.cleaned_data["hidden_sizes"] or [64],
+            "image_size": self.cleaned_data.get("image_size") if kind == ModelKind.CNN else None,
+        }
+        self.cleaned_data["model_config"] = ModelConfig.from_json(config).to_json()
+
+    def _strategy_params(self) -> None:
+        strategy = StrategyName(self.cleaned_data["strategy"])
+        prefix = f"param_{strategy.value}_"
+        given = {
+            name.removeprefix(prefix): value
+            for name, value in self.cleaned_data.items()
+            if name.startswith(prefix) and value is not None
+        }
+        self.cleaned_data["strategy_params"] = build_strategy(strategy, given).params()
+
+    def _training(self) -> None:
+        training = {name: self.cleaned_data[name] for name in TRAINING_FIELDS}
+        TrainConfig(**training)
+        self.cleaned_data["training"] = training
+
+    def _feature_scaling(self) -> None:
+        assert self.schema is not None
+        scaling = self.cleaned_data["feature_scaling"]
+        unknown = sorted(set(scaling) - {"mean", "std"})
+        width = len(self.schema.encoded_feature_names())
+        if unknown or not {"mean", "std"} <= set(scaling):
+            raise ConfigurationError(f'feature scaling needs exactly "mean" and "std", got {sorted(scaling)}')
+        Standardizer(mean=scaling["mean"], std=scaling["std"])
+        if len(scaling["mean"]) != width:
+            raise ConfigurationError(
+                f"feature scaling needs {width} means and standard deviations, one per encoded feature"
+            )
+
+    def _validate_whole(self) -> None:
+        try:
+            study_validate(
+                model_config=self.cleaned_data["model_config"],
+                data_schema=self.cleaned_data["data_schema"],
+                strategy=self.cleaned_data["strategy"],
+                strategy_params=self.cleaned_data["strategy_params"],
+                training=self.cleaned_data["training"],
+                feature_scaling=self.cleaned_data["feature_scaling"],
+            )
+        except ServiceError as error:
+            add_service_error(self, error)
+
+    def study_arguments(self) -> StudyArguments:
+        """What :func:`studies.services.study_create` needs, from a valid form."""
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "description": data["description"],
+            "model_config": data["model_config"],
+            "data_schema": data["data_schema"],
+            "strategy": data["strategy"],
+            "strategy_params": data["strategy_params"],
+            "training": data["training"],
+            "feature_scaling": data["feature_scaling"],
+            "privacy": data["privacy"],
+            "validation_fraction": data["validation_fraction"],
+            "seed": data["seed"],
+            "institution_ids": [institution.pk for institution in data["institutions"]],
+        }

@@ -1,0 +1,110 @@
+"""Jobs: the list, the live page and its JSON, the controls, and model downloads."""
+
+from __future__ import annotations
+
+import io
+
+from django.contrib import messages
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from console.access import actor_of, console_json_view, console_view, require_coordinator, scope_of
+from console.live import job_live
+from console.pages import page
+from fedplatform.errors import ServiceError
+from training.blobs import BlobCorrupt, blob_store
+from training.models import Job, JobState
+from training.selectors import job_get, job_list, model_version_get
+from training.services import job_cancel, job_pause, job_resume, job_start
+
+TRANSITIONS = {"start": job_start, "pause": job_pause, "resume": job_resume, "cancel": job_cancel}
+DONE_MESSAGES = {
+    "start": "Job {id} started: round 1 is open to the sites.",
+    "pause": "Job {id} is paused: sites get no new work until it resumes.",
+    "resume": "Job {id} resumed: the open round has a fresh deadline.",
+    "cancel": "Job {id} is cancelled.",
+}
+STATE_FILTERS = [("", "All"), *((state.value, state.label) for state in JobState)]
+
+
+@console_view
+def job_list_view(request: HttpRequest) -> HttpResponse:
+    state = request.GET.get("state") or None
+    if state not in JobState.values:
+        state = None
+    context = {
+        "jobs": job_list(scope=scope_of(request), state=state),
+        "state_filters": STATE_FILTERS,
+        "current_state": state or "",
+    }
+    return page(request, "console/jobs/list.html", context, section="jobs")
+
+
+@console_view
+def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+    scope = scope_of(request)
+    job = job_get(scope=scope, job_id=job_id)
+    context = {"job": job, "live": job_live(scope=scope, job=job)}
+    return page(request, "console/jobs/detail.html", context, section="jobs")
+
+
+@console_json_view
+@require_GET
+def job_live_json(request: HttpRequest, job_id: int) -> JsonResponse:
+    scope = scope_of(request)
+    job = job_get(scope=scope, job_id=job_id)
+    response = JsonResponse(job_live(scope=scope, job=job))
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _transition(request: HttpRequest, job: Job, action: str) -> HttpResponseBase:
+    try:
+        TRANSITIONS[action](job_id=job.pk, actor=actor_of(request))
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, DONE_MESSAGES[action].format(id=job.pk))
+    return redirect("console:job-detail", job_id=job.pk)
+
+
+@console_view
+@require_POST
+def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponseBase:
+    """Start, pause or resume a job (coordinators)."""
+    scope = scope_of(request)
+    require_coordinator(scope)
+    return _transition(request, job_get(scope=scope, job_id=job_id), action)
+
+
+@console_view
+@require_http_methods(["GET", "POST"])
+def job_cancel_view(request: HttpRequest, job_id: int) -> HttpResponseBase:
+    """Cancelling cannot be undone: a confirmation page first (coordinators)."""
+    scope = scope_of(request)
+    require_coordinator(scope)
+    job = job_get(scope=scope, job_id=job_id)
+    if request.method == "POST":
+        return _transition(request, job, "cancel")
+    return page(request, "console/jobs/cancel.html", {"job": job}, section="jobs")
+
+
+@console_view
+@require_GET
+def model_download(request: HttpRequest, version_id: int) -> HttpResponseBase:
+    """A global model's safetensors file; its checksum is verified before it is sent."""
+    version = model_version_get(scope=scope_of(request), version_id=version_id)
+    try:
+        data = blob_store().read(version.sha256)
+    except BlobCorrupt as error:
+        messages.error(request, f"The model cannot be downloaded: {error.message}.")
+        return redirect("console:job-detail", job_id=version.job_id)
+    response = FileResponse(
+        io.BytesIO(data),
+        as_attachment=True,
+        content_type="application/octet-stream",
+        filename=f"model-{version.job_id}-{version.number}-{version.sha256[:12]}.safetensors",
+    )
+    response["X-Content-SHA256"] = version.sha256
+    return response

@@ -1,0 +1,234 @@
+"""The whole console flow in a real browser, with real agents: sign in, register
+institutions, hand out tokens, set a study up, approve it as each data owner, launch a job,
+watch its rounds complete on the live page, download the model; and what an observer and a
+data owner must not be able to do."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+from browser_support import Stack, screenshot
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from federation.data import load_builtin
+
+pytestmark = pytest.mark.browser
+
+SITES = ("Hospital Aurora", "Hospital Borealis")
+ROUNDS = 3
+
+
+def by_testid(value: str) -> tuple[str, str]:
+    return By.CSS_SELECTOR, f'[data-testid="{value}"]'
+
+
+def wait_for(driver: WebDriver, locator: tuple[str, str], timeout: float = 20):  # type: ignore[no-untyped-def]
+    return WebDriverWait(driver, timeout).until(expected_conditions.presence_of_element_located(locator))
+
+
+def sign_in(driver: WebDriver, stack: Stack, username: str, password: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(f"{stack.url}/login/")
+    driver.find_element(By.ID, "id_username").send_keys(username)
+    driver.find_element(By.ID, "id_password").send_keys(password)
+    driver.find_element(*by_testid("sign-in")).click()
+    wait_for(driver, by_testid("user-role"))
+
+
+def fill(driver: WebDriver, field_id: str, value: str) -> None:
+    """Set a field's value directly (long JSON would be slow to type)."""
+    element = driver.find_element(By.ID, field_id)
+    driver.execute_script("arguments[0].value = arguments[1];", element, value)
+
+
+def post_from_page(driver: WebDriver, path: str) -> int:
+    """A same-origin POST with the page's CSRF token, as a forged button would send it."""
+    script = """
+        const done = arguments[arguments.length - 1];
+        const token = (document.cookie.match(/csrftoken=([^;]+)/) || [])[1] || "";
+        fetch(arguments[0], {method: "POST", headers: {"X-CSRFToken": token}, credentials: "same-origin"})
+            .then(response => done(response.status));
+    """
+    return int(driver.execute_async_script(script, path))
+
+
+@pytest.fixture(scope="module")
+def people(stack: Stack) -> dict[str, str]:
+    return {
+        "carol": stack.create_user("carol", "coordinator"),
+        "oscar": stack.create_user("oscar", "observer"),
+    }
+
+
+def register_sites(driver: WebDriver, stack: Stack) -> dict[str, str]:
+    """Register the institutions and create one token each; returns name -> token."""
+    tokens = {}
+    for name in SITES:
+        driver.get(f"{stack.url}/institutions/")
+        driver.find_element(By.ID, "id_name").send_keys(name)
+        driver.find_element(*by_testid("register-institution")).click()
+        wait_for(driver, by_testid("create-token")).click()  # registering opens the new institution
+        tokens[name] = wait_for(driver, by_testid("token-value")).text.strip()
+        if name == SITES[0]:
+            screenshot(driver, "institution-token")
+        driver.refresh()  # shown once: a reload no longer shows it
+        assert tokens[name] not in driver.page_source
+    return tokens
+
+
+def enroll_agents(stack: Stack, tokens: dict[str, str]) -> list[object]:
+    dataset = load_builtin("breast_cancer")
+    shares, _ = stack.runner.split_data(dataset, len(SITES), seed=0)
+    sites = []
+    for index, (name, rows) in enumerate(zip(SITES, shares, strict=True)):
+        site = stack.runner.write_site(
+            stack.data_dir / f"site-{index}", name, rows, "breast_cancer", stack.url
+        )
+        stack.runner.run_agent_command(site, stack.env, "enroll", f"--token={tokens[name]}")
+        sites.append(site)
+    return sites
+
+
+def create_study(driver: WebDriver, stack: Stack, sites: list[object]) -> str:
+    dataset = load_builtin("breast_cancer")
+    driver.get(f"{stack.url}/studies/new/")
+    driver.find_element(By.ID, "id_name").send_keys("Breast cancer, browser test")
+    for checkbox in driver.find_elements(By.CSS_SELECTOR, 'input[name="institutions"]'):
+        checkbox.click()
+    # An error first: a schema that is not JSON is explained next to its field.
+    fill(driver, "id_data_schema", "{not json")
+    driver.find_element(*by_testid("create-study")).click()
+    assert wait_for(driver, by_testid("error-data_schema")).text
+    screenshot(driver, "study-form-error")
+    fill(driver, "id_data_schema", json.dumps(stack.runner.builtin_schema(dataset)))
+    # Feature scaling agreed from the sites' per-feature sums (silo-agent moments).
+    fill(driver, "id_feature_scaling", json.dumps(stack.runner.agreed_scaling(sites, stack.env)))
+    for checkbox in driver.find_elements(By.CSS_SELECTOR, 'input[name="institutions"]'):
+        if not checkbox.is_selected():
+            checkbox.click()
+    driver.find_element(*by_testid("create-study")).click()
+    wait_for(driver, by_testid("participant-row"))
+    return driver.current_url
+
+
+def approve_as_data_owners(driver: WebDriver, stack: Stack, study_url: str) -> None:
+    for index, name in enumerate(SITES):
+        username = f"owner{index}"
+        sign_in(driver, stack, username, stack.create_user(username, "data_owner", name))
+        driver.get(study_url)
+        wait_for(driver, by_testid("approve-button")).click()
+        wait_for(driver, by_testid("message"))
+        other = SITES[1 - index]
+        driver.get(f"{stack.url}/institutions/")
+        assert other not in driver.page_source  # a data owner sees only their own institution
+    screenshot(driver, "study-approved")
+
+
+def launch_job(driver: WebDriver, stack: Stack, study_url: str) -> str:
+    driver.get(study_url)
+    for field_id, value in (("id_num_rounds", str(ROUNDS)), ("id_min_updates", str(len(SITES)))):
+        element = driver.find_element(By.ID, field_id)
+        element.clear()
+        element.send_keys(value)
+    driver.find_element(*by_testid("create-job")).click()
+    wait_for(driver, by_testid("start-button")).click()
+    wait_for(driver, by_testid("message"))
+    return driver.current_url
+
+
+def watch_until_completed(driver: WebDriver, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # Read through the DOM each time: the page replaces the element as it updates.
+        state = driver.execute_script(
+            "const e = document.querySelector('[data-testid=\"job-state\"]'); return e && e.dataset.state;"
+        )
+        if state == "completed":
+            return
+        assert state in {"running", "draft"}, f"the job ended {state}"
+        time.sleep(1)  # the page updates itself; no reload
+    raise AssertionError("the job did not complete on the live page in time")
+
+
+def downloaded_file(directory: Path, timeout: float = 20) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [p for p in directory.iterdir() if not p.name.endswith(".crdownload")]
+        if done:
+            return done[0]
+        time.sleep(0.2)
+    raise AssertionError("no download arrived")
+
+
+def test_a_coordinator_runs_a_federation_from_the_browser(stack: Stack, browser: WebDriver, people) -> None:  # type: ignore[no-untyped-def]
+    sign_in(browser, stack, "carol", people["carol"])
+    screenshot(browser, "overview-empty")
+    sites = enroll_agents(stack, register_sites(browser, stack))
+    study_url = create_study(browser, stack, sites)
+    sign_in(browser, stack, "carol", people["carol"])
+    browser.get(study_url)
+    start_refused = len(browser.find_elements(*by_testid("approve-button")))
+    assert start_refused == 0  # a coordinator never approves for a site
+    approve_as_data_owners(browser, stack, study_url)
+    sign_in(browser, stack, "carol", people["carol"])
+    for site in sites:
+        stack.processes.start(  # type: ignore[attr-defined]
+            f"agent-{site.folder.name}",
+            stack.runner.agent_command("run", "--config", str(site.config), "--exit-when-idle", "120"),
+            stack.env,
+            cwd=site.folder,
+        )
+    job_url = launch_job(browser, stack, study_url)
+    watch_until_completed(browser)
+    live = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(location.pathname.replace(/\\/$/, '') + '/live.json').then(r => r.json()).then(done);"
+    )
+    assert live["job"]["state"] == "completed"
+    final = live["models"][-1]["metrics"]  # the sites' evaluation of the final model
+    assert final["accuracy"] > 0.9
+    rounds = browser.find_elements(*by_testid("round-row"))
+    assert len(rounds) >= ROUNDS
+    assert browser.find_elements(*by_testid("model-row"))
+    screenshot(browser, "job-completed")
+    browser.set_window_size(768, 1024)
+    screenshot(browser, "job-completed-tablet", width=768)
+    links = browser.find_elements(*by_testid("download-model"))
+    links[-1].click()
+    blob = downloaded_file(Path(browser.download_dir)).read_bytes()  # type: ignore[attr-defined]
+    digest = hashlib.sha256(blob).hexdigest()
+    assert digest[:12] in browser.page_source  # the file is the version the page lists
+    header_length = int.from_bytes(blob[:8], "little")
+    assert "linear.weight" in json.loads(blob[8 : 8 + header_length])
+    for page in ("", "institutions/", "studies/", "jobs/", "audit/"):
+        browser.get(f"{stack.url}/{page}")
+        screenshot(browser, f"page-{page.strip('/') or 'overview'}")
+    assert "job.completed" in browser.page_source
+    stack.processes.stop([f"agent-{site.folder.name}" for site in sites])  # type: ignore[attr-defined]
+    _observer_cannot_change_anything(browser, stack, people, job_url)
+
+
+def _observer_cannot_change_anything(browser: WebDriver, stack: Stack, people, job_url: str) -> None:  # type: ignore[no-untyped-def]
+    sign_in(browser, stack, "oscar", people["oscar"])
+    browser.get(job_url)
+    wait_for(browser, by_testid("job-state"))
+    visible = [
+        button
+        for name in ("start-button", "pause-button", "resume-button", "cancel-button")
+        for button in browser.find_elements(*by_testid(name))
+        if button.is_displayed()
+    ]
+    assert visible == []
+    job_path = job_url.removeprefix(stack.url).rstrip("/")
+    assert post_from_page(browser, f"{job_path}/cancel/") == 403
+    browser.get(f"{stack.url}/institutions/")
+    assert browser.find_elements(By.ID, "id_name") == []  # no register form
+    screenshot(browser, "observer-institutions")
+    assert post_from_page(browser, "/institutions/") == 403
