@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 from datetime import timedelta
 
 import numpy as np
@@ -12,6 +9,7 @@ import pytest
 from django.core.cache import cache
 from django.test import override_settings
 from django.utils import timezone
+from platform_world import Site, make_job, spec_of, trained
 from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
@@ -19,27 +17,10 @@ from federation.types import ModelSpec
 from federation.wire import deserialize_weights, serialize_weights
 from institutions import services as institution_services
 from institutions.models import Institution
-from studies import services as study_services
 from training import services as training_services
-from training.models import Job, JobState, ModelVersion, Refusal, Round, RoundKind, RoundState, Update
+from training.models import JobState, ModelVersion, Refusal, Round, RoundKind, RoundState, Update
 
 pytestmark = pytest.mark.django_db
-
-MODEL = {
-    "kind": "logistic",
-    "task": "binary",
-    "num_features": 3,
-    "num_classes": 2,
-    "hidden_sizes": [64],
-    "image_size": None,
-}
-SCHEMA = {
-    "features": [{"name": n, "kind": "numeric"} for n in ("age", "bmi", "glucose")],
-    "label": "outcome",
-    "task": "binary",
-    "classes": ["no", "yes"],
-}
-TRAINING = {"epochs": 1, "batch_size": 16, "learning_rate": 0.1}
 
 
 @pytest.fixture(autouse=True)
@@ -47,99 +28,6 @@ def _isolated_storage(tmp_path, settings):  # type: ignore[no-untyped-def]
     settings.ENV = type(settings.ENV)(**{**settings.ENV.__dict__, "model_storage_dir": tmp_path / "models"})
     settings.CELERY_TASK_ALWAYS_EAGER = True
     cache.clear()  # enrollment throttling counts live in the cache
-
-
-class Site:
-    """One hospital: its institution and an enrolled agent client."""
-
-    def __init__(self, name: str) -> None:
-        self.institution = institution_services.institution_create(name=name, actor="user:test")
-        token = institution_services.enrollment_token_create(
-            institution=self.institution, actor="user:test"
-        ).token
-        response = APIClient().post(
-            "/api/agent/v1/enroll", {"token": token, "agent_version": "1.0"}, format="json"
-        )
-        assert response.status_code == 201, response.content
-        self.key = response.json()["key"]
-        self.credential_id = response.json()["credential_id"]
-        self.client = APIClient()
-        self.client.credentials(HTTP_AUTHORIZATION=f"Agent {self.key}")
-
-    def work(self, wait: int = 0) -> dict | None:
-        response = self.client.get(f"/api/agent/v1/work?wait={wait}")
-        assert response.status_code == 200, response.content
-        return response.json()["task"]
-
-    def model(self, task: dict) -> bytes:
-        response = self.client.get(f"/api/agent/v1/models/{task['model_version']['id']}")
-        assert response.status_code == 200
-        body = b"".join(response.streaming_content)
-        assert (
-            hashlib.sha256(body).hexdigest()
-            == response["X-Content-SHA256"]
-            == task["model_version"]["sha256"]
-        )
-        return body
-
-    def upload(self, task: dict, blob: bytes, *, num_examples: int = 50, **meta_changes: object):  # type: ignore[no-untyped-def]
-        meta = {
-            "num_examples": num_examples,
-            "metrics": {"global_accuracy": 0.5, "local_accuracy": 0.7},
-            "base_model_sha256": task["model_version"]["sha256"],
-            "job_id": task["job_id"],
-            "round_number": task["round_number"],
-            **meta_changes,
-        }
-        return self.client.post(
-            f"/api/agent/v1/rounds/{task['round_id']}/update",
-            {"meta": json.dumps(meta), "tensors": io.BytesIO(blob)},
-            format="multipart",
-        )
-
-
-def trained(blob: bytes, shift: float) -> bytes:
-    """The received model moved by ``shift``: a stand-in for local training."""
-    weights = deserialize_weights(blob, spec=spec_of(blob))
-    return serialize_weights({name: array + np.float32(shift) for name, array in weights.items()})
-
-
-def spec_of(blob: bytes) -> ModelSpec:
-    length = int.from_bytes(blob[:8], "little")
-    return ModelSpec.from_json(json.loads(json.loads(blob[8 : 8 + length])["__metadata__"]["model_spec"]))
-
-
-def make_job(
-    sites: list[Site], *, rounds: int = 2, min_updates: int | None = None, strategy: str = "fedavg"
-) -> Job:
-    study = study_services.study_create(
-        name=f"study-{len(sites)}-{strategy}-{rounds}",
-        description="",
-        model_config=MODEL,
-        data_schema=SCHEMA,
-        strategy=strategy,
-        strategy_params={},
-        training=TRAINING,
-        feature_scaling=None,
-        privacy={},
-        validation_fraction=0.2,
-        seed=0,
-        institution_ids=[s.institution.pk for s in sites],
-        actor="user:test",
-    )
-    for site in sites:
-        study_services.study_decide(
-            study=study, institution=site.institution, approve=True, actor="user:owner"
-        )
-    job = training_services.job_create(
-        study=study,
-        num_rounds=rounds,
-        min_updates=min_updates or len(sites),
-        round_deadline_seconds=60,
-        max_deadline_extensions=1,
-        actor="user:test",
-    )
-    return training_services.job_start(job_id=job.pk, actor="user:test")
 
 
 @pytest.fixture
