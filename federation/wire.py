@@ -161,8 +161,10 @@ def _check_header_length(header_length: int, spec: ModelSpec, total_size: int) -
 
 def _validate_header(raw: bytes, spec: ModelSpec, data_start: int, total_size: int) -> ParsedHeader:
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        header = json.loads(raw, object_pairs_hook=_object_without_duplicate_keys)
+    except RecursionError:  # "[[[[..." within the header cap; never a legitimate header
+        raise InvalidUpdateError("safetensors header is not valid JSON: nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, bad UTF-8, integers of thousands of digits
         raise InvalidUpdateError(f"safetensors header is not valid JSON: {error}") from error
     if not isinstance(header, dict):
         raise InvalidUpdateError("safetensors header must be a JSON object")
@@ -173,6 +175,18 @@ def _validate_header(raw: bytes, spec: ModelSpec, data_start: int, total_size: i
     locations = {t.name: _locate(t, header[t.name], data_start) for t in spec.tensors}
     _check_contiguous(locations, data_start, total_size)
     return ParsedHeader(locations=locations, metadata=metadata, total_size=total_size)
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object, refused if it names a key twice.
+
+    Parsers disagree on which duplicate wins; this check and the safetensors package must
+    read the same header, so an ambiguous one is refused outright.
+    """
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise InvalidUpdateError("safetensors header names the same key twice")
+    return dict(pairs)
 
 
 def _validate_metadata(metadata: object) -> dict[str, str]:

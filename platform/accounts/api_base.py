@@ -6,13 +6,13 @@ holds the plumbing they would otherwise repeat.
 
 from __future__ import annotations
 
-from typing import TypeVar, cast
+from typing import TypeVar
 
 from django.db.models import Model, QuerySet
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication, TokenAuthentication
-from rest_framework.pagination import BasePagination
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from accounts.permissions import ReadOnlyOrCoordinator
 from accounts.selectors import Scope, user_scope
+from fedplatform.parsers import API_PARSERS
 from fedplatform.serializers import ErrorResponseSerializer
 
 _M = TypeVar("_M", bound=Model)
@@ -50,6 +51,13 @@ def json_error_responses(*status_codes: int) -> dict[tuple[int, str], OpenApiRes
     return {(code, "application/json"): response for code, response in error_responses(*status_codes).items()}
 
 
+class BoundedLimitOffsetPagination(LimitOffsetPagination):
+    """``?limit=&offset=`` paging whose page size is capped (a huge ``limit`` is clamped)."""
+
+    default_limit = api_settings.PAGE_SIZE
+    max_limit = 1000
+
+
 class ApiView(APIView):
     """Base of the coordinator API views.
 
@@ -64,7 +72,8 @@ class ApiView(APIView):
         SessionAuthentication,
     )
     permission_classes: tuple[type[BasePermission], ...] = (ReadOnlyOrCoordinator,)
-    pagination_class = cast("type[BasePagination]", api_settings.DEFAULT_PAGINATION_CLASS)
+    parser_classes = API_PARSERS
+    pagination_class = BoundedLimitOffsetPagination
 
     def paginated_response(
         self,

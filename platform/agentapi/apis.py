@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,23 +19,28 @@ from rest_framework.views import APIView
 from agentapi import selectors
 from agentapi.authentication import AgentAuthentication, IsAgent, credential_of
 from fedplatform.errors import InvalidInput, NotFound, TooLarge
-from fedplatform.serializers import ErrorResponseSerializer
+from fedplatform.parsers import BoundedJSONParser, loads_checked
+from fedplatform.serializers import MAX_ID, ErrorResponseSerializer
 from institutions import services as institution_services
 from training import services as training_services
 from training.blobs import blob_store
 
 ERRORS = {code: OpenApiResponse(ErrorResponseSerializer) for code in (400, 401, 403, 404, 409)}
+#: Extra room a multipart body needs beyond its tensors: the meta field (at most 100,000
+#: characters, 4 bytes each in UTF-8), part headers and boundaries.
+MULTIPART_ALLOWANCE = 512 * 1024
 
 
 class AgentView(APIView):
     authentication_classes = [AgentAuthentication]
     permission_classes = [IsAgent]
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
 
 
 class EnrollApi(APIView):
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
+    parser_classes = [BoundedJSONParser]
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "enroll"
 
@@ -51,7 +56,11 @@ class EnrollApi(APIView):
 
     @extend_schema(
         request=AgentEnrollInputSerializer,
-        responses={201: AgentEnrollOutputSerializer, **ERRORS},
+        responses={
+            201: AgentEnrollOutputSerializer,
+            **ERRORS,
+            429: OpenApiResponse(ErrorResponseSerializer, description="too many attempts: slow down"),
+        },
         tags=["agent"],
     )
     def post(self, request: Request) -> Response:
@@ -109,7 +118,13 @@ class WorkApi(AgentView):
         task = serializers.DictField(allow_null=True)
 
     @extend_schema(
-        parameters=[OpenApiParameter("wait", int, description="seconds to wait for work, 0 to 30")],
+        parameters=[
+            OpenApiParameter(
+                "wait",
+                {"type": "integer", "minimum": 0, "maximum": settings.FEDHEALTH_LONG_POLL_MAX_SECONDS},
+                description="seconds to wait for work (default 0: answer at once)",
+            )
+        ],
         responses={200: AgentWorkOutputSerializer, **ERRORS},
         tags=["agent"],
     )
@@ -159,8 +174,8 @@ class UpdateMetaSerializer(serializers.Serializer):
     num_examples = serializers.IntegerField(min_value=1, max_value=training_services.MAX_NUM_EXAMPLES)
     metrics = serializers.DictField(child=serializers.FloatField(), default=dict)
     base_model_sha256 = serializers.RegexField(r"^[0-9a-f]{64}$")
-    job_id = serializers.IntegerField(min_value=1)
-    round_number = serializers.IntegerField(min_value=1)
+    job_id = serializers.IntegerField(min_value=1, max_value=MAX_ID)
+    round_number = serializers.IntegerField(min_value=1, max_value=MAX_ID)
 
     def validate_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         if len(metrics) > 100 or any(len(name) > 100 for name in metrics):
@@ -197,13 +212,14 @@ class UpdateUploadApi(AgentView):
         tags=["agent"],
     )
     def post(self, request: Request, round_id: int) -> Response:
-        _refuse_oversized(request)
+        _refuse_oversized(request, settings.FEDHEALTH_MAX_UPLOAD_BYTES)
+        credential = credential_of(request)
+        limit = training_services.update_size_limit(round_id=round_id, credential=credential)
+        _refuse_oversized(request, limit + MULTIPART_ALLOWANCE)  # before the body is parsed
         data = self.AgentUpdateUploadInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         meta = _parse_meta(data.validated_data["meta"])
         upload = data.validated_data["tensors"]
-        credential = credential_of(request)
-        limit = training_services.update_size_limit(round_id=round_id, credential=credential)
         if upload.size > limit:  # before a byte of it is read into memory
             raise TooLarge(f"the update is {upload.size} bytes; this round's model takes at most {limit}")
         result = training_services.update_submit(
@@ -212,17 +228,20 @@ class UpdateUploadApi(AgentView):
         return _submit_response(result)
 
 
-def _refuse_oversized(request: Request) -> None:
+def _refuse_oversized(request: Request, limit: int) -> None:
+    """Refuse a body whose declared length exceeds ``limit``, before reading any of it."""
     length = request.META.get("CONTENT_LENGTH") or "0"
-    if length.isdigit() and int(length) > settings.FEDHEALTH_MAX_UPLOAD_BYTES:
-        raise TooLarge("the request body is larger than this control plane accepts")
+    if length.isdigit() and int(length) > limit:
+        raise TooLarge(f"the request body is {int(length)} bytes; at most {limit} are accepted here")
 
 
 def _parse_meta(raw: str) -> training_services.UpdateMeta:
     try:
-        loaded = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise InvalidInput(f"meta is not valid JSON: {error.msg}") from None
+        loaded = loads_checked(raw, what="meta")
+    except ParseError as error:
+        raise InvalidInput(str(error.detail)) from None
+    if not isinstance(loaded, dict):
+        raise InvalidInput("meta must be a JSON object")
     meta = UpdateMetaSerializer(data=loaded)
     meta.is_valid(raise_exception=True)
     return training_services.UpdateMeta(**meta.validated_data)

@@ -9,14 +9,15 @@ from rest_framework.response import Response
 
 from accounts.api_base import ApiView, error_responses, request_scope
 from audit import selectors
+from fedplatform.serializers import MAX_ID
 
 TAGS = ["audit"]
 
 
 class AuditEventListApi(ApiView):
     class FilterSerializer(serializers.Serializer):
-        institution = serializers.IntegerField(min_value=1, required=False)
-        job = serializers.IntegerField(min_value=1, required=False)
+        institution = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
+        job = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
         actor = serializers.CharField(
             required=False, help_text="exact, e.g. `user:alice`, `agent:3`, `system`"
         )

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.core.exceptions import (
+    PermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
+from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -76,7 +83,18 @@ def _service_error_response(error: ServiceError) -> Response:
     return response
 
 
+def _suspicious_request_error(error: SuspiciousOperation) -> ServiceError:
+    """Django's refusals of a request body (raised while DRF parses it) as service errors."""
+    if isinstance(error, RequestDataTooBig):
+        return TooLarge("the request body is larger than this API accepts")
+    if isinstance(error, TooManyFieldsSent | TooManyFilesSent):
+        return TooLarge("the request has too many fields or files", code="too_many_fields")
+    return InvalidInput("the request is malformed", code="bad_request")
+
+
 def api_exception_handler(error: Exception, context: dict[str, object]) -> Response | None:
+    if isinstance(error, SuspiciousOperation):
+        error = _suspicious_request_error(error)
     if isinstance(error, ServiceError):
         return _service_error_response(error)
     if isinstance(error, Http404):
@@ -93,3 +111,14 @@ def api_exception_handler(error: Exception, context: dict[str, object]) -> Respo
         message = str(detail.get("detail", detail)) if isinstance(detail, dict) else str(detail)
         response.data = error_body(str(error.default_code), message)
     return response
+
+
+@csrf_exempt  # it changes nothing; without this a POST would get Django's HTML CSRF page
+def api_not_found(request: HttpRequest, *args: object, **kwargs: object) -> JsonResponse:
+    """Any path under ``/api/`` that no route matches (``/api/v1/jobs/abc/``): a JSON 404.
+
+    Without it Django would answer with an HTML page (a debug page while ``DEBUG`` is on),
+    which breaks the API's promise that every error is JSON.
+    """
+    body = error_body("not_found", f"no API endpoint at {request.path!r}")
+    return JsonResponse(body, status=status.HTTP_404_NOT_FOUND)

@@ -2,6 +2,11 @@
 
 from rest_framework import serializers
 
+#: The largest primary key a ``BigAutoField`` holds. Inputs that name an object by its id
+#: are capped here: a larger number reaching a query crashes the database driver
+#: ("int too large") instead of simply matching nothing.
+MAX_ID = 2**63 - 1
+
 
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField()

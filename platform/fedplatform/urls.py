@@ -1,9 +1,10 @@
 """URL routes: the coordinator API, the agent API, the schema, the Django admin and the web console."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from fedplatform.errors import api_not_found
 from fedplatform.health import health
 
 urlpatterns = [
@@ -18,6 +19,8 @@ urlpatterns = [
     path("api/v1/", include("training.urls")),
     path("api/v1/", include("accounts.urls")),
     path("api/v1/", include("audit.urls")),
+    # Every other path under api/ is an unknown endpoint: a JSON 404, never an HTML page.
+    re_path(r"^api/", api_not_found, name="api-not-found"),
     # The web console last: its pages live at the top level (/, /jobs/, ...).
     path("", include("console.urls")),
 ]

@@ -14,6 +14,7 @@ from accounts.permissions import IsDataOwner
 from federation.aggregation.strategies import StrategyName
 from federation.models.base import MAX_SEED
 from fedplatform.errors import Forbidden
+from fedplatform.serializers import MAX_ID
 from institutions.apis import InstitutionRefSerializer
 from institutions.selectors import institution_get
 from studies import selectors, services
@@ -90,7 +91,9 @@ class StudyCreateApi(ApiView):
         privacy = serializers.DictField(default=dict)
         validation_fraction = serializers.FloatField(default=0.2, help_text="strictly between 0 and 1")
         seed = serializers.IntegerField(min_value=0, max_value=MAX_SEED, default=0)
-        institutions = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1)
+        institutions = serializers.ListField(
+            child=serializers.IntegerField(min_value=1, max_value=MAX_ID), min_length=1
+        )
 
         class Meta:
             ref_name = "StudyCreate"
@@ -160,7 +163,9 @@ class StudyDecideApi(ApiView):
     permission_classes = (IsDataOwner,)
 
     class InputSerializer(serializers.Serializer):
-        institution = serializers.IntegerField(min_value=1, help_text="the caller's own institution")
+        institution = serializers.IntegerField(
+            min_value=1, max_value=MAX_ID, help_text="the caller's own institution"
+        )
         decision = DecisionChoiceField(choices=[choice.value for choice in DecisionChoice])
 
         class Meta:

@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Mapping
 
+from django.core.exceptions import ImproperlyConfigured
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
@@ -15,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api_base import ApiView, error_responses, json_error_responses, request_actor, request_scope
+from fedplatform.serializers import MAX_ID
 from institutions.apis import InstitutionRefSerializer
 from studies.models import Decision, Study
 from training import selectors, services
@@ -57,7 +59,9 @@ class JobOutputSerializer(serializers.Serializer):
 
 class JobListApi(ApiView):
     class FilterSerializer(serializers.Serializer):
-        study = serializers.IntegerField(min_value=1, required=False, help_text="only this study's jobs")
+        study = serializers.IntegerField(
+            min_value=1, max_value=MAX_ID, required=False, help_text="only this study's jobs"
+        )
         state = serializers.ChoiceField(choices=JobState.choices, required=False)
 
         class Meta:
@@ -240,7 +244,9 @@ class ModelVersionOutputSerializer(serializers.Serializer):
     @extend_schema_field(serializers.DictField())
     def get_provenance(self, version: ModelVersion) -> dict[str, object]:
         scope = self.context.get("scope")
-        return selectors.provenance_visible(scope=scope, version=version) if scope else version.provenance
+        if scope is None:  # never fall back to the unfiltered provenance
+            raise ImproperlyConfigured("ModelVersionOutputSerializer needs the request's scope")
+        return selectors.provenance_visible(scope=scope, version=version)
 
 
 class JobModelListApi(ApiView):

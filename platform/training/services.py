@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerUnavailable
 from safetensors.numpy import load as safetensors_load
 
 from audit.services import audit_record
@@ -293,9 +294,22 @@ def _round_close_collection(round_: Round) -> None:
 
 
 def _enqueue_aggregation(round_id: int) -> None:
+    """Send the aggregation to the broker (after the commit that made the round AGGREGATING).
+
+    A broker that cannot take the message (Redis down or restarting) must not fail the
+    request that reached the quorum: its transaction is committed, and the round, kept in
+    the database, is enqueued again by the sweep (``FEDHEALTH_STUCK_AGGREGATION_SECONDS``).
+    """
     from training.tasks import round_aggregate_task  # tasks import this module
 
-    round_aggregate_task.delay(round_id)
+    try:
+        round_aggregate_task.delay(round_id)
+    except BrokerUnavailable as error:
+        logger.warning(
+            "the broker did not take the aggregation of round id %s (%s); the sweep will enqueue it again",
+            round_id,
+            error,
+        )
 
 
 def _round_close_evaluation(round_: Round) -> None:
@@ -525,11 +539,22 @@ def update_submit(
 
     The tensors are checked and the blob stored (content-addressed, so a repeat is a
     no-op) before the round's lock is taken; under the lock only the record is written.
+    An update the round would refuse anyway is refused before its blob is stored.
     """
-    _check_tensors(_round_for_site(round_id, credential), data)
+    round_ = _round_for_site(round_id, credential)
+    _check_tensors(round_, data)
     sha256 = sha256_hex(data)
+    if _existing(round_, credential, sha256) is None:  # a retry gets its first answer below
+        _check_update_acceptable(round_, credential, meta)
     blob_store().put(data)
     return _update_accept(round_id, credential, meta, sha256, len(data))
+
+
+def _check_update_acceptable(round_: Round, credential: AgentCredential, meta: UpdateMeta) -> None:
+    _check_site_may_answer(round_, credential)
+    if round_.kind != RoundKind.TRAIN or round_.state not in ACCEPTING_STATES:
+        raise Conflict(f"round {round_.number} is {round_.state}; it takes no updates", code="round_closed")
+    _check_binding(round_, meta)
 
 
 @transaction.atomic
@@ -540,10 +565,7 @@ def _update_accept(
     # A retry of an update already accepted gets its first answer, whatever happened since.
     if (duplicate := _existing(round_, credential, sha256)) is not None:
         return duplicate
-    _check_site_may_answer(round_, credential)
-    if round_.kind != RoundKind.TRAIN or round_.state not in ACCEPTING_STATES:
-        raise Conflict(f"round {round_.number} is {round_.state}; it takes no updates", code="round_closed")
-    _check_binding(round_, meta)
+    _check_update_acceptable(round_, credential, meta)
     update = _update_record(round_, credential, meta.num_examples, meta.metrics, sha256, size)
     return SubmitResult(update, duplicate=False)
 

@@ -1,8 +1,10 @@
 """Celery tasks: IDs in, one service call, idempotent; transient errors retried.
 
-A task that dies half-way leaves its transaction rolled back; ``acks_late`` with
-``reject_on_worker_lost`` (settings) gets it redelivered, and the service's state check
-makes the repeat safe. The sweep re-enqueues an aggregation whose message was lost.
+A task that dies half-way leaves its transaction rolled back, and the service's state
+check makes a repeat safe. ``acks_late`` with ``reject_on_worker_lost`` (settings) get a
+task redelivered when a pool child dies; when the whole worker is killed, neither broker
+gives the message back quickly (docs/rounds.md), and the sweep re-enqueues the stalled
+aggregation.
 """
 
 from __future__ import annotations

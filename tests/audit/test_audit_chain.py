@@ -32,6 +32,9 @@ from studies.services import study_create
 from training.models import Job
 from training.services import job_create
 
+pytestmark = pytest.mark.security
+
+
 TABLE = AuditEvent._meta.db_table
 STUDY_MODEL = {"kind": "logistic", "task": "binary", "num_features": 3, "num_classes": 2}
 STUDY_SCHEMA = {

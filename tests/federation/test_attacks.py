@@ -26,6 +26,9 @@ from federation.simulate import main
 from federation.simulation import SimulationConfig, poison_updates, run_simulation
 from federation.types import ClientUpdate, Weights
 
+pytestmark = pytest.mark.faults
+
+
 FAST = settings(max_examples=60, deadline=None)
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_safe
 
 from audit.selectors import audit_event_list
 from console.access import console_view, scope_of
@@ -14,6 +15,7 @@ FILTERS = ("institution", "job", "actor", "kind")
 
 
 @console_view
+@require_safe
 def audit_log(request: HttpRequest) -> HttpResponse:
     scope = scope_of(request)
     form = AuditFilterForm(request.GET, scope=scope)

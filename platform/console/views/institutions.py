@@ -12,7 +12,7 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from console.access import actor_of, console_view, require_coordinator, scope_of
 from console.forms import EnrollmentTokenForm, InstitutionForm, add_service_error
@@ -56,6 +56,7 @@ def institution_list_view(request: HttpRequest) -> HttpResponse:
 
 
 @console_view
+@require_safe
 def institution_detail(request: HttpRequest, institution_id: int) -> HttpResponse:
     scope = scope_of(request)
     institution = institution_get(scope=scope, institution_id=institution_id)
@@ -108,6 +109,7 @@ def _token_from_cookie(request: HttpRequest, token_id: int) -> str | None:
 
 
 @console_view
+@require_safe
 def token_show(request: HttpRequest, institution_id: int, token_id: int) -> HttpResponse:
     scope = scope_of(request)
     require_coordinator(scope)

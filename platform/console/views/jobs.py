@@ -7,7 +7,7 @@ import io
 from django.contrib import messages
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST, require_safe
 
 from console.access import actor_of, console_json_view, console_view, require_coordinator, scope_of
 from console.live import job_live
@@ -29,6 +29,7 @@ STATE_FILTERS = [("", "All"), *((state.value, state.label) for state in JobState
 
 
 @console_view
+@require_safe
 def job_list_view(request: HttpRequest) -> HttpResponse:
     state = request.GET.get("state") or None
     if state not in JobState.values:
@@ -42,6 +43,7 @@ def job_list_view(request: HttpRequest) -> HttpResponse:
 
 
 @console_view
+@require_safe
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     scope = scope_of(request)
     job = job_get(scope=scope, job_id=job_id)

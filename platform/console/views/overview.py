@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_safe
 
 from console.access import console_view, scope_of
 from console.pages import page
@@ -15,6 +16,7 @@ ACTIVE_STATES = (JobState.RUNNING, JobState.PAUSED)
 
 
 @console_view
+@require_safe
 def overview(request: HttpRequest) -> HttpResponse:
     scope = scope_of(request)
     institutions = list(institution_list(scope=scope))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from accounts.selectors import Scope
 from console.access import actor_of, console_view, require_coordinator, require_data_owner, scope_of
@@ -23,6 +23,7 @@ from training.services import job_create
 
 
 @console_view
+@require_safe
 def study_list_view(request: HttpRequest) -> HttpResponse:
     context = {"studies": study_list(scope=scope_of(request))}
     return page(request, "console/studies/list.html", context, section="studies")
@@ -67,6 +68,7 @@ def _study_page(request: HttpRequest, scope: Scope, study: Study, job_form: JobF
 
 
 @console_view
+@require_safe
 def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
     scope = scope_of(request)
     return _study_page(request, scope, study_get(scope=scope, study_id=study_id), None)

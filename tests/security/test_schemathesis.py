@@ -1,0 +1,159 @@
+"""Schemathesis against the control plane's own OpenAPI schema (``/api/schema/``).
+
+Every operation of both APIs is fuzzed through the real WSGI application, with the
+coordinator API authenticated by a coordinator's token and the agent API by an enrolled
+agent's key, against a database holding a running job (so small ids name real objects).
+Each response must not be a server error and must conform to the schema: a documented
+status code, a documented content type and a body matching the documented schema.
+The run is bounded and deterministic: a fixed seed, derandomized generation, at most
+:data:`MAX_EXAMPLES` fuzzed cases per operation (plus schemathesis's explicit-example and
+coverage cases), and a simulated clock for the agent's long poll.
+
+From the command line, against a live server (the same checks, one API at a time)::
+
+    export FEDHEALTH_DATA_DIR=$(mktemp -d)
+    .venv/bin/python manage.py migrate
+    TOKEN=$(.venv/bin/python manage.py create_user fuzz --role coordinator --token)
+    (exec .venv/bin/python manage.py runserver 127.0.0.1:8765 --noreload) & pid=$!; sleep 5
+    CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
+    .venv/bin/schemathesis run http://127.0.0.1:8765/api/schema/ --include-path-regex '^/api/v1/' \\
+        -H "Authorization: Token $TOKEN" --phases examples,coverage,fuzzing --checks "$CHECKS" \\
+        -n 5 --workers 1 --request-timeout 5 --seed 1
+    kill $pid
+
+(For the agent API, enroll an agent and pass ``--include-path-regex '^/api/agent/'`` with
+``-H "Authorization: Agent $KEY"``; against a live server ``GET work?wait=`` really waits.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import schemathesis
+from django.core.cache import cache
+from hypothesis import HealthCheck, settings
+from pytest_django.fixtures import Settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from accounts.models import Role
+from accounts.services import user_create
+from fedplatform.wsgi import application
+from institutions import services as institution_services
+from studies import services as study_services
+from training import services as training_services
+
+pytestmark = [pytest.mark.security, pytest.mark.django_db]
+
+MAX_EXAMPLES = 25
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+CONFIG = schemathesis.Config.from_dict(
+    {"seed": 1, "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True}}
+)
+schema = schemathesis.openapi.from_wsgi("/api/schema/", application, config=CONFIG)
+
+#: Cases sent per operation, reported by the last test of the module.
+CASES: Counter[str] = Counter()
+
+MODEL = {
+    "kind": "logistic",
+    "task": "binary",
+    "num_features": 3,
+    "num_classes": 2,
+    "hidden_sizes": [64],
+    "image_size": None,
+}
+SCHEMA = {
+    "features": [{"name": name, "kind": "numeric"} for name in ("age", "bmi", "glucose")],
+    "label": "outcome",
+    "task": "binary",
+    "classes": ["no", "yes"],
+}
+
+
+class SimulatedClock:
+    """Stands in for ``time`` in the agent API: a long poll's ``sleep`` costs no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def auth_headers(
+    db: None, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, dict[str, str]]:
+    """A coordinator's token, an agent's key, and a running job the agent's site takes part in."""
+    settings.ENV = dataclasses.replace(settings.ENV, model_storage_dir=tmp_path / "models")
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    monkeypatch.setattr("agentapi.apis.time", SimulatedClock())
+    cache.clear()  # enrollment throttling counts live in the cache
+    token = user_create(
+        username="fuzz-coordinator",
+        role=Role.COORDINATOR,
+        institution=None,
+        password=None,
+        with_token=True,
+        actor="system",
+    ).token
+    institution = institution_services.institution_create(name="Hospital A", actor="user:test")
+    enrollment = institution_services.enrollment_token_create(institution=institution, actor="user:test")
+    key = institution_services.agent_enroll(token=enrollment.token, agent_version="1.0", hostname="a").key
+    study = study_services.study_create(
+        name="fuzzed study",
+        description="",
+        model_config=MODEL,
+        data_schema=SCHEMA,
+        strategy="fedavg",
+        strategy_params={},
+        training={"epochs": 1, "batch_size": 16, "learning_rate": 0.1},
+        feature_scaling=None,
+        privacy={},
+        validation_fraction=0.2,
+        seed=0,
+        institution_ids=[institution.pk],
+        actor="user:test",
+    )
+    study_services.study_decide(study=study, institution=institution, approve=True, actor="user:owner")
+    job = training_services.job_create(
+        study=study,
+        num_rounds=2,
+        min_updates=1,
+        round_deadline_seconds=600,
+        max_deadline_extensions=1,
+        actor="user:test",
+    )
+    training_services.job_start(job_id=job.pk, actor="user:test")
+    return {"coordinator": {"Authorization": f"Token {token}"}, "agent": {"Authorization": f"Agent {key}"}}
+
+
+@schema.parametrize()
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_every_operation_answers_without_server_errors_and_as_documented(
+    case: schemathesis.Case, auth_headers: dict[str, dict[str, str]]
+) -> None:
+    audience = "agent" if case.operation.path.startswith("/api/agent/") else "coordinator"
+    CASES[case.operation.label] += 1
+    case.call_and_validate(headers=auth_headers[audience], checks=CHECKS)
+
+
+def test_zz_every_operation_was_fuzzed() -> None:
+    """Runs last: every operation of the schema got cases (the count is printed with ``-s``)."""
+    operations = {result.ok().label for result in schema.get_all_operations()}
+    if not CASES:
+        pytest.skip("the fuzzing tests did not run in this session")
+    assert set(CASES) == operations
+    print(f"\nschemathesis: {sum(CASES.values())} cases over {len(CASES)} operations, 0 failures")
