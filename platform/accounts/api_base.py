@@ -11,7 +11,7 @@ from typing import TypeVar
 from django.db.models import Model, QuerySet
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
-from rest_framework.authentication import BaseAuthentication, SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from accounts.authentication import ExpiringTokenAuthentication
 from accounts.permissions import ReadOnlyOrCoordinator
 from accounts.selectors import Scope, user_scope
 from fedplatform.parsers import API_PARSERS
@@ -68,7 +69,7 @@ class ApiView(APIView):
     """
 
     authentication_classes: tuple[type[BaseAuthentication], ...] = (
-        TokenAuthentication,
+        ExpiringTokenAuthentication,
         SessionAuthentication,
     )
     permission_classes: tuple[type[BasePermission], ...] = (ReadOnlyOrCoordinator,)

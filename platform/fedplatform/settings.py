@@ -121,7 +121,7 @@ FEDHEALTH_MAX_UPLOAD_BYTES = int(os.environ.get("FEDHEALTH_MAX_UPLOAD_BYTES", 10
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an unauthenticated request then gets 401 with WWW-Authenticate, not 403.
-        "rest_framework.authentication.TokenAuthentication",
+        "accounts.authentication.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -172,6 +172,7 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_TASK_ALWAYS_EAGER = False
 
 FEDHEALTH_ENROLLMENT_TOKEN_HOURS = 24
+FEDHEALTH_API_TOKEN_DAYS = int(os.environ.get("FEDHEALTH_API_TOKEN_DAYS", 30))
 FEDHEALTH_LONG_POLL_MAX_SECONDS = 30
 # How often a waiting long poll looks for work: the floor of the round-to-round latency.
 FEDHEALTH_LONG_POLL_INTERVAL_SECONDS = float(os.environ.get("FEDHEALTH_LONG_POLL_INTERVAL_SECONDS", 0.05))

@@ -160,3 +160,19 @@ def test_login_timing_does_not_reveal_which_accounts_exist() -> None:
     assert 0.7 < ratio < 1.4, (
         f"existing {statistics.median(existing):.3f} s, unknown {statistics.median(unknown):.3f} s"
     )
+
+
+def test_api_tokens_expire(settings) -> None:  # type: ignore[no-untyped-def]
+    from rest_framework.authtoken.models import Token
+
+    user = get_user_model().objects.create_user("carol", password="a long real password 2")
+    token = Token.objects.create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert client.get("/api/v1/me/").status_code == 200
+    Token.objects.filter(pk=token.pk).update(
+        created=timezone.now() - timedelta(days=settings.FEDHEALTH_API_TOKEN_DAYS, seconds=1)
+    )
+    response = client.get("/api/v1/me/")
+    assert response.status_code == 401
+    assert "expired" in response.json()["error"]["message"]
