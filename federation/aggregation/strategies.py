@@ -34,6 +34,8 @@ from federation.aggregation.streaming import UpdateLike
 from federation.errors import ConfigurationError
 from federation.types import ModelSpec, Weights
 
+Array = NDArray[np.floating]
+
 #: Values that describe an aggregation for provenance: effective weights, selected silos.
 Details = dict[str, float | int | list[float] | list[int]]
 
@@ -234,73 +236,70 @@ class _Adaptive(_ServerOptimizer, ABC):
     beta_2: float = 0.99
     tau: float = 1e-3
 
+    def _step(
+        self,
+        params: Array,
+        delta: Array,
+        slots: dict[str, Array | None],
+    ) -> tuple[Array, dict[str, Array]]:
+        step = self._adaptive_step(params, delta, slots["m"], slots["v"])
+        return step.params, {"m": step.m, "v": step.v}
+
+    @abstractmethod
+    def _adaptive_step(
+        self, params: Array, delta: Array, m: Array | None, v: Array | None
+    ) -> maths.AdaptiveStep:
+        """One step of the rule, Reddi et al. 2021, Algorithm 2."""
+
 
 @dataclass(frozen=True)
 class FedAdagrad(_Adaptive):
     name: ClassVar[StrategyName] = StrategyName.FEDADAGRAD
 
-    def _step(
-        self,
-        params: NDArray[np.floating],
-        delta: NDArray[np.floating],
-        slots: dict[str, NDArray[np.floating] | None],
-    ) -> tuple[NDArray[np.floating], dict[str, NDArray[np.floating]]]:
-        step = maths.fedadagrad_step(
-            params,
-            delta,
-            slots["m"],
-            slots["v"],
-            eta=self.server_learning_rate,
-            beta_1=self.beta_1,
-            tau=self.tau,
+    def _adaptive_step(
+        self, params: Array, delta: Array, m: Array | None, v: Array | None
+    ) -> maths.AdaptiveStep:
+        return maths.fedadagrad_step(
+            params, delta, m, v, eta=self.server_learning_rate, beta_1=self.beta_1, tau=self.tau
         )
-        return step.params, {"m": step.m, "v": step.v}
 
 
 @dataclass(frozen=True)
 class FedAdam(_Adaptive):
     name: ClassVar[StrategyName] = StrategyName.FEDADAM
 
-    def _step(
-        self,
-        params: NDArray[np.floating],
-        delta: NDArray[np.floating],
-        slots: dict[str, NDArray[np.floating] | None],
-    ) -> tuple[NDArray[np.floating], dict[str, NDArray[np.floating]]]:
-        step = maths.fedadam_step(
+    def _adaptive_step(
+        self, params: Array, delta: Array, m: Array | None, v: Array | None
+    ) -> maths.AdaptiveStep:
+        return maths.fedadam_step(
             params,
             delta,
-            slots["m"],
-            slots["v"],
+            m,
+            v,
             eta=self.server_learning_rate,
             beta_1=self.beta_1,
             beta_2=self.beta_2,
             tau=self.tau,
         )
-        return step.params, {"m": step.m, "v": step.v}
 
 
 @dataclass(frozen=True)
 class FedYogi(_Adaptive):
     name: ClassVar[StrategyName] = StrategyName.FEDYOGI
 
-    def _step(
-        self,
-        params: NDArray[np.floating],
-        delta: NDArray[np.floating],
-        slots: dict[str, NDArray[np.floating] | None],
-    ) -> tuple[NDArray[np.floating], dict[str, NDArray[np.floating]]]:
-        step = maths.fedyogi_step(
+    def _adaptive_step(
+        self, params: Array, delta: Array, m: Array | None, v: Array | None
+    ) -> maths.AdaptiveStep:
+        return maths.fedyogi_step(
             params,
             delta,
-            slots["m"],
-            slots["v"],
+            m,
+            v,
             eta=self.server_learning_rate,
             beta_1=self.beta_1,
             beta_2=self.beta_2,
             tau=self.tau,
         )
-        return step.params, {"m": step.m, "v": step.v}
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def append_only_triggers_off() -> Iterator[None]:
             for _, sql in triggers:
                 cursor.execute(sql)
         else:
-            pytest.skip(f"no trigger handling for {connection.vendor}")
+            pytest.skip(reason=f"no trigger handling for {connection.vendor}")
 
 
 def raw_set(event: AuditEvent, column: str, value: object) -> None:

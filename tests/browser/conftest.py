@@ -3,7 +3,6 @@ on the embedded default), driven in Debian's headless Chromium through Selenium.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,13 +12,13 @@ import pytest
 from browser_support import CHROMEDRIVER, CHROMIUM, Stack, runner_module
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from service_support import missing_on_this_machine
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        message = "Debian's chromium and chromium-driver are needed (make test installs them)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+        missing_on_this_machine("needs Debian's chromium and chromium-driver (make test installs them)")
     runner = runner_module()
     data_dir = Path(tempfile.mkdtemp(prefix="console-"))
     port = runner.free_port()

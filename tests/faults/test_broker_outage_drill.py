@@ -10,7 +10,6 @@ The drill runs its own redis-server on a free port, never the machine's shared o
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import time
@@ -34,7 +33,7 @@ from faults_support import (
     wait_for,
 )
 from kombu.exceptions import OperationalError
-from service_support import POSTGRES_URL, require_services
+from service_support import POSTGRES_URL, missing_on_this_machine, require_services
 
 pytestmark = pytest.mark.faults
 
@@ -57,8 +56,7 @@ def test_a_broker_that_refuses_the_aggregation_does_not_fail_the_upload(
 
 def _require_redis_server() -> None:
     if shutil.which("redis-server") is None:
-        message = "needs the redis-server program (Debian: apt-get install redis-server)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+        missing_on_this_machine("needs the redis-server program (Debian: apt-get install redis-server)")
 
 
 @pytest.fixture(scope="module")

@@ -154,6 +154,6 @@ def test_zz_every_operation_was_fuzzed() -> None:
     """Runs last: every operation of the schema got cases (the count is printed with ``-s``)."""
     operations = {result.ok().label for result in schema.get_all_operations()}
     if not CASES:
-        pytest.skip("the fuzzing tests did not run in this session")
+        pytest.skip(reason="the fuzzing tests did not run in this session")
     assert set(CASES) == operations
     print(f"\nschemathesis: {sum(CASES.values())} cases over {len(CASES)} operations, 0 failures")
