@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 from federation.types import ModelSpec
 from federation.wire import deserialize_weights, serialize_weights
 from institutions import services as institution_services
+from institutions.models import Institution
 from studies import services as study_services
 from training import services as training_services
 from training.models import Job
@@ -96,13 +97,21 @@ def spec_of(blob: bytes) -> ModelSpec:
     return ModelSpec.from_json(json.loads(json.loads(blob[8 : 8 + length])["__metadata__"]["model_spec"]))
 
 
-def make_job(
-    sites: list[Site], *, rounds: int = 2, min_updates: int | None = None, strategy: str = "fedavg"
+def start_job(
+    institutions: list[Institution],
+    *,
+    name: str,
+    model: dict[str, object] = MODEL,
+    strategy: str = "fedavg",
+    rounds: int = 2,
+    min_updates: int | None = None,
+    round_deadline_seconds: int = 60,
 ) -> Job:
+    """A started job of a new study that every institution approved: round 1 is open."""
     study = study_services.study_create(
-        name=f"study-{len(sites)}-{strategy}-{rounds}",
+        name=name,
         description="",
-        model_config=MODEL,
+        model_config=model,
         data_schema=SCHEMA,
         strategy=strategy,
         strategy_params={},
@@ -111,19 +120,29 @@ def make_job(
         privacy={},
         validation_fraction=0.2,
         seed=0,
-        institution_ids=[s.institution.pk for s in sites],
+        institution_ids=[institution.pk for institution in institutions],
         actor="user:test",
     )
-    for site in sites:
-        study_services.study_decide(
-            study=study, institution=site.institution, approve=True, actor="user:owner"
-        )
+    for institution in institutions:
+        study_services.study_decide(study=study, institution=institution, approve=True, actor="user:owner")
     job = training_services.job_create(
         study=study,
         num_rounds=rounds,
-        min_updates=min_updates or len(sites),
-        round_deadline_seconds=60,
+        min_updates=min_updates or len(institutions),
+        round_deadline_seconds=round_deadline_seconds,
         max_deadline_extensions=1,
         actor="user:test",
     )
     return training_services.job_start(job_id=job.pk, actor="user:test")
+
+
+def make_job(
+    sites: list[Site], *, rounds: int = 2, min_updates: int | None = None, strategy: str = "fedavg"
+) -> Job:
+    return start_job(
+        [site.institution for site in sites],
+        name=f"study-{len(sites)}-{strategy}-{rounds}",
+        strategy=strategy,
+        rounds=rounds,
+        min_updates=min_updates,
+    )

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from django.utils import timezone
+from platform_world import start_job
 from rest_framework.test import APIClient
 
 from accounts.models import Role
@@ -23,7 +24,6 @@ from federation.types import ModelSpec, Weights
 from federation.wire import deserialize_weights, max_update_bytes, serialize_weights, sha256_hex
 from institutions import services as institution_services
 from institutions.models import AgentCredential, Institution
-from studies import services as study_services
 from training import services as training_services
 from training.blobs import blob_store
 from training.models import Job, Round, RoundKind
@@ -36,13 +36,6 @@ MODEL = {
     "hidden_sizes": [512, 512],
     "image_size": None,
 }
-SCHEMA = {
-    "features": [{"name": name, "kind": "numeric"} for name in ("age", "bmi", "glucose")],
-    "label": "outcome",
-    "task": "binary",
-    "classes": ["no", "yes"],
-}
-TRAINING = {"epochs": 1, "batch_size": 16, "learning_rate": 0.1}
 
 
 class Agent:
@@ -68,34 +61,14 @@ class Agent:
 
 def make_job(name: str, agents: list[Agent], *, rounds: int = 2, min_updates: int | None = None) -> Job:
     """A started job of a fresh study every agent's site approved: round 1 is open."""
-    study = study_services.study_create(
+    return start_job(
+        [agent.institution for agent in agents],
         name=name,
-        description="",
-        model_config=MODEL,
-        data_schema=SCHEMA,
-        strategy="fedavg",
-        strategy_params={},
-        training=TRAINING,
-        feature_scaling=None,
-        privacy={},
-        validation_fraction=0.2,
-        seed=0,
-        institution_ids=[agent.institution.pk for agent in agents],
-        actor="user:test",
-    )
-    for agent in agents:
-        study_services.study_decide(
-            study=study, institution=agent.institution, approve=True, actor="user:owner"
-        )
-    job = training_services.job_create(
-        study=study,
-        num_rounds=rounds,
-        min_updates=min_updates or len(agents),
+        model=MODEL,
+        rounds=rounds,
+        min_updates=min_updates,
         round_deadline_seconds=600,
-        max_deadline_extensions=1,
-        actor="user:test",
     )
-    return training_services.job_start(job_id=job.pk, actor="user:test")
 
 
 def spec_of(blob: bytes) -> ModelSpec:
