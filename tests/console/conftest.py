@@ -3,21 +3,41 @@ two hospitals, a study of both, and jobs in several states."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from console_support import approve_all, make_study
 from django.test import Client
+from pytest_django.fixtures import Settings
 
 from accounts.models import Role
 from accounts.services import user_create
 from institutions.models import Institution
+from institutions.services import institution_create
 from studies.models import Study
 from training.models import Job
 from training.services import job_create, job_start
 
 MakeClient = Callable[..., Client]
+
+
+@pytest.fixture
+def isolated_model_storage(tmp_path: Path, settings: Settings) -> Path:
+    storage = tmp_path / "models"
+    settings.ENV = dataclasses.replace(settings.ENV, model_storage_dir=storage)
+    return storage
+
+
+@pytest.fixture
+def hospital_a(db: None) -> Institution:
+    return institution_create(name="Hospital A", actor="user:setup")
+
+
+@pytest.fixture
+def hospital_b(db: None) -> Institution:
+    return institution_create(name="Hospital B", actor="user:setup")
 
 
 @pytest.fixture

@@ -8,15 +8,18 @@ Coordinator API fixtures: ``isolated_model_storage``, ``hospital_a`` / ``hospita
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from accounts.models import Role
 from accounts.services import user_create
 from institutions.models import Institution
+from institutions.services import institution_create
 from studies.models import Study
 from studies.services import study_create, study_decide
 from training.models import Job
@@ -41,6 +44,24 @@ STUDY_SCHEMA = {
 STUDY_TRAINING = {"epochs": 1, "batch_size": 16, "learning_rate": 0.1}
 
 MakeApiClient = Callable[..., APIClient]
+
+
+@pytest.fixture
+def isolated_model_storage(tmp_path: Path, settings: Settings) -> Path:
+    """Model blobs go to a temporary folder for this test."""
+    storage = tmp_path / "models"
+    settings.ENV = dataclasses.replace(settings.ENV, model_storage_dir=storage)
+    return storage
+
+
+@pytest.fixture
+def hospital_a(db: None) -> Institution:
+    return institution_create(name="Hospital A", actor="user:setup")
+
+
+@pytest.fixture
+def hospital_b(db: None) -> Institution:
+    return institution_create(name="Hospital B", actor="user:setup")
 
 
 @pytest.fixture
