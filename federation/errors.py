@@ -27,3 +27,7 @@ class ConfigurationError(FederationError):
 
 class DataSchemaError(FederationError):
     """Local data does not match its declared schema."""
+
+
+class SecureAggregationError(FederationError):
+    """A secure-aggregation round cannot go on safely: bad input, a broken rule, too few sites."""

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from federation.errors import ConfigurationError, DataSchemaError, InvalidUpdateError, NonFiniteValueError
+from federation.privacy.accounting import PrivacyEvent
 from federation.types import ModelSpec, Task, Weights
 
 #: Largest seed accepted anywhere (numpy's legacy RandomState, used by scikit-learn,
@@ -51,6 +52,15 @@ class TrainConfig:
     ``proximal_mu > 0`` turns on the FedProx proximal term (torch models only).
     ``batch_size`` is used by the torch adapters; scikit-learn's SGD updates one example at
     a time and its LogisticRegression is full-batch, so they ignore it.
+
+    ``dp_noise_multiplier`` and ``dp_clipping_norm`` (both or neither) turn on sample-level
+    differential privacy: DP-SGD with Opacus, torch models only, not with FedProx (Opacus
+    noises per-example gradients and would silently drop the proximal term's gradient).
+    ``batch_size`` is then the expected size of the Poisson-sampled batches. The batch
+    sampling and the noise come from generators seeded by ``dp_seed``: leave it ``None``
+    at a real site, so they are seeded from the OS CSPRNG (``seed`` comes from the server,
+    which could otherwise regenerate and subtract the noise); set it only in simulations
+    and tests, to repeat a run exactly.
     """
 
     epochs: int = 1
@@ -58,6 +68,9 @@ class TrainConfig:
     learning_rate: float = 0.01
     proximal_mu: float = 0.0
     seed: int = 0
+    dp_noise_multiplier: float | None = None
+    dp_clipping_norm: float | None = None
+    dp_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.epochs) or self.epochs < 1:
@@ -72,15 +85,47 @@ class TrainConfig:
             raise ConfigurationError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu!r}")
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigurationError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
+        self._check_dp()
+
+    def _check_dp(self) -> None:
+        noise, clipping = self.dp_noise_multiplier, self.dp_clipping_norm
+        if (noise is None) != (clipping is None):
+            raise ConfigurationError("DP-SGD needs both dp_noise_multiplier and dp_clipping_norm, or neither")
+        for name, value in (("dp_noise_multiplier", noise), ("dp_clipping_norm", clipping)):
+            if value is not None and not (_is_real(value) and math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.dp_seed is not None:
+            if not self.uses_dp_sgd:
+                raise ConfigurationError("dp_seed seeds DP-SGD: set dp_noise_multiplier and dp_clipping_norm")
+            if not _is_int(self.dp_seed) or not 0 <= self.dp_seed <= MAX_SEED:
+                raise ConfigurationError(
+                    f"dp_seed must be an integer in [0, 2**32 - 1], got {self.dp_seed!r}"
+                )
+        if self.uses_dp_sgd and self.proximal_mu > 0:
+            raise ConfigurationError(
+                "FedProx (proximal_mu > 0) cannot be combined with DP-SGD: Opacus noises per-example "
+                "gradients and would ignore the proximal term; set proximal_mu=0"
+            )
+
+    @property
+    def uses_dp_sgd(self) -> bool:
+        """Whether local training is DP-SGD (sample-level differential privacy)."""
+        return self.dp_noise_multiplier is not None
 
 
 @dataclass(frozen=True)
 class TrainResult:
     """What local training reports: how many examples it used and aggregate metrics
-    (e.g. the final training ``loss``). Never per-row data."""
+    (e.g. the final training ``loss``). Never per-row data.
+
+    ``privacy_spend`` is set by DP-SGD training: the noise multiplier, sampling rate and
+    number of steps it took, for the site's
+    :class:`~federation.privacy.accounting.PrivacyLedgerState`; the steps and the rate are
+    also in ``metrics`` as ``dp_steps`` and ``dp_sampling_rate``."""
 
     num_examples: int
     metrics: dict[str, float]
+    privacy_spend: PrivacyEvent | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.num_examples) or self.num_examples < 1:
@@ -88,6 +133,8 @@ class TrainResult:
         for name, value in self.metrics.items():
             if not isinstance(name, str) or not _is_real(value):
                 raise ConfigurationError(f"metric {name!r} must map a name to a number, got {value!r}")
+        if self.privacy_spend is not None and not isinstance(self.privacy_spend, PrivacyEvent):
+            raise ConfigurationError(f"privacy_spend must be a PrivacyEvent, got {self.privacy_spend!r}")
 
 
 class ModelKind(enum.StrEnum):

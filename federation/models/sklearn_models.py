@@ -77,6 +77,11 @@ class SklearnAdapter:
         self._weights = validate_weights(self._spec, weights)
 
     def fit(self, features: NDArray[Any], labels: NDArray[Any], config: TrainConfig) -> TrainResult:
+        if config.uses_dp_sgd:
+            raise ConfigurationError(
+                "sample-level differential privacy (DP-SGD) needs a torch model: "
+                f"{self.config.kind.value!r} has no per-example gradients to clip; use logistic, mlp or cnn"
+            )
         if config.proximal_mu > 0:
             raise ConfigurationError(
                 "FedProx needs a torch model: proximal_mu > 0 is not supported by "

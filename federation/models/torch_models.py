@@ -11,12 +11,23 @@ start of :meth:`TorchAdapter.fit` (the global model the server just sent). See
 T. Li, A. K. Sahu, M. Zaheer, M. Sanjabi, A. Talwalkar and V. Smith, "Federated
 Optimization in Heterogeneous Networks", Proceedings of MLSys 2020.
 
+When :attr:`TrainConfig.uses_dp_sgd`, local training is DP-SGD instead (M. Abadi et al.,
+"Deep Learning with Differential Privacy", CCS 2016) through Opacus: Poisson-sampled
+batches, each example's gradient clipped to ``dp_clipping_norm``, Gaussian noise of std
+``dp_noise_multiplier * dp_clipping_norm`` on their sum, Opacus's RDP accountant recording
+the steps. Opacus wraps the module in a ``GradSampleModule`` (parameter names prefixed by
+``_module.``) only for the duration of :meth:`TorchAdapter.fit`; the adapter keeps the
+bare module, so tensor names never change. The steps taken come back in
+:attr:`TrainResult.privacy_spend` for the site's privacy ledger.
+
 Weights move only as numpy arrays; this module never uses torch.load or pickle.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
+import warnings
 from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any
@@ -26,6 +37,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from federation.errors import ConfigurationError
 from federation.models.base import (
@@ -38,6 +50,7 @@ from federation.models.base import (
     validate_labels,
     validate_weights,
 )
+from federation.privacy.accounting import PrivacyEvent
 from federation.types import ModelSpec, Task, TensorSpec, Weights
 
 #: Output channels of the CNN's two 3x3 convolutions (each followed by ReLU and 2x2 max-pool).
@@ -186,43 +199,93 @@ class TorchAdapter:
             y = torch.from_numpy(y_np.astype(np.int64))
         else:
             y = torch.from_numpy(y_np.astype(np.float32))
-        n = x.shape[0]
 
-        params = [p for _, p in self._module.named_parameters()]
-        start = [p.detach().clone() for p in params]  # w_global for FedProx; restore on failure
+        start = [p.detach().clone() for p in self._module.parameters()]  # restored on divergence
+        privacy_spend = None
+        self._module.train()
+        try:
+            if config.uses_dp_sgd:
+                privacy_spend = self._train_dp_sgd(x, y, config)
+            else:
+                self._train_sgd(x, y, config, start)
+        finally:
+            self._module.eval()
+        self._restore_if_diverged(start, config)
+        metrics = training_metrics(self.config.task, self._predict(x), y_np)
+        if privacy_spend is not None:
+            # Also as plain metrics, for callers that only read metrics (the silo agent).
+            metrics["dp_steps"] = float(privacy_spend.steps)
+            metrics["dp_sampling_rate"] = privacy_spend.sampling_rate
+        return TrainResult(num_examples=int(x.shape[0]), metrics=metrics, privacy_spend=privacy_spend)
+
+    def _train_sgd(
+        self, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, start: list[torch.Tensor]
+    ) -> None:
+        """Minibatch SGD over a seeded shuffle, with FedProx's proximal term to ``start``."""
+        params = list(self._module.parameters())
         mu = float(config.proximal_mu)
         optimizer = torch.optim.SGD(params, lr=float(config.learning_rate))
         generator = torch.Generator().manual_seed(config.seed)
+        n = x.shape[0]
+        for _ in range(config.epochs):
+            order = torch.randperm(n, generator=generator)
+            for begin in range(0, n, config.batch_size):
+                batch = order[begin : begin + config.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = self._loss(self._module(x[batch]), y[batch])
+                if mu > 0:
+                    proximal = sum(
+                        (torch.sum((p - p0) ** 2) for p, p0 in zip(params, start, strict=True)),
+                        torch.zeros(()),
+                    )
+                    loss = loss + 0.5 * mu * proximal
+                loss.backward()
+                optimizer.step()
 
-        self._module.train()
-        try:
-            for _ in range(config.epochs):
-                order = torch.randperm(n, generator=generator)
-                for begin in range(0, n, config.batch_size):
-                    batch = order[begin : begin + config.batch_size]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = self._loss(self._module(x[batch]), y[batch])
-                    if mu > 0:
-                        proximal = sum(
-                            (torch.sum((p - p0) ** 2) for p, p0 in zip(params, start, strict=True)),
-                            torch.zeros(()),
-                        )
-                        loss = loss + 0.5 * mu * proximal
-                    loss.backward()
-                    optimizer.step()
-        finally:
-            self._module.eval()
+    def _train_dp_sgd(self, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> PrivacyEvent:
+        """DP-SGD with Opacus; returns what it spent (from Opacus's RDP accountant)."""
+        # Imported here: Opacus takes seconds to import and only DP studies need it.
+        from opacus import PrivacyEngine
 
-        if not all(bool(torch.isfinite(p).all()) for p in params):
-            with torch.no_grad():
-                for p, p0 in zip(params, start, strict=True):
-                    p.copy_(p0)
-            raise ConfigurationError(
-                "local training diverged (weights became NaN or infinite); "
-                f"lower learning_rate (was {config.learning_rate}) or standardize the features"
+        sampling_generator, noise_generator = _dp_generators(config.dp_seed)
+        loader = DataLoader(TensorDataset(x, y), batch_size=config.batch_size, generator=sampling_generator)
+        optimizer = torch.optim.SGD(self._module.parameters(), lr=float(config.learning_rate))
+        with warnings.catch_warnings():
+            # Deliberate: the generators are seeded from the OS CSPRNG at real sites (see
+            # TrainConfig), and Opacus's hooks fire on inputs that need no gradient.
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            engine = PrivacyEngine(accountant="rdp")
+            private_module, private_optimizer, private_loader = engine.make_private(
+                module=self._module,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=config.dp_noise_multiplier,
+                max_grad_norm=config.dp_clipping_norm,
+                poisson_sampling=True,
+                noise_generator=noise_generator,
             )
-        metrics = training_metrics(self.config.task, self._predict(x), y_np)
-        return TrainResult(num_examples=int(n), metrics=metrics)
+            try:
+                for _ in range(config.epochs):
+                    for batch_x, batch_y in private_loader:
+                        private_optimizer.zero_grad(set_to_none=True)
+                        self._loss(private_module(batch_x), batch_y).backward()
+                        private_optimizer.step()
+            finally:
+                private_module.cleanup()  # hooks and per-sample gradients off the bare module
+        return _privacy_spend(engine.accountant.history)
+
+    def _restore_if_diverged(self, start: list[torch.Tensor], config: TrainConfig) -> None:
+        params = list(self._module.parameters())
+        if all(bool(torch.isfinite(p).all()) for p in params):
+            return
+        with torch.no_grad():
+            for p, p0 in zip(params, start, strict=True):
+                p.copy_(p0)
+        raise ConfigurationError(
+            "local training diverged (weights became NaN or infinite); "
+            f"lower learning_rate (was {config.learning_rate}) or standardize the features"
+        )
 
     def predict(self, features: NDArray[Any]) -> NDArray[np.float64]:
         x = torch.from_numpy(validate_features(self.config, features, allow_empty=True))
@@ -248,3 +311,22 @@ class TorchAdapter:
                     out = out[:, 0]
                 chunks.append(out.numpy().astype(np.float64))
         return np.concatenate(chunks, axis=0)
+
+
+def _dp_generators(dp_seed: int | None) -> tuple[torch.Generator, torch.Generator]:
+    """Two independent generators, for DP-SGD's batch sampling and its noise.
+
+    Seeded from ``dp_seed`` (repeatable) or, when it is None, from 128 bits of the OS
+    CSPRNG, so nobody who knows the round's ``seed`` can predict batches or noise."""
+    entropy = secrets.randbits(128) if dp_seed is None else dp_seed
+    sampling_seed, noise_seed = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(sampling_seed)), torch.Generator().manual_seed(int(noise_seed))
+
+
+def _privacy_spend(history: list[tuple[float, float, int]]) -> PrivacyEvent:
+    """Opacus's RDP history, ``[(noise_multiplier, sample_rate, steps)]``, as one event:
+    one fit keeps the noise and the rate fixed, so there is exactly one entry."""
+    if len(history) != 1:
+        raise ConfigurationError(f"expected one DP-SGD accounting entry per fit, Opacus recorded {history!r}")
+    noise_multiplier, sampling_rate, steps = history[0]
+    return PrivacyEvent(float(noise_multiplier), float(sampling_rate), int(steps))
