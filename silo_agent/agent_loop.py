@@ -21,7 +21,9 @@ from silo_agent.runner import TaskOutcome, TaskRunner
 logger = logging.getLogger(__name__)
 
 #: Outcomes that count as work done (they reset the idle timer).
-_ACTIVE_OUTCOMES = frozenset({TaskOutcome.UPLOADED, TaskOutcome.EVALUATED, TaskOutcome.REFUSED})
+_ACTIVE_OUTCOMES = frozenset(
+    {TaskOutcome.UPLOADED, TaskOutcome.EVALUATED, TaskOutcome.REFUSED, TaskOutcome.SECURE_STEP}
+)
 
 
 @dataclass(frozen=True)

@@ -209,12 +209,15 @@ class AgentClient:
             f"download of model {version_id}", lambda: self._download(version_id, max_bytes)
         )
 
-    def upload_update(self, round_id: int, meta: Mapping[str, object], tensors: bytes) -> UploadReceipt:
-        """Upload one update; a retry with the same bytes is answered as a duplicate."""
+    def upload_update(
+        self, round_id: int, meta: Mapping[str, object], tensors: bytes, *, masked: bool = False
+    ) -> UploadReceipt:
+        """Upload one update (``masked``: a secure-aggregation round's masked vector); a
+        retry with the same bytes is answered as a duplicate."""
         answer = self._json_call(
             f"upload to round {round_id}",
             "POST",
-            f"rounds/{round_id}/update",
+            f"rounds/{round_id}/secagg/masked" if masked else f"rounds/{round_id}/update",
             data={"meta": json.dumps(meta)},
             files={"tensors": ("update.safetensors", tensors, "application/octet-stream")},
         )
@@ -226,6 +229,17 @@ class AgentClient:
         """Report the final model's metrics on this site's validation rows."""
         body = {"num_examples": num_examples, "metrics": dict(metrics)}
         self._json_call(f"evaluation of round {round_id}", "POST", f"rounds/{round_id}/evaluation", json=body)
+
+    def post_secure_aggregation(self, round_id: int, step: str, body: Mapping[str, object]) -> bool:
+        """Send this site's message of one secure-aggregation phase (``keys``, ``shares`` or
+        ``unmasking``); True if the server already had it."""
+        answer = self._json_call(
+            f"secure-aggregation {step} of round {round_id}",
+            "POST",
+            f"rounds/{round_id}/secagg/{step}",
+            json=dict(body),
+        )
+        return bool(answer.get("duplicate", False))
 
     def refuse_job(self, job_id: int, reason: str) -> None:
         """Tell the server this institution will not take part in ``job_id``, and why."""

@@ -43,8 +43,10 @@ _POLICY_KEYS = {
     "allowed_model_kinds",
     "allowed_strategies",
     "privacy",
+    "filters",
 }
-_PRIVACY_KEYS = {"require_secure_aggregation", "max_epsilon"}
+_PRIVACY_KEYS = {"require_secure_aggregation", "require_differential_privacy", "max_epsilon"}
+_FILTER_KEYS = {"clip_update_norm", "exclude_layers"}
 _DEFAULT_MODEL_KINDS = ("logistic", "mlp", "cnn", "sklearn_sgd", "sklearn_logistic")
 
 
@@ -71,7 +73,21 @@ class PrivacyPolicy:
     """Privacy demands of the hospital. The defaults ask for nothing."""
 
     require_secure_aggregation: bool = False
+    require_differential_privacy: bool = False
     max_epsilon: float = math.inf
+
+
+@dataclass(frozen=True)
+class UpdateFilters:
+    """What the hospital does to every update before it leaves, whatever the study says.
+
+    ``clip_update_norm`` bounds the L2 norm of the update's change to the global model;
+    ``exclude_layers`` names tensors sent back unchanged (the global model's values), so
+    that what the site learned in them never leaves.
+    """
+
+    clip_update_norm: float | None = None
+    exclude_layers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,7 @@ class Policy:
     allowed_model_kinds: tuple[str, ...] = _DEFAULT_MODEL_KINDS
     allowed_strategies: tuple[str, ...] = (WILDCARD,)
     privacy: PrivacyPolicy = PrivacyPolicy()
+    filters: UpdateFilters = UpdateFilters()
 
 
 @dataclass(frozen=True)
@@ -191,6 +208,7 @@ def _parse_policy(table: Mapping[str, object]) -> Policy:
             "any study the server records as approved by this institution"
         )
     privacy = _table(table, "privacy", prefix="policy.", required=False)
+    filters = _table(table, "filters", prefix="policy.", required=False)
     return Policy(
         approved_studies=_names(table, "approved_studies", allow_numbers=True),
         max_rounds=_integer(table, "max_rounds", default=100, minimum=1, prefix="policy."),
@@ -198,18 +216,45 @@ def _parse_policy(table: Mapping[str, object]) -> Policy:
         allowed_model_kinds=_names(table, "allowed_model_kinds", default=_DEFAULT_MODEL_KINDS),
         allowed_strategies=_names(table, "allowed_strategies", default=(WILDCARD,)),
         privacy=_parse_privacy(privacy),
+        filters=_parse_filters(filters),
     )
 
 
 def _parse_privacy(table: Mapping[str, object]) -> PrivacyPolicy:
     _reject_unknown(table, _PRIVACY_KEYS, prefix="policy.privacy.")
-    require = table.get("require_secure_aggregation", False)
-    if not isinstance(require, bool):
-        raise ConfigError("policy.privacy.require_secure_aggregation: must be true or false")
     epsilon = table.get("max_epsilon", math.inf)
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not epsilon > 0:
         raise ConfigError("policy.privacy.max_epsilon: must be a number > 0 (inf for no limit)")
-    return PrivacyPolicy(require_secure_aggregation=require, max_epsilon=float(epsilon))
+    return PrivacyPolicy(
+        require_secure_aggregation=_boolean(table, "require_secure_aggregation", prefix="policy.privacy."),
+        require_differential_privacy=_boolean(
+            table, "require_differential_privacy", prefix="policy.privacy."
+        ),
+        max_epsilon=float(epsilon),
+    )
+
+
+def _parse_filters(table: Mapping[str, object]) -> UpdateFilters:
+    _reject_unknown(table, _FILTER_KEYS, prefix="policy.filters.")
+    norm = table.get("clip_update_norm")
+    if norm is not None and (
+        isinstance(norm, bool) or not isinstance(norm, int | float) or not 0 < norm < math.inf
+    ):
+        raise ConfigError("policy.filters.clip_update_norm: must be a finite number > 0")
+    layers = table.get("exclude_layers", [])
+    if not isinstance(layers, list) or not all(isinstance(name, str) and name.strip() for name in layers):
+        raise ConfigError("policy.filters.exclude_layers: must be a list of tensor names")
+    return UpdateFilters(
+        clip_update_norm=None if norm is None else float(norm),
+        exclude_layers=tuple(name.strip() for name in layers),
+    )
+
+
+def _boolean(table: Mapping[str, object], key: str, *, prefix: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{prefix}{key}: must be true or false")
+    return value
 
 
 # --- small typed readers; each error names the key ------------------------------------

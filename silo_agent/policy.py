@@ -4,26 +4,23 @@ The server enforces its own rules (study approval, participants); the agent chec
 with the hospital's rules, which the server cannot change. A refusal names the rule so the
 coordinator can read in the audit log why a site declined.
 
-Privacy settings of a study (``study["privacy"]``) understood by this agent:
-
-* ``secure_aggregation`` (bool): the server only ever sees the sum of the sites' updates;
-* ``epsilon`` (number): the differential-privacy budget of the job; absent means no DP,
-  that is an unbounded epsilon.
-
-``{}`` therefore means no secure aggregation and no DP. This agent implements neither yet,
-so it refuses a study that asks for them (it could not keep the promise), and it refuses
-privacy settings it does not understand rather than ignore them.
+A study's privacy settings (``study["privacy"]``) are read with
+:class:`federation.privacy.settings.PrivacySettings`, the same parser the control plane
+validates them with; settings it cannot parse are refused rather than ignored. The policy
+can demand secure aggregation, demand differential privacy, and cap the study's epsilon.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection
 
+from federation.errors import ConfigurationError
+from federation.privacy.settings import PrivacySettings
 from silo_agent.config import WILDCARD, Policy, PrivacyPolicy
-from silo_agent.tasks import JsonObject, WorkTask
+from silo_agent.tasks import JsonObject, TaskKind, WorkTask
 
-_KNOWN_PRIVACY_KEYS = frozenset({"secure_aggregation", "epsilon"})
+#: Whether this agent version runs the secure-aggregation protocol.
+SUPPORTS_SECURE_AGGREGATION = True
 
 
 def needs_server_approvals(policy: Policy) -> bool:
@@ -47,30 +44,37 @@ def check_task(policy: Policy, task: WorkTask, server_approved_study_ids: Collec
         _listed_reason("model kind", study.model_kind, policy.allowed_model_kinds, "allowed_model_kinds"),
         _listed_reason("strategy", study.strategy_name, policy.allowed_strategies, "allowed_strategies"),
         privacy_reason(policy.privacy, study.privacy),
+        _secure_round_reason(task),
     )
     return next((reason for reason in checks if reason is not None), None)
 
 
 def privacy_reason(policy: PrivacyPolicy, privacy: JsonObject) -> str | None:
-    """Why the study's privacy settings fall short of (or exceed what this agent can do for)
-    the hospital's demands, or None."""
-    unknown = sorted(set(privacy) - _KNOWN_PRIVACY_KEYS)
-    if unknown:
-        return f"the study asks for privacy settings this agent does not understand: {', '.join(unknown)}"
-    secure = privacy.get("secure_aggregation", False)
-    epsilon = privacy.get("epsilon")
-    if not isinstance(secure, bool):
-        return "the study's privacy.secure_aggregation is not true or false"
-    if epsilon is not None and (isinstance(epsilon, bool) or not isinstance(epsilon, int | float)):
-        return "the study's privacy.epsilon is not a number"
-    budget = math.inf if epsilon is None else float(epsilon)
-    if policy.require_secure_aggregation and not secure:
+    """Why the study's privacy settings fall short of the hospital's demands (or ask for what
+    this agent cannot do), or None."""
+    try:
+        settings = PrivacySettings.from_json(privacy)
+    except ConfigurationError as error:
+        return f"the study's privacy settings are not understood by this agent: {error}"
+    if policy.require_secure_aggregation and not settings.secure_aggregation:
         return "the hospital's policy requires secure aggregation and the study does not use it"
-    if budget > policy.max_epsilon:
+    if policy.require_differential_privacy and not settings.uses_dp:
+        return "the hospital's policy requires differential privacy and the study does not use it"
+    if settings.budget > policy.max_epsilon:
         limit = policy.max_epsilon
+        budget = settings.budget
         return f"the study's privacy budget (epsilon {budget}) exceeds policy.privacy.max_epsilon {limit}"
-    if secure or epsilon is not None:
-        return "the study asks for secure aggregation or differential privacy, which this agent version lacks"
+    if settings.secure_aggregation and not SUPPORTS_SECURE_AGGREGATION:
+        return "the study asks for secure aggregation, which this agent version does not run"
+    return None
+
+
+def _secure_round_reason(task: WorkTask) -> str | None:
+    """A study that promises secure aggregation must run it in every training round: a
+    plain update asked for instead is refused, whatever the reason the server gives."""
+    promised = task.study.privacy.get("secure_aggregation") is True
+    if promised and task.kind is TaskKind.TRAIN and task.secure_aggregation is None:
+        return "the study promises secure aggregation but this round asks for a plain update"
     return None
 
 

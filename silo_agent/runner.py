@@ -12,12 +12,14 @@ import enum
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from federation.data import Dataset
 from federation.errors import FederationError
 from federation.metrics import compute_metrics
 from federation.models import ModelAdapter, ModelConfig, TrainConfig, build_model
 from federation.models.base import MAX_SEED
+from federation.privacy.settings import PrivacySettings
 from federation.types import ModelSpec, Weights
 from federation.wire import deserialize_weights, max_update_bytes, serialize_weights, sha256_hex
 from silo_agent.client import AgentClient, DownloadedModel
@@ -26,6 +28,8 @@ from silo_agent.errors import ApiError, TaskError
 from silo_agent.local_data import DataCache, PreparedData
 from silo_agent.logs import log_context
 from silo_agent.policy import check_task, needs_server_approvals
+from silo_agent.privacy import DpSgdPlan, LocalLedger, dp_sgd_plan, filter_update
+from silo_agent.secure_round import SecureRound
 from silo_agent.state import RoundState, StateStore, Step
 from silo_agent.tasks import ModelVersionRef, TaskKind, WorkTask, parse_task
 
@@ -39,6 +43,8 @@ class TaskOutcome(enum.StrEnum):
     EVALUATED = "evaluated"
     REFUSED = "refused"
     ALREADY_DONE = "already_done"
+    #: One phase of a secure-aggregation round answered; the round continues.
+    SECURE_STEP = "secure_step"
 
 
 class ProgressStep(enum.StrEnum):
@@ -82,6 +88,7 @@ class TaskRunner:
         self._store = store
         self._data = data
         self._progress = progress
+        self._ledger = LocalLedger(store.directory)
 
     def handle(self, raw_task: Mapping[str, object]) -> TaskOutcome:
         """Carry out one task as returned by ``GET work``."""
@@ -108,9 +115,29 @@ class TaskRunner:
             self._send_refusal(task.job_id, reason)
             return TaskOutcome.REFUSED
         model = _model_config(task)
+        if task.kind is TaskKind.TRAIN and task.secure_aggregation is not None:
+            return self._secure(task, model)
         if task.kind is TaskKind.TRAIN:
             return self._train(task, model)
         return self._evaluate(task, model)
+
+    # --- secure aggregation ---------------------------------------------------------------
+
+    def _secure(self, task: WorkTask, model: ModelConfig) -> TaskOutcome:
+        secure = SecureRound(self._store.directory, task, self._institution_id)
+        if secure.phase == "mask":
+            return self._train(task, model, secure)
+        self._progress(ProgressStep.UPLOADING, f"secure aggregation: the {secure.phase} step")
+        if secure.phase == "advertise":
+            self._client.post_secure_aggregation(task.round_id, "keys", secure.keys())
+        elif secure.phase == "share":
+            self._client.post_secure_aggregation(task.round_id, "shares", {"shares": secure.shares()})
+        else:
+            self._client.post_secure_aggregation(task.round_id, "unmasking", secure.unmasking())
+            self._store.mark_done(TaskKind.TRAIN, task.round_id)
+            secure.finish()
+            return TaskOutcome.UPLOADED
+        return TaskOutcome.SECURE_STEP
 
     # --- policy ------------------------------------------------------------------------
 
@@ -128,40 +155,109 @@ class TaskRunner:
 
     # --- train -------------------------------------------------------------------------
 
-    def _train(self, task: WorkTask, model: ModelConfig) -> TaskOutcome:
+    def _train(self, task: WorkTask, model: ModelConfig, secure: SecureRound | None = None) -> TaskOutcome:
         current = self._resumable(task)
         if current is not None and current.step is Step.TRAINED:
             update = self._store.read_prepared(current)
             if update is not None:
                 logger.info("resuming: sending the update prepared before the restart")
-                return self._upload(task, current, update)
+                return self._upload(task, current, update, secure)
             logger.warning("the prepared update is missing or damaged; training again")
         adapter = build_model(model)
-        adapter.set_weights(self._global_weights(task, adapter.model_spec()))
+        global_weights = self._global_weights(task, adapter.model_spec())
+        adapter.set_weights(global_weights)
         data = self._data.prepare(task.study, model)
-        current, update = self._train_locally(task, adapter, data)
-        return self._upload(task, current, update)
+        privacy = PrivacySettings.from_json(task.study.privacy)  # the policy check parsed it already
+        plan = self._dp_sgd_plan(task, privacy, len(data.train))
+        refusal = self._budget_refusal(task, privacy, plan)
+        if refusal is not None:
+            logger.warning("refusing the job: %s", refusal)
+            self._store.remember_refusal(task.job_id, refusal)
+            self._send_refusal(task.job_id, refusal)
+            return TaskOutcome.REFUSED
+        current, update = self._train_locally(task, adapter, data, global_weights, privacy, plan, secure)
+        return self._upload(task, current, update, secure)
+
+    def _dp_sgd_plan(self, task: WorkTask, privacy: PrivacySettings, num_rows: int) -> DpSgdPlan | None:
+        training = task.study.training
+        return dp_sgd_plan(
+            privacy,
+            num_examples=num_rows,
+            batch_size=training.batch_size,
+            epochs=training.epochs,
+            total_rounds=task.total_rounds,
+        )
+
+    def _budget_refusal(self, task: WorkTask, privacy: PrivacySettings, plan: DpSgdPlan | None) -> str | None:
+        """Why this round would take the site past its own or the study's epsilon, or None."""
+        if plan is None:
+            return None
+        limit = min(self._policy.privacy.max_epsilon, privacy.budget)
+        after = self._ledger.epsilon(task.job_id, delta=privacy.delta, extra=plan.event())
+        if after > limit:
+            return (
+                f"round {task.round_number} would bring this site to epsilon {after:.3f}, "
+                f"above its limit {limit:g}"
+            )
+        return None
 
     def _train_locally(
-        self, task: WorkTask, adapter: ModelAdapter, data: PreparedData
+        self,
+        task: WorkTask,
+        adapter: ModelAdapter,
+        data: PreparedData,
+        global_weights: Weights,
+        privacy: PrivacySettings,
+        plan: DpSgdPlan | None,
+        secure: SecureRound | None,
     ) -> tuple[RoundState, bytes]:
         training = task.study.training
         global_metrics = evaluate_model(adapter, data.validation, prefix="global_")
-        self._progress(ProgressStep.TRAINING, f"{training.epochs} epoch(s) on {len(data.train)} rows")
+        dp_note = f" with DP-SGD (noise {plan.noise_multiplier:.3f})" if plan else ""
+        self._progress(
+            ProgressStep.TRAINING, f"{training.epochs} epoch(s) on {len(data.train)} rows{dp_note}"
+        )
         config = TrainConfig(
             epochs=training.epochs,
             batch_size=training.batch_size,
             learning_rate=training.learning_rate,
             proximal_mu=training.proximal_mu,
             seed=training_seed(task.study.seed, task.round_number, self._institution_id),
+            dp_noise_multiplier=plan.noise_multiplier if plan else None,
+            dp_clipping_norm=plan.clipping_norm if plan else None,
         )
         result = adapter.fit(data.train.features, data.train.labels, config)
+        dp_steps = self._record_dp_round(task, plan, result.metrics)
         local_metrics = evaluate_model(adapter, data.validation, prefix="local_")
-        update = serialize_weights(adapter.get_weights(), spec=adapter.model_spec())
-        current = _round_state(task, Step.TRAINED, result.num_examples, {**global_metrics, **local_metrics})
+        sent = filter_update(
+            adapter.get_weights(), global_weights, settings=privacy, filters=self._policy.filters
+        )
+        if secure is None:
+            update = serialize_weights(sent, spec=adapter.model_spec())
+        else:  # client-level DP weighs every site alike, so the mean's sensitivity stays C
+            weight = 1.0 if privacy.uses_client_dp else float(result.num_examples)
+            update = secure.mask(sent, global_weights, adapter.model_spec(), weight)
+        metrics = {**global_metrics, **local_metrics}
+        current = replace(_round_state(task, Step.TRAINED, result.num_examples, metrics), dp_steps=dp_steps)
         return self._store.save_prepared(current, update), update
 
-    def _upload(self, task: WorkTask, current: RoundState, update: bytes) -> TaskOutcome:
+    def _record_dp_round(
+        self, task: WorkTask, plan: DpSgdPlan | None, train_metrics: Mapping[str, float]
+    ) -> dict[str, float] | None:
+        """The DP-SGD steps training actually took, written to the site's ledger first."""
+        if plan is None:
+            return None
+        dp_steps = {
+            "noise_multiplier": plan.noise_multiplier,
+            "sampling_rate": float(train_metrics.get("dp_sampling_rate", plan.sampling_rate)),
+            "steps": float(train_metrics.get("dp_steps", plan.steps)),
+        }
+        self._ledger.record(task.job_id, task.round_number, list(dp_steps.values()))
+        return dp_steps
+
+    def _upload(
+        self, task: WorkTask, current: RoundState, update: bytes, secure: SecureRound | None = None
+    ) -> TaskOutcome:
         digest = sha256_hex(update)
         self._progress(
             ProgressStep.UPLOADING,
@@ -174,8 +270,12 @@ class TaskRunner:
             "job_id": current.job_id,
             "round_number": current.round_number,
         }
+        if current.dp_steps is not None:
+            meta["dp_steps"] = {**current.dp_steps, "steps": int(current.dp_steps["steps"])}
+        if secure is not None:
+            del meta["num_examples"]  # it travels inside the masked sum
         try:
-            receipt = self._client.upload_update(task.round_id, meta, update)
+            receipt = self._client.upload_update(task.round_id, meta, update, masked=secure is not None)
         except ApiError as error:
             if error.status != 409 or error.code != "update_exists":
                 raise
@@ -186,6 +286,8 @@ class TaskRunner:
                     "the server reports sha256 %s for the update sent as %s", receipt.sha256, digest
                 )
             logger.info("update accepted%s", " (the server already had it)" if receipt.duplicate else "")
+        if secure is not None:
+            return TaskOutcome.SECURE_STEP  # the unmask phase is still to come
         self._store.mark_done(TaskKind.TRAIN, task.round_id)
         return TaskOutcome.UPLOADED
 

@@ -73,6 +73,8 @@ class RoundState:
     metrics: dict[str, float] = field(default_factory=dict)
     update_file: str | None = None
     update_sha256: str | None = None
+    #: Sample-level DP: what DP-SGD did in this round (noise_multiplier, sampling_rate, steps).
+    dp_steps: dict[str, float] | None = None
 
     @property
     def key(self) -> str:
@@ -238,6 +240,7 @@ def _round_to_json(current: RoundState) -> dict[str, object]:
         "metrics": current.metrics,
         "update_file": current.update_file,
         "update_sha256": current.update_sha256,
+        "dp_steps": current.dp_steps,
     }
 
 
@@ -273,4 +276,13 @@ def _round_from_json(data: object) -> RoundState:
         metrics={str(name): float(value) for name, value in metrics.items()},
         update_file=None if data["update_file"] is None else str(data["update_file"]),
         update_sha256=None if data["update_sha256"] is None else str(data["update_sha256"]),
+        dp_steps=_dp_steps_from_json(data.get("dp_steps")),
     )
+
+
+def _dp_steps_from_json(data: object) -> dict[str, float] | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) != {"noise_multiplier", "sampling_rate", "steps"}:
+        raise TypeError("dp_steps must hold noise_multiplier, sampling_rate and steps")
+    return {str(name): float(value) for name, value in data.items()}

@@ -75,6 +75,9 @@ class WorkTask:
     deadline_at: str
     model_version: ModelVersionRef
     study: StudySettings
+    #: The secure-aggregation protocol's state for this site (phase, config, roster, ...);
+    #: None in a round without it. Checked by :mod:`silo_agent.secure_round`.
+    secure_aggregation: JsonObject | None = None
 
 
 def parse_task(data: JsonObject) -> WorkTask:
@@ -93,6 +96,7 @@ def parse_task(data: JsonObject) -> WorkTask:
         deadline_at=str(data.get("deadline_at", "")),
         model_version=_model_version(_object(data, "model_version")),
         study=_study(_object(data, "study")),
+        secure_aggregation=_optional_object(data, "secure_aggregation", where=""),
     )
 
 

@@ -106,6 +106,8 @@ def start_job(
     rounds: int = 2,
     min_updates: int | None = None,
     round_deadline_seconds: int = 60,
+    privacy: dict[str, object] | None = None,
+    training: dict[str, object] = TRAINING,
 ) -> Job:
     """A started job of a new study that every institution approved: round 1 is open."""
     study = study_services.study_create(
@@ -115,9 +117,9 @@ def start_job(
         data_schema=SCHEMA,
         strategy=strategy,
         strategy_params={},
-        training=TRAINING,
+        training=training,
         feature_scaling=None,
-        privacy={},
+        privacy=privacy or {},
         validation_fraction=0.2,
         seed=0,
         institution_ids=[institution.pk for institution in institutions],

@@ -22,6 +22,7 @@ from fedplatform.errors import InvalidInput, NotFound, TooLarge
 from fedplatform.parsers import BoundedJSONParser, loads_checked
 from fedplatform.serializers import MAX_ID, ErrorResponseSerializer
 from institutions import services as institution_services
+from training import secure_services
 from training import services as training_services
 from training.blobs import blob_store
 
@@ -170,8 +171,19 @@ class ModelDownloadApi(AgentView):
         return response
 
 
+class DpStepsSerializer(serializers.Serializer):
+    """What sample-level DP-SGD did to the site's data in this round, for the ledger."""
+
+    noise_multiplier = serializers.FloatField(min_value=1e-6, max_value=1e6)
+    sampling_rate = serializers.FloatField(min_value=1e-9, max_value=1.0)
+    steps = serializers.IntegerField(min_value=1, max_value=100_000_000)
+
+
 class UpdateMetaSerializer(serializers.Serializer):
     num_examples = serializers.IntegerField(min_value=1, max_value=training_services.MAX_NUM_EXAMPLES)
+    dp_steps = DpStepsSerializer(
+        required=False, allow_null=True, default=None, help_text="required with sample-level DP, else absent"
+    )
     metrics = serializers.DictField(child=serializers.FloatField(), default=dict)
     base_model_sha256 = serializers.RegexField(r"^[0-9a-f]{64}$")
     job_id = serializers.IntegerField(min_value=1, max_value=MAX_ID)
@@ -196,7 +208,7 @@ class UpdateUploadApi(AgentView):
 
     class AgentUpdateUploadInputSerializer(serializers.Serializer):
         meta = serializers.CharField(
-            help_text="JSON object: num_examples, metrics, base_model_sha256, job_id, round_number",
+            help_text="JSON object: num_examples, metrics, base_model_sha256, job_id, round_number, dp_steps",
             max_length=100_000,
         )
         tensors = serializers.FileField(help_text="the update as a safetensors file")
@@ -235,22 +247,144 @@ def _refuse_oversized(request: Request, limit: int) -> None:
         raise TooLarge(f"the request body is {int(length)} bytes; at most {limit} are accepted here")
 
 
-def _parse_meta(raw: str) -> training_services.UpdateMeta:
+def _parse_meta(
+    raw: str, *, serializer: type[serializers.Serializer] | None = None, **fixed: int
+) -> training_services.UpdateMeta:
     try:
         loaded = loads_checked(raw, what="meta")
     except ParseError as error:
         raise InvalidInput(str(error.detail)) from None
     if not isinstance(loaded, dict):
         raise InvalidInput("meta must be a JSON object")
-    meta = UpdateMetaSerializer(data=loaded)
+    meta = (serializer or UpdateMetaSerializer)(data=loaded)
     meta.is_valid(raise_exception=True)
-    return training_services.UpdateMeta(**meta.validated_data)
+    values = {**dict(meta.validated_data), **fixed}
+    dp_steps = values.pop("dp_steps", None)
+    return training_services.UpdateMeta(**values, dp_steps=dict(dp_steps) if dp_steps else None)
 
 
 def _submit_response(result: training_services.SubmitResult) -> Response:
     body = {"update_id": result.update.pk, "sha256": result.update.sha256, "duplicate": result.duplicate}
     code = status.HTTP_200_OK if result.duplicate else status.HTTP_201_CREATED
     return Response(SubmitOutputSerializer(body).data, status=code)
+
+
+class SecAggMessageOutputSerializer(serializers.Serializer):
+    duplicate = serializers.BooleanField(help_text="the same message had arrived before")
+
+
+def _message_response(result: secure_services.MessageResult) -> Response:
+    code = status.HTTP_200_OK if result.duplicate else status.HTTP_201_CREATED
+    return Response(SecAggMessageOutputSerializer({"duplicate": result.duplicate}).data, status=code)
+
+
+SECAGG_RESPONSES = {
+    200: SecAggMessageOutputSerializer,
+    201: SecAggMessageOutputSerializer,
+    **ERRORS,
+}
+
+
+class SecAggKeysApi(AgentView):
+    """Secure aggregation, advertise phase: this round's two public keys (docs/privacy.md)."""
+
+    class AgentSecAggKeysInputSerializer(serializers.Serializer):
+        cipher_public_key = serializers.CharField(max_length=100, help_text="base64 X25519 public key")
+        mask_public_key = serializers.CharField(max_length=100, help_text="base64 X25519 public key")
+
+    @extend_schema(request=AgentSecAggKeysInputSerializer, responses=SECAGG_RESPONSES, tags=["agent"])
+    def post(self, request: Request, round_id: int) -> Response:
+        data = self.AgentSecAggKeysInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = secure_services.secagg_keys_submit(
+            round_id=round_id, credential=credential_of(request), keys=data.validated_data
+        )
+        return _message_response(result)
+
+
+class SecAggSharesApi(AgentView):
+    """Secure aggregation, share phase: one encrypted share bundle for each other site."""
+
+    class AgentSecAggSharesInputSerializer(serializers.Serializer):
+        shares = serializers.DictField(
+            child=serializers.CharField(max_length=1000), help_text="site id -> base64 AES-GCM bundle"
+        )
+
+        def validate_shares(self, shares: dict[str, str]) -> dict[str, str]:
+            if len(shares) > 10_000:
+                raise serializers.ValidationError("too many share bundles")
+            return shares
+
+    @extend_schema(request=AgentSecAggSharesInputSerializer, responses=SECAGG_RESPONSES, tags=["agent"])
+    def post(self, request: Request, round_id: int) -> Response:
+        data = self.AgentSecAggSharesInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = secure_services.secagg_shares_submit(
+            round_id=round_id, credential=credential_of(request), shares=data.validated_data["shares"]
+        )
+        return _message_response(result)
+
+
+class SecAggUnmaskingApi(AgentView):
+    """Secure aggregation, unmask phase: shares of survivors' self masks and dropped sites' keys."""
+
+    class AgentSecAggUnmaskingInputSerializer(serializers.Serializer):
+        self_mask_shares = serializers.DictField(child=serializers.CharField(max_length=200), default=dict)
+        mask_key_shares = serializers.DictField(child=serializers.CharField(max_length=200), default=dict)
+
+    @extend_schema(request=AgentSecAggUnmaskingInputSerializer, responses=SECAGG_RESPONSES, tags=["agent"])
+    def post(self, request: Request, round_id: int) -> Response:
+        data = self.AgentSecAggUnmaskingInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = secure_services.secagg_unmasking_submit(
+            round_id=round_id, credential=credential_of(request), answer=data.validated_data
+        )
+        return _message_response(result)
+
+
+class MaskedMetaSerializer(UpdateMetaSerializer):
+    """The meta of a masked update: as a plain update's, without num_examples (masked too)."""
+
+    num_examples = None  # type: ignore[assignment]
+
+
+class SecAggMaskedUploadApi(AgentView):
+    """Secure aggregation, mask phase: the site's masked update (one uint64 tensor)."""
+
+    parser_classes = [MultiPartParser]
+
+    class AgentSecAggMaskedInputSerializer(serializers.Serializer):
+        meta = serializers.CharField(
+            help_text="JSON object: metrics, base_model_sha256, job_id, round_number, dp_steps",
+            max_length=100_000,
+        )
+        tensors = serializers.FileField(help_text='safetensors with one uint64 tensor "masked"')
+
+    @extend_schema(
+        request={"multipart/form-data": AgentSecAggMaskedInputSerializer},
+        responses={
+            200: SubmitOutputSerializer,
+            201: SubmitOutputSerializer,
+            413: OpenApiResponse(ErrorResponseSerializer),
+            **ERRORS,
+        },
+        tags=["agent"],
+    )
+    def post(self, request: Request, round_id: int) -> Response:
+        _refuse_oversized(request, settings.FEDHEALTH_MAX_UPLOAD_BYTES)
+        credential = credential_of(request)
+        limit = 2 * training_services.update_size_limit(round_id=round_id, credential=credential) + 4096
+        _refuse_oversized(request, limit + MULTIPART_ALLOWANCE)
+        data = self.AgentSecAggMaskedInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        meta = _parse_meta(data.validated_data["meta"], serializer=MaskedMetaSerializer, num_examples=1)
+        upload = data.validated_data["tensors"]
+        if upload.size > limit:
+            raise TooLarge(f"the masked update is {upload.size} bytes; this round takes at most {limit}")
+        result = secure_services.secagg_masked_submit(
+            round_id=round_id, credential=credential, meta=meta, data=upload.read()
+        )
+        return _submit_response(result)
 
 
 class EvaluationApi(AgentView):

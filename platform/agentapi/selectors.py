@@ -6,7 +6,9 @@ from django.db.models import Exists, OuterRef
 
 from institutions.models import AgentCredential
 from studies.models import Decision, StudyParticipant
+from training import secure_rounds
 from training.models import ACCEPTING_STATES, JobState, ModelVersion, Refusal, Round, Update
+from training.services import approved_sites
 
 
 def _open_rounds_for(institution_id: int):  # type: ignore[no-untyped-def]
@@ -18,25 +20,33 @@ def _open_rounds_for(institution_id: int):  # type: ignore[no-untyped-def]
     return (
         Round.objects.filter(state__in=ACCEPTING_STATES, job__state=JobState.RUNNING)
         .filter(Exists(approved))
-        .exclude(Exists(answered))
+        .exclude(Exists(answered), secure_aggregation={})
         .exclude(Exists(refused))
     )
 
 
 def work_for(*, credential: AgentCredential) -> dict[str, object] | None:
-    """The oldest open round this institution still has to answer, as a task, or None."""
-    round_ = (
+    """The oldest open round this institution still has to answer, as a task, or None.
+
+    A secure-aggregation round asks once per phase, of the phase's members only.
+    """
+    rounds = (
         _open_rounds_for(credential.institution_id)
         .select_related("job__study", "base_version")
         .order_by("opened_at", "pk")
-        .first()
     )
-    return None if round_ is None else task_for(round_)
+    for round_ in rounds:
+        if not secure_rounds.is_secure(round_):
+            return task_for(round_, credential.institution_id)
+        approved = approved_sites(round_.job)
+        if secure_rounds.site_pending(round_, credential.institution_id, approved):
+            return task_for(round_, credential.institution_id)
+    return None
 
 
-def task_for(round_: Round) -> dict[str, object]:
+def task_for(round_: Round, institution_id: int) -> dict[str, object]:
     job, study, version = round_.job, round_.job.study, round_.base_version
-    return {
+    task: dict[str, object] = {
         "kind": round_.kind,
         "job_id": job.pk,
         "round_id": round_.pk,
@@ -57,6 +67,9 @@ def task_for(round_: Round) -> dict[str, object]:
             "seed": study.seed,
         },
     }
+    if secure_rounds.is_secure(round_):
+        task["secure_aggregation"] = secure_rounds.task_view(round_, institution_id)
+    return task
 
 
 def model_version_for_agent(*, credential: AgentCredential, version_id: int) -> ModelVersion | None:

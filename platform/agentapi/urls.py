@@ -10,5 +10,17 @@ urlpatterns = [
     path("models/<int:version_id>", apis.ModelDownloadApi.as_view(), name="agent-model"),
     path("rounds/<int:round_id>/update", apis.UpdateUploadApi.as_view(), name="agent-update"),
     path("rounds/<int:round_id>/evaluation", apis.EvaluationApi.as_view(), name="agent-evaluation"),
+    path("rounds/<int:round_id>/secagg/keys", apis.SecAggKeysApi.as_view(), name="agent-secagg-keys"),
+    path("rounds/<int:round_id>/secagg/shares", apis.SecAggSharesApi.as_view(), name="agent-secagg-shares"),
+    path(
+        "rounds/<int:round_id>/secagg/masked",
+        apis.SecAggMaskedUploadApi.as_view(),
+        name="agent-secagg-masked",
+    ),
+    path(
+        "rounds/<int:round_id>/secagg/unmasking",
+        apis.SecAggUnmaskingApi.as_view(),
+        name="agent-secagg-unmasking",
+    ),
     path("jobs/<int:job_id>/refuse", apis.RefuseApi.as_view(), name="agent-refuse"),
 ]

@@ -93,7 +93,7 @@ def _job(job: Job, rounds: list[RoundProgress]) -> Payload:
         "num_rounds": job.num_rounds,
         "rounds_done": done,
         "current_round": current,
-        "in_final_evaluation": current is not None and current > job.num_rounds,
+        "in_final_evaluation": current is not None and current > job.last_training_round,
         "min_updates": job.min_updates,
         "round_deadline_seconds": job.round_deadline_seconds,
         "max_deadline_extensions": job.max_deadline_extensions,

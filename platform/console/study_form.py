@@ -232,7 +232,11 @@ class StudyForm(forms.Form):
         rows=3,
         initial={},
         label="Privacy settings",
-        help_text="None yet: differential privacy and secure aggregation come in a later release. Leave {}.",
+        help_text=(
+            'Leave {} for none. Secure aggregation: {"secure_aggregation": true}. Differential privacy: '
+            '{"differential_privacy": {"level": "client", "clipping_norm": 1.0}, "epsilon": 3.0} '
+            '(level "sample" for DP-SGD in each site; docs/privacy.md).'
+        ),
     )
 
     def __init__(self, *args: object, institutions: QuerySet[Institution], **kwargs: object) -> None:
@@ -422,6 +426,8 @@ class StudyForm(forms.Form):
                 strategy_params=self.cleaned_data["strategy_params"],
                 training=self.cleaned_data["training"],
                 feature_scaling=self.cleaned_data["feature_scaling"],
+                privacy=self.cleaned_data.get("privacy") or {},
+                num_participants=len(self.cleaned_data.get("institutions") or []),
             )
         except ServiceError as error:
             add_service_error(self, error)

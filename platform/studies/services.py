@@ -8,10 +8,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from federation.aggregation.strategies import build_strategy
+from federation.aggregation.strategies import StrategyName, build_strategy
 from federation.data import DataSchema, Standardizer
 from federation.errors import FederationError
 from federation.models import ModelConfig, TrainConfig
+from federation.privacy.secagg import minimum_threshold
+from federation.privacy.settings import DPLevel, PrivacySettings
 from fedplatform.errors import Conflict, InvalidInput, NotFound
 from institutions.models import Institution
 from studies.models import Decision, Study, StudyParticipant
@@ -27,12 +29,15 @@ def study_validate(
     strategy_params: Mapping[str, object],
     training: Mapping[str, object],
     feature_scaling: Mapping[str, object] | None,
+    privacy: Mapping[str, object] | None = None,
+    num_participants: int | None = None,
 ) -> None:
     """Check that the parts of a study fit together; raise :class:`InvalidInput` if not."""
     try:
         model = ModelConfig.from_json(dict(model_config))
         schema = DataSchema.from_json(dict(data_schema))
         build_strategy(strategy, dict(strategy_params))  # type: ignore[arg-type]
+        privacy_settings = PrivacySettings.from_json(dict(privacy or {}))
         unknown = set(training) - TRAINING_KEYS
         if unknown:
             raise InvalidInput(
@@ -44,6 +49,51 @@ def study_validate(
     except (FederationError, TypeError, ValueError) as error:
         raise InvalidInput(str(error)) from error
     _check_model_fits_schema(model, schema, feature_scaling)
+    _check_privacy_fits(privacy_settings, strategy, strategy_params, model, training, num_participants)
+
+
+def _check_privacy_fits(
+    settings: PrivacySettings,
+    strategy: str,
+    strategy_params: Mapping[str, object],
+    model: ModelConfig,
+    training: Mapping[str, object],
+    num_participants: int | None,
+) -> None:
+    """Refuse privacy settings the rest of the study cannot honour, with the reason."""
+    single_updates = StrategyName(strategy).sees_single_updates
+    if settings.secure_aggregation and single_updates:
+        raise InvalidInput(
+            f"strategy {strategy} needs every site's update on its own, but secure aggregation shows "
+            "the server only their sum: choose fedavg, fedavgm, fedadam, fedyogi, fedadagrad or fedprox"
+        )
+    if settings.secure_aggregation and strategy_params.get("max_weight_share") is not None:
+        raise InvalidInput("max_weight_share needs each site's weight, which secure aggregation hides")
+    if settings.secure_aggregation and num_participants is not None:
+        _check_threshold(settings.secure_aggregation_threshold, num_participants)
+    mechanism = settings.differential_privacy
+    if mechanism is not None and mechanism.level is DPLevel.CLIENT and single_updates:
+        raise InvalidInput(f"client-level DP calibrates its noise to a mean; strategy {strategy} is not one")
+    if mechanism is not None and mechanism.level is DPLevel.SAMPLE:
+        if not model.kind.uses_torch:
+            raise InvalidInput(
+                "sample-level DP (DP-SGD with Opacus) needs a torch model: logistic, mlp or cnn"
+            )
+        if float(training.get("proximal_mu", 0.0) or 0.0) > 0:  # type: ignore[arg-type]
+            raise InvalidInput("sample-level DP does not combine with FedProx's proximal_mu; set it to 0")
+
+
+def _check_threshold(threshold: int | None, num_participants: int) -> None:
+    if num_participants < 3:
+        raise InvalidInput(
+            "secure aggregation needs at least 3 participants, or one site's update is the sum"
+        )
+    minimum = minimum_threshold(num_participants)
+    if threshold is not None and not minimum <= threshold <= num_participants:
+        raise InvalidInput(
+            f"secure_aggregation_threshold must lie between {minimum} (a majority of the "
+            f"{num_participants} participants) and {num_participants}"
+        )
 
 
 def _check_model_fits_schema(
@@ -86,6 +136,8 @@ def study_create(
         strategy_params=strategy_params,
         training=training,
         feature_scaling=feature_scaling,
+        privacy=privacy,
+        num_participants=len(set(institution_ids)),
     )
     institutions = list(Institution.objects.filter(pk__in=set(institution_ids)))
     if len(institutions) != len(set(institution_ids)) or not institutions:

@@ -1,4 +1,4 @@
-"""Admin for jobs, rounds, model versions, updates and refusals.
+"""Admin for jobs, rounds, model versions, updates, refusals and the privacy ledger.
 
 Read only: every change of state goes through the services, which lock rows, check states
 and write the audit trail.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from accounts.admin import ReadOnlyAdmin
-from training.models import Job, ModelVersion, Refusal, Round, Update
+from training.models import Job, ModelVersion, PrivacySpend, Refusal, Round, SecAggMessage, Update
 
 
 @admin.register(Job)
@@ -63,3 +63,15 @@ class UpdateAdmin(ReadOnlyAdmin):
 class RefusalAdmin(ReadOnlyAdmin):
     list_display = ("job", "institution", "at")
     list_filter = ("institution",)
+
+
+@admin.register(PrivacySpend)
+class PrivacySpendAdmin(ReadOnlyAdmin):
+    list_display = ("id", "institution", "job", "level", "rounds", "epsilon", "delta", "updated_at")
+    list_filter = ("institution", "level")
+
+
+@admin.register(SecAggMessage)
+class SecAggMessageAdmin(ReadOnlyAdmin):
+    list_display = ("id", "round", "institution", "kind", "received_at")
+    list_filter = ("kind",)

@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from accounts.api_base import ApiView, error_responses, json_error_responses, request_actor, request_scope
 from fedplatform.serializers import MAX_ID
 from institutions.apis import InstitutionRefSerializer
+from institutions.selectors import institution_get
 from studies.models import Decision, Study
 from training import selectors, services
 from training.blobs import blob_store
@@ -48,6 +49,13 @@ class JobOutputSerializer(serializers.Serializer):
     max_deadline_extensions = serializers.IntegerField()
     current_round = serializers.IntegerField(allow_null=True, help_text="number of the latest round opened")
     failure_reason = serializers.CharField()
+    privacy = serializers.DictField(help_text="the study's privacy settings with this job's noise resolved")
+    training_stopped_after = serializers.IntegerField(
+        allow_null=True, help_text="last training round when the privacy budget ended training early"
+    )
+    epsilon_spent = serializers.SerializerMethodField(
+        help_text="the most any site has spent of its privacy in this job; null without DP"
+    )
     created_by = serializers.CharField()
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
@@ -55,6 +63,9 @@ class JobOutputSerializer(serializers.Serializer):
 
     class Meta:
         ref_name = "Job"
+
+    def get_epsilon_spent(self, job: Job) -> float | None:
+        return selectors.job_epsilon_spent(job=job)
 
 
 class JobListApi(ApiView):
@@ -309,3 +320,37 @@ class ModelDownloadApi(ApiView):
         )
         response["X-Content-SHA256"] = version.sha256
         return response
+
+
+class PrivacySpendOutputSerializer(serializers.Serializer):
+    job = serializers.IntegerField(source="job_id")
+    study = StudyRefSerializer(source="job.study")
+    level = serializers.CharField(help_text="client (DP-FedAvg) or sample (DP-SGD)")
+    epsilon = serializers.FloatField()
+    delta = serializers.FloatField()
+    rounds = serializers.IntegerField(help_text="rounds in which this institution's data was used")
+    updated_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "PrivacySpend"
+
+
+class PrivacyLedgerOutputSerializer(serializers.Serializer):
+    institution = InstitutionRefSerializer()
+    total_epsilon = serializers.FloatField(help_text="sum over jobs (basic composition): an upper bound")
+    total_delta = serializers.FloatField()
+    entries = PrivacySpendOutputSerializer(many=True)
+
+    class Meta:
+        ref_name = "PrivacyLedger"
+
+
+class PrivacyLedgerApi(ApiView):
+    @extend_schema(
+        tags=["institutions"], responses={200: PrivacyLedgerOutputSerializer, **error_responses(401, 404)}
+    )
+    def get(self, request: Request, institution_id: int) -> Response:
+        """The epsilon an institution has spent, job by job across all its studies, and in total."""
+        institution = institution_get(scope=request_scope(request), institution_id=institution_id)
+        ledger = selectors.privacy_ledger(institution=institution)
+        return Response(PrivacyLedgerOutputSerializer(ledger).data)

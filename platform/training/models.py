@@ -31,6 +31,12 @@ class Job(models.Model):
     round_deadline_seconds = models.PositiveIntegerField(default=600)
     max_deadline_extensions = models.PositiveIntegerField(default=1)
     failure_reason = models.TextField(blank=True)
+    privacy = models.JSONField(
+        default=dict, blank=True, help_text="the study's privacy settings, resolved for this job's rounds"
+    )
+    training_stopped_after = models.PositiveIntegerField(
+        null=True, blank=True, help_text="last training round when the privacy budget ended training early"
+    )
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -41,6 +47,13 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.pk} of {self.study}"
+
+    @property
+    def last_training_round(self) -> int:
+        """The number of the last training round: the final evaluation comes after it."""
+        if self.training_stopped_after is None:
+            return self.num_rounds
+        return self.training_stopped_after
 
 
 class RoundKind(models.TextChoices):
@@ -82,6 +95,9 @@ class Round(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
     metrics = models.JSONField(default=dict, blank=True, help_text="sites' metrics combined by examples")
     failure_reason = models.TextField(blank=True)
+    secure_aggregation = models.JSONField(
+        default=dict, blank=True, help_text="the protocol's phase, config and site sets; {} without it"
+    )
 
     class Meta:
         ordering = ["job_id", "number"]
@@ -127,6 +143,11 @@ class Update(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     sha256 = models.CharField(max_length=64, blank=True, help_text="empty for evaluation results")
     size = models.PositiveBigIntegerField(default=0)
+    dp_steps = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="sample-level DP: noise_multiplier, sampling_rate, steps of the round",
+    )
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -147,4 +168,56 @@ class Refusal(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["job", "institution"], name="one_refusal_per_site_and_job")
+        ]
+
+
+class PrivacySpend(models.Model):
+    """The privacy one institution has spent in one job: one row of its privacy ledger.
+
+    ``events`` are the DP mechanisms applied to the institution's data, in order, as
+    ``[noise_multiplier, sampling_rate, steps]``; ``epsilon`` is their composition at
+    ``delta`` (federation.privacy.accounting), recomputed whenever an event is added.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="privacy_spends")
+    institution = models.ForeignKey("institutions.Institution", on_delete=models.PROTECT, related_name="+")
+    level = models.CharField(max_length=10, help_text="client or sample")
+    epsilon = models.FloatField(default=0.0)
+    delta = models.FloatField()
+    rounds = models.PositiveIntegerField(default=0)
+    events = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["institution_id", "job_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "institution"], name="one_privacy_spend_per_site_and_job")
+        ]
+
+
+class SecAggMessageKind(models.TextChoices):
+    KEYS = "keys"
+    SHARES = "shares"
+    UNMASKING = "unmasking"
+
+
+class SecAggMessage(models.Model):
+    """One site's message in one phase of a secure-aggregation round (docs/privacy.md).
+
+    Public keys, share bundles encrypted for other sites, or the shares that unmask the
+    sum: nothing here reveals a site's update. Unique, so a retry is counted once.
+    """
+
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="secagg_messages")
+    institution = models.ForeignKey("institutions.Institution", on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=10, choices=SecAggMessageKind.choices)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["round_id", "kind", "institution_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["round", "institution", "kind"], name="one_secagg_message_per_site_round_kind"
+            )
         ]

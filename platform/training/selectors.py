@@ -14,7 +14,7 @@ from fedplatform.errors import NotFound
 from institutions.models import AgentCredential, Institution
 from institutions.selectors import is_online
 from studies.models import StudyParticipant
-from training.models import Job, ModelVersion, Refusal, Round, RoundKind, Update
+from training.models import Job, ModelVersion, PrivacySpend, Refusal, Round, RoundKind, Update
 
 _JOB_SCOPE = "study__participants__institution"
 
@@ -194,3 +194,38 @@ def _sites_progress(job: Job, participants: list[StudyParticipant], now: datetim
             )
         )
     return sites
+
+
+@dataclass(frozen=True)
+class PrivacyLedger:
+    """What one institution has spent of its privacy, job by job, and in total.
+
+    The total is the sum of the jobs' epsilons and deltas (basic composition): an upper
+    bound that holds whatever the mechanisms, since different studies may use the same rows.
+    """
+
+    institution: Institution
+    entries: list[PrivacySpend]
+    total_epsilon: float
+    total_delta: float
+
+
+def privacy_ledger(*, institution: Institution) -> PrivacyLedger:
+    """The institution's privacy ledger (call with an institution in scope)."""
+    entries = list(
+        PrivacySpend.objects.filter(institution=institution).select_related("job__study").order_by("job_id")
+    )
+    return PrivacyLedger(
+        institution=institution,
+        entries=entries,
+        total_epsilon=sum(entry.epsilon for entry in entries),
+        total_delta=min(1.0, sum(entry.delta for entry in entries)),
+    )
+
+
+def job_epsilon_spent(*, job: Job) -> float | None:
+    """The most any site has spent in ``job`` (None: the job uses no DP)."""
+    if not job.study.privacy.get("differential_privacy"):
+        return None
+    spent = PrivacySpend.objects.filter(job=job).aggregate(most=Max("epsilon"))["most"]
+    return float(spent or 0.0)

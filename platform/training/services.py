@@ -22,7 +22,7 @@ from kombu.exceptions import OperationalError as BrokerUnavailable
 from safetensors.numpy import load as safetensors_load
 
 from audit.services import audit_record
-from federation.aggregation.strategies import build_strategy
+from federation.aggregation.strategies import Details, Strategy, build_strategy
 from federation.aggregation.streaming import StoredUpdate
 from federation.errors import FederationError, UpdateTooLargeError
 from federation.metrics import combine_metrics
@@ -38,6 +38,7 @@ from federation.wire import (
 from fedplatform.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
 from institutions.models import AgentCredential
 from studies.models import Decision, Study
+from training import privacy, secure_aggregate, secure_rounds
 from training.blobs import blob_store
 from training.models import (
     ACCEPTING_STATES,
@@ -80,6 +81,7 @@ def job_create(
         raise InvalidInput("a job needs at least one round")
     job = Job.objects.create(
         study=study,
+        privacy=privacy.job_privacy_resolve(study=study, num_rounds=num_rounds),
         num_rounds=num_rounds,
         min_updates=min_updates,
         round_deadline_seconds=round_deadline_seconds,
@@ -218,7 +220,9 @@ def round_open(*, job: Job) -> Round | None:
         return None
     last = job.rounds.order_by("-number").first()
     number = (last.number + 1) if last else 1
-    if number > job.num_rounds + 1:
+    if number <= job.last_training_round:
+        _training_stop_if_over_budget(job, number)
+    if number > job.last_training_round + 1:
         job.state, job.finished_at = JobState.COMPLETED, timezone.now()
         job.save(update_fields=["state", "finished_at"])
         audit_record(actor="system", kind="job.completed", job=job)
@@ -229,13 +233,15 @@ def round_open(*, job: Job) -> Round | None:
         return None
     base = job.model_versions.order_by("-number").first()
     assert base is not None, "a running job always has a model version"
+    kind = RoundKind.TRAIN if number <= job.last_training_round else RoundKind.EVALUATE
     opened = Round.objects.create(
         job=job,
         number=number,
-        kind=RoundKind.TRAIN if number <= job.num_rounds else RoundKind.EVALUATE,
+        kind=kind,
         base_version=base,
         expected_updates=sites,
         deadline_at=timezone.now() + timedelta(seconds=job.round_deadline_seconds),
+        secure_aggregation=_secure_round_init(job, number, base) if kind == RoundKind.TRAIN else {},
     )
     audit_record(
         actor="system",
@@ -244,6 +250,32 @@ def round_open(*, job: Job) -> Round | None:
         details={"round": number, "kind": opened.kind, "base_version": base.number},
     )
     return opened
+
+
+def _secure_round_init(job: Job, number: int, base: ModelVersion) -> dict[str, object]:
+    return secure_rounds.secure_round_init(
+        job_id=job.pk,
+        number=number,
+        base_sha256=base.sha256,
+        spec=model_spec(base),
+        privacy=job.study.privacy,
+        sites=_active_site_count(job),
+    )
+
+
+def _training_stop_if_over_budget(job: Job, number: int) -> None:
+    """End training before round ``number`` if it would exceed the privacy budget."""
+    reason = privacy.training_round_refusal(job=job, number=number)
+    if reason is None:
+        return
+    job.training_stopped_after = number - 1
+    job.save(update_fields=["training_stopped_after"])
+    audit_record(
+        actor="system",
+        kind="job.privacy_budget_reached",
+        job=job,
+        details={"round": number, "reason": reason},
+    )
 
 
 def _locked_round(round_id: int, *, skip_locked: bool = False) -> Round | None:
@@ -278,8 +310,47 @@ def _counted_updates(round_: Round) -> QuerySet[Update]:
 
 def _round_reached_quorum(round_: Round) -> None:
     """Move a round whose every expected site answered on to its next state."""
-    if round_.state in ACCEPTING_STATES and _counted_updates(round_).count() >= round_.expected_updates:
+    if round_.state in ACCEPTING_STATES and secure_rounds.is_secure(round_):
+        _secure_round_progress(round_, at_deadline=False)
+    elif round_.state in ACCEPTING_STATES and _counted_updates(round_).count() >= round_.expected_updates:
         _round_close_collection(round_)
+
+
+def approved_sites(job: Job) -> set[int]:
+    approved = job.study.participants.filter(decision=Decision.APPROVED)
+    return set(approved.values_list("institution_id", flat=True))
+
+
+def _secure_round_progress(round_: Round, *, at_deadline: bool) -> str:
+    """Move a secure-aggregation round to its next phase once every member answered, or at
+    the deadline once ``threshold`` did; below the threshold at the deadline, extend or fail."""
+    members = secure_rounds.phase_members(round_, approved_sites(round_.job))
+    answered = secure_rounds.phase_responders(round_) & members
+    if members - answered and not at_deadline:
+        return "unchanged"
+    threshold = secure_rounds.config_of(round_).threshold
+    if len(answered) < threshold:
+        if round_.deadline_extensions < round_.job.max_deadline_extensions:
+            return _round_extend(round_, len(answered))
+        phase = secure_rounds.phase_of(round_).value
+        _round_fail(
+            round_,
+            f"only {len(answered)} sites answered the {phase} phase; secure aggregation needs {threshold}",
+        )
+        return "failed"
+    if secure_rounds.phase_of(round_) is secure_rounds.Phase.UNMASK:
+        _round_close_collection(round_)
+        return "closed"
+    phase = secure_rounds.phase_advance(round_, answered)
+    round_.deadline_at = timezone.now() + timedelta(seconds=round_.job.round_deadline_seconds)
+    round_.save(update_fields=["secure_aggregation", "deadline_at"])
+    audit_record(
+        actor="system",
+        kind="round.secure_aggregation_phase",
+        job=round_.job,
+        details={"round": round_.number, "phase": phase.value, "sites": sorted(answered)},
+    )
+    return "advanced"
 
 
 def _round_close_collection(round_: Round) -> None:
@@ -339,6 +410,7 @@ class _AggregationWork:
     job: Job
     base: ModelVersion
     updates: list[Update]
+    secure: bool = False
 
 
 def round_aggregate(*, round_id: int) -> AggregationOutcome:
@@ -352,24 +424,51 @@ def round_aggregate(*, round_id: int) -> AggregationOutcome:
     if work is None:
         return AggregationOutcome(round_id, None)  # done already, never ready, or given up
     spec = model_spec(work.base)
-    store = blob_store()
     strategy = build_strategy(work.job.study.strategy, work.job.study.strategy_params)
-    result = strategy.aggregate(
-        deserialize_weights(store.read(work.base.sha256), spec=spec),
-        [StoredUpdate(store.path(u.sha256), u.num_examples) for u in work.updates],
-        state=_server_state(work.base),
-    )
+    weights, state, details = _aggregate(work, strategy, spec)
     provenance: dict[str, object] = {
         "strategy": strategy.name.value,
         "params": strategy.params(),
+        "privacy": work.job.privacy,
         "base": {"number": work.base.number, "sha256": work.base.sha256},
         "updates": [
             {"institution": u.institution.name, "sha256": u.sha256, "num_examples": u.num_examples}
             for u in work.updates
         ],
-        "details": result.details,
+        "details": details,
     }
-    return _aggregation_commit(work, spec, result.weights, result.state, provenance)
+    return _aggregation_commit(work, spec, weights, state, provenance)
+
+
+def _aggregate(
+    work: _AggregationWork, strategy: Strategy, spec: ModelSpec
+) -> tuple[Weights, Weights, Details]:
+    store = blob_store()
+    global_weights = deserialize_weights(store.read(work.base.sha256), spec=spec)
+    if work.secure:
+        return secure_aggregate.aggregate_secure_round(
+            round_id=work.round_id,
+            job=work.job,
+            strategy=strategy,
+            global_weights=global_weights,
+            spec=spec,
+            server_state=_server_state(work.base),
+        )
+    if privacy.uses_client_dp(work.job):
+        return privacy.client_dp_aggregate(
+            job=work.job,
+            strategy=strategy,
+            global_weights=global_weights,
+            updates=work.updates,
+            spec=spec,
+            server_state=_server_state(work.base),
+        )
+    result = strategy.aggregate(
+        global_weights,
+        [StoredUpdate(store.path(u.sha256), u.num_examples) for u in work.updates],
+        state=_server_state(work.base),
+    )
+    return result.weights, result.state, result.details
 
 
 @transaction.atomic
@@ -383,8 +482,13 @@ def _aggregation_claim(round_id: int) -> _AggregationWork | None:
     round_.aggregation_attempts += 1
     round_.aggregating_since = timezone.now()
     round_.save(update_fields=["aggregation_attempts", "aggregating_since"])
-    updates = list(_counted_updates(round_).select_related("institution").order_by("institution_id"))
-    return _AggregationWork(round_.pk, round_.number, round_.job, round_.base_version, updates)
+    if secure_rounds.is_secure(round_):
+        # The survivors' masked inputs are all in the sum, whatever happened since.
+        updates = secure_rounds.survivors_updates(round_)
+    else:
+        updates = list(_counted_updates(round_).select_related("institution").order_by("institution_id"))
+    secure = secure_rounds.is_secure(round_)
+    return _AggregationWork(round_.pk, round_.number, round_.job, round_.base_version, updates, secure)
 
 
 @transaction.atomic
@@ -411,6 +515,7 @@ def _aggregation_commit(
     metrics = _combined_metrics(round_)
     round_.state, round_.closed_at, round_.metrics = RoundState.CLOSED, timezone.now(), metrics
     round_.save(update_fields=["state", "closed_at", "metrics"])
+    privacy.privacy_spend_client_round(round_=round_)
     ModelVersion.objects.filter(pk=work.base.pk).update(metrics=_global_metrics(metrics))
     audit_record(
         actor="system",
@@ -470,6 +575,7 @@ class UpdateMeta:
     base_model_sha256: str
     job_id: int
     round_number: int
+    dp_steps: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -512,6 +618,7 @@ def _check_binding(round_: Round, meta: UpdateMeta) -> None:
         raise Conflict("the update was trained from another model version", code="stale_update")
     if not 1 <= meta.num_examples <= MAX_NUM_EXAMPLES:
         raise InvalidInput(f"num_examples must lie between 1 and {MAX_NUM_EXAMPLES}")
+    privacy.check_dp_steps(job=round_.job, dp_steps=meta.dp_steps)
 
 
 def _existing(round_: Round, credential: AgentCredential, sha256: str) -> SubmitResult | None:
@@ -566,7 +673,8 @@ def _update_accept(
     if (duplicate := _existing(round_, credential, sha256)) is not None:
         return duplicate
     _check_update_acceptable(round_, credential, meta)
-    update = _update_record(round_, credential, meta.num_examples, meta.metrics, sha256, size)
+    update = _update_record(round_, credential, meta.num_examples, meta.metrics, sha256, size, meta.dp_steps)
+    privacy.privacy_spend_sample_update(update=update)
     return SubmitResult(update, duplicate=False)
 
 
@@ -577,6 +685,7 @@ def _update_record(
     metrics: dict[str, float],
     sha256: str,
     size: int,
+    dp_steps: dict[str, float] | None = None,
 ) -> Update:
     try:
         with transaction.atomic():
@@ -588,6 +697,7 @@ def _update_record(
                 metrics=metrics,
                 sha256=sha256,
                 size=size,
+                dp_steps=dp_steps or {},
             )
     except IntegrityError:
         raise Conflict("this site already answered this round", code="update_exists") from None
@@ -683,6 +793,7 @@ def rounds_sweep() -> SweepOutcome:
     now = timezone.now()
     due = Round.objects.filter(state__in=ACCEPTING_STATES, deadline_at__lte=now, job__state=JobState.RUNNING)
     outcomes = Counter(_round_deadline(round_id) for round_id in due.values_list("pk", flat=True))
+    outcomes["closed"] += outcomes.pop("advanced", 0)
     stalled_before = now - timedelta(seconds=settings.FEDHEALTH_STUCK_AGGREGATION_SECONDS)
     stalled = list(
         Round.objects.filter(state=RoundState.AGGREGATING, aggregating_since__lte=stalled_before).values_list(
@@ -702,24 +813,30 @@ def _round_deadline(round_id: int) -> str:
     due = round_.state in ACCEPTING_STATES and round_.deadline_at <= timezone.now()
     if not due or round_.job.state != JobState.RUNNING:
         return "unchanged"  # an update, a pause or another sweep got there first
+    if secure_rounds.is_secure(round_):
+        return _secure_round_progress(round_, at_deadline=True)
     received = _counted_updates(round_).count()
     # The final evaluation only gathers metrics: its deadline ends it, answered or not.
     if received >= round_.job.min_updates or round_.kind == RoundKind.EVALUATE:
         _round_close_collection(round_)
         return "closed"
     if round_.deadline_extensions < round_.job.max_deadline_extensions:
-        round_.deadline_extensions += 1
-        round_.deadline_at = timezone.now() + timedelta(seconds=round_.job.round_deadline_seconds)
-        round_.save(update_fields=["deadline_extensions", "deadline_at"])
-        audit_record(
-            actor="system",
-            kind="round.extended",
-            job=round_.job,
-            details={"round": round_.number, "received": received},
-        )
-        return "extended"
+        return _round_extend(round_, received)
     _round_fail(round_, f"deadline passed with {received} of at least {round_.job.min_updates} updates")
     return "failed"
+
+
+def _round_extend(round_: Round, received: int) -> str:
+    round_.deadline_extensions += 1
+    round_.deadline_at = timezone.now() + timedelta(seconds=round_.job.round_deadline_seconds)
+    round_.save(update_fields=["deadline_extensions", "deadline_at"])
+    audit_record(
+        actor="system",
+        kind="round.extended",
+        job=round_.job,
+        details={"round": round_.number, "received": received},
+    )
+    return "extended"
 
 
 @transaction.atomic

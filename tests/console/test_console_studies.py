@@ -70,7 +70,7 @@ def test_new_study_form_renders_five_numbered_steps(coordinator: Client, hospita
         assert f'data-strategy="{strategy}"' in html
     assert 'id="id_param_fedadam_beta_1"' in html
     assert 'id="id_param_multi_krum_num_selected"' in html
-    assert "None yet" in html  # privacy
+    assert "Leave {} for none" in html  # privacy
 
 
 def test_coordinator_creates_a_study(
@@ -173,7 +173,7 @@ def test_study_page_shows_who_decided_what(
     assert "1 / 2" in html
     for feature in STUDY_SCHEMA["features"]:  # type: ignore[attr-defined]
         assert feature["name"] in html
-    assert "none yet" in html  # privacy
+    assert ">none<" in html  # privacy
 
 
 def test_data_owner_approves_then_declines(owner_a: Client, study_ab: Study, hospital_a: Institution) -> None:

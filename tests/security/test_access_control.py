@@ -50,6 +50,7 @@ Decisions about the routes Django and drf-spectacular bring:
 from __future__ import annotations
 
 import enum
+import base64
 import json
 import logging
 import re
@@ -184,6 +185,8 @@ ADMIN_MODELS = (
     "training/modelversion",
     "training/update",
     "training/refusal",
+    "training/privacyspend",
+    "training/secaggmessage",
 )
 ADMIN_MODEL_ROUTES = (
     "",
@@ -237,6 +240,10 @@ ROUTES: dict[str, Rule] = {
     "api/agent/v1/models/<int:version_id>": agent("GET"),
     "api/agent/v1/rounds/<int:round_id>/update": agent("POST"),
     "api/agent/v1/rounds/<int:round_id>/evaluation": agent("POST"),
+    "api/agent/v1/rounds/<int:round_id>/secagg/keys": agent("POST"),
+    "api/agent/v1/rounds/<int:round_id>/secagg/shares": agent("POST"),
+    "api/agent/v1/rounds/<int:round_id>/secagg/masked": agent("POST"),
+    "api/agent/v1/rounds/<int:round_id>/secagg/unmasking": agent("POST"),
     "api/agent/v1/jobs/<int:job_id>/refuse": agent("POST"),
     # --- any other path under api/: a JSON 404, whoever asks ----------------------------
     "^api/": Rule(Surface.NOT_FOUND, sample="/api/no-such-endpoint/"),
@@ -245,6 +252,7 @@ ROUTES: dict[str, Rule] = {
     "api/v1/institutions/<int:institution_id>/": api("GET"),
     "api/v1/institutions/<int:institution_id>/enrollment-tokens/": api("POST"),
     "api/v1/institutions/<int:institution_id>/credentials/": api("GET"),
+    "api/v1/institutions/<int:institution_id>/privacy-ledger/": api("GET"),
     "api/v1/credentials/<int:credential_id>/revoke/": api("POST"),
     "api/v1/studies/": api("GET", "POST", shows_participants=True),
     "api/v1/studies/<int:study_id>/": api("GET", shows_participants=True),
@@ -451,6 +459,15 @@ def _update_body(world: World, principal: Principal) -> Body:
     return Body(encode_multipart(BOUNDARY, {"meta": json.dumps(meta), "tensors": upload}), MULTIPART_CONTENT)
 
 
+def _masked_body(world: World, principal: Principal) -> Body:
+    meta = {"metrics": {}, "base_model_sha256": "0" * 64, "job_id": 1, "round_number": 1}
+    upload = SimpleUploadedFile("masked.safetensors", b"not safetensors")
+    return Body(encode_multipart(BOUNDARY, {"meta": json.dumps(meta), "tensors": upload}), MULTIPART_CONTENT)
+
+
+_PUBLIC_KEY = base64.b64encode(bytes(range(32))).decode()
+
+
 def _own_institution(world: World, principal: Principal) -> int:
     return principal.institution_id or world.sides["A"].institution.pk
 
@@ -463,6 +480,16 @@ BODIES: dict[str, Callable[[World, Principal], Body]] = {
         {"num_examples": 5, "metrics": {"accuracy": 0.5}}
     ),
     "api/agent/v1/jobs/<int:job_id>/refuse": lambda world, principal: json_body({"reason": "local policy"}),
+    "api/agent/v1/rounds/<int:round_id>/secagg/keys": lambda world, principal: json_body(
+        {"cipher_public_key": _PUBLIC_KEY, "mask_public_key": _PUBLIC_KEY}
+    ),
+    "api/agent/v1/rounds/<int:round_id>/secagg/shares": lambda world, principal: json_body(
+        {"shares": {"1": "AAAA"}}
+    ),
+    "api/agent/v1/rounds/<int:round_id>/secagg/masked": _masked_body,
+    "api/agent/v1/rounds/<int:round_id>/secagg/unmasking": lambda world, principal: json_body(
+        {"self_mask_shares": {}, "mask_key_shares": {}}
+    ),
     "api/v1/institutions/<int:institution_id>/enrollment-tokens/": lambda world, principal: json_body(
         {"hours": 1}
     ),

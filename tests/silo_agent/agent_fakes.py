@@ -249,7 +249,8 @@ class FakeServer:
         expected = (task["job_id"], task["round_number"], task["model_version"]["sha256"])  # type: ignore[index]
         if binding != expected:
             return 400, error_body("binding_mismatch", "the update is bound to another round")
-        deserialize_weights(tensors, spec=build_model(MODEL_CONFIG).model_spec())  # raises if off-spec
+        model = ModelConfig.from_json(task["study"]["model"])  # type: ignore[index]
+        deserialize_weights(tensors, spec=build_model(model).model_spec())  # raises if off-spec
         self.stored_updates[round_id] = tensors
         return 201, {"update_id": round_id, "sha256": digest, "duplicate": False}
 

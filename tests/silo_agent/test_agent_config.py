@@ -34,6 +34,15 @@ def test_the_shipped_example_is_valid():
     assert config.data.csv_path == EXAMPLE.parent / "data" / "site.csv"
     assert config.policy.privacy.max_epsilon == math.inf
     assert config.policy.privacy.require_secure_aggregation is False
+    assert config.policy.privacy.require_differential_privacy is False
+    assert config.policy.filters.clip_update_norm is None
+    assert config.policy.filters.exclude_layers == ()
+
+
+def test_the_site_filters_are_read(tmp_path):
+    text = MINIMAL + '[policy.filters]\nclip_update_norm = 2.5\nexclude_layers = ["linear.bias"]\n'
+    filters = load_config(write(tmp_path, text)).policy.filters
+    assert (filters.clip_update_norm, filters.exclude_layers) == (2.5, ("linear.bias",))
 
 
 def test_defaults_and_relative_paths(tmp_path):
@@ -87,6 +96,16 @@ ERRORS = {
     "missing ca bundle": ('ca_bundle = "nowhere.pem"\n' + MINIMAL, "ca_bundle:"),
     "privacy typo": (MINIMAL + "[policy.privacy]\nmax_epsilons = 1.0\n", "policy.privacy.max_epsilons"),
     "negative epsilon": (MINIMAL + "[policy.privacy]\nmax_epsilon = -1.0\n", "policy.privacy.max_epsilon"),
+    "dp demand not a bool": (
+        MINIMAL + "[policy.privacy]\nrequire_differential_privacy = 1\n",
+        "policy.privacy.require_differential_privacy",
+    ),
+    "filters typo": (MINIMAL + "[policy.filters]\nclip_norm = 1.0\n", "policy.filters.clip_norm"),
+    "zero clip": (MINIMAL + "[policy.filters]\nclip_update_norm = 0\n", "policy.filters.clip_update_norm"),
+    "layers not names": (
+        MINIMAL + "[policy.filters]\nexclude_layers = [1]\n",
+        "policy.filters.exclude_layers",
+    ),
     "not toml": ("server_url = ", "not valid TOML"),
     "empty state_dir": ('state_dir = ""\n' + MINIMAL, "state_dir: must not be empty"),
 }

@@ -46,8 +46,12 @@ REFUSALS = {
         "allowed_model_kinds",
     ),
     "strategy": ({"strategy": {"name": "krum", "params": {}}}, {}, "allowed_strategies"),
-    "privacy": ({"privacy": {"secure_aggregation": True}}, {}, "secure aggregation"),
-    "unknown privacy": ({"privacy": {"homomorphic": True}}, {}, "does not understand"),
+    "plain update under secure aggregation": (
+        {"privacy": {"secure_aggregation": True}},
+        {},
+        "asks for a plain update",
+    ),
+    "unknown privacy": ({"privacy": {"homomorphic": True}}, {}, "not understood"),
 }
 
 
@@ -140,12 +144,34 @@ def test_a_hospital_that_requires_secure_aggregation_refuses_a_study_without_it(
 
 
 def test_a_privacy_budget_above_the_hospitals_limit_is_refused():
-    reason = privacy_reason(PrivacyPolicy(max_epsilon=1.0), {"epsilon": 8.0})
+    study = {"differential_privacy": {"level": "client", "clipping_norm": 1.0}, "epsilon": 8.0}
+    reason = privacy_reason(PrivacyPolicy(max_epsilon=1.0), study)
     assert reason is not None
     assert "max_epsilon" in reason
 
 
-def test_differential_privacy_within_the_limit_is_still_refused_until_implemented():
+@pytest.mark.privacy
+def test_differential_privacy_within_the_limit_is_accepted():
+    study = {"differential_privacy": {"level": "sample", "clipping_norm": 1.0}, "epsilon": 1.0}
+    assert privacy_reason(PrivacyPolicy(max_epsilon=3.0, require_differential_privacy=True), study) is None
+
+
+@pytest.mark.privacy
+def test_a_hospital_that_requires_differential_privacy_refuses_a_study_without_it():
+    reason = privacy_reason(PrivacyPolicy(require_differential_privacy=True), {"secure_aggregation": False})
+    assert reason is not None
+    assert "requires differential privacy" in reason
+
+
+@pytest.mark.privacy
+def test_a_study_without_dp_counts_as_an_infinite_epsilon():
+    reason = privacy_reason(PrivacyPolicy(max_epsilon=100.0), {})
+    assert reason is not None
+    assert "epsilon inf" in reason
+
+
+@pytest.mark.privacy
+def test_an_epsilon_without_a_mechanism_is_not_understood():
     reason = privacy_reason(PrivacyPolicy(max_epsilon=math.inf), {"epsilon": 1.0})
     assert reason is not None
-    assert "lacks" in reason
+    assert "not understood" in reason

@@ -27,6 +27,7 @@ from institutions.selectors import (
 )
 from institutions.services import credential_revoke, enrollment_token_create, institution_create
 from studies.selectors import study_list
+from training.selectors import privacy_ledger
 
 ONCE_COOKIE = "fedhealth_enrollment_token"
 ONCE_COOKIE_SALT = "console.enrollment-token"
@@ -65,6 +66,7 @@ def institution_detail(request: HttpRequest, institution_id: int) -> HttpRespons
         "institution": institution,
         "credentials": credential_list(institution=institution),
         "studies": studies,
+        "ledger": privacy_ledger(institution=institution),
         "token_form": EnrollmentTokenForm(),
     }
     return page(request, "console/institutions/detail.html", context, section="institutions")

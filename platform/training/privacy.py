@@ -1,0 +1,192 @@
+"""A job's privacy: the resolved DP mechanism, the budget that ends training, the ledger.
+
+Services called by :mod:`training.services` inside its transactions (docs/privacy.md):
+
+* :func:`job_privacy_resolve` fixes, when a job is created, the noise of client-level DP
+  (from the study, or the smallest that keeps ``num_rounds`` within the budget);
+* :func:`training_round_refusal` says why a training round may not open: the budget;
+* :func:`client_dp_aggregate` clips every update again and adds the Gaussian noise;
+* :func:`privacy_spend_client_round` and :func:`privacy_spend_sample_update` keep each
+  institution's ledger row for the job up to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from federation.aggregation.strategies import Details, Strategy
+from federation.privacy import accounting, dp
+from federation.privacy.settings import DPLevel, PrivacySettings
+from federation.types import ClientUpdate, ModelSpec, Weights
+from federation.wire import deserialize_weights
+from fedplatform.errors import InvalidInput
+from studies.models import Study
+from training.blobs import blob_store
+from training.models import Job, PrivacySpend, Round, RoundKind, Update
+
+#: Budgets are compared with this slack: a job planned to spend exactly its budget must run.
+BUDGET_TOLERANCE = 1e-9
+
+
+def settings_of(job: Job) -> PrivacySettings:
+    return PrivacySettings.from_json(job.study.privacy)
+
+
+def job_privacy_resolve(*, study: Study, num_rounds: int) -> dict[str, object]:
+    """The job's privacy settings with the client-level noise multiplier filled in.
+
+    Raises :class:`InvalidInput` when the budget cannot cover a single round.
+    """
+    settings = PrivacySettings.from_json(study.privacy)
+    resolved = settings.to_json()
+    mechanism = settings.differential_privacy
+    if mechanism is None or mechanism.level is not DPLevel.CLIENT:
+        return resolved
+    noise = mechanism.noise_multiplier
+    if noise is None:
+        noise = accounting.noise_for_epsilon(
+            target_epsilon=settings.budget, steps=num_rounds, delta=settings.delta
+        )
+    first_round = accounting.client_level_epsilon(noise_multiplier=noise, rounds=1, delta=settings.delta)
+    if first_round > settings.budget + BUDGET_TOLERANCE:
+        raise InvalidInput(
+            f"one round at noise multiplier {noise:g} spends epsilon {first_round:.3f}, "
+            f"more than the study's budget {settings.budget:g}"
+        )
+    resolved["differential_privacy"] = {**resolved["differential_privacy"], "noise_multiplier": noise}  # type: ignore[dict-item]
+    return resolved
+
+
+def uses_client_dp(job: Job) -> bool:
+    mechanism = settings_of(job).differential_privacy
+    return mechanism is not None and mechanism.level is DPLevel.CLIENT
+
+
+def _client_noise(job: Job) -> float:
+    return float(job.privacy["differential_privacy"]["noise_multiplier"])
+
+
+def training_round_refusal(*, job: Job, number: int) -> str | None:
+    """Why training round ``number`` would exceed the study's privacy budget, or None."""
+    settings = settings_of(job)
+    mechanism = settings.differential_privacy
+    if mechanism is None:
+        return None
+    if mechanism.level is DPLevel.CLIENT:
+        spent = accounting.client_level_epsilon(
+            noise_multiplier=_client_noise(job), rounds=number, delta=settings.delta
+        )
+        if spent > settings.budget + BUDGET_TOLERANCE:
+            return f"round {number} would spend epsilon {spent:.3f} of the budget {settings.budget:g}"
+        return None
+    return _sample_refusal(job, settings, number)
+
+
+def _sample_refusal(job: Job, settings: PrivacySettings, number: int) -> str | None:
+    """Sample level: each site's own events, with its last round repeated once more."""
+    for spend in PrivacySpend.objects.filter(job=job).exclude(events=[]):
+        predicted = accounting.events_epsilon(
+            _events([*spend.events, spend.events[-1]]), delta=settings.delta
+        )
+        if predicted > settings.budget + BUDGET_TOLERANCE:
+            return (
+                f"round {number} would bring {spend.institution.name} to epsilon {predicted:.3f} "
+                f"of the budget {settings.budget:g}"
+            )
+    return None
+
+
+# --- aggregation ---------------------------------------------------------------------------
+
+
+def client_dp_aggregate(
+    *,
+    job: Job,
+    strategy: Strategy,
+    global_weights: Weights,
+    updates: Sequence[Update],
+    spec: ModelSpec,
+    server_state: Weights | None,
+) -> tuple[Weights, Weights, Details]:
+    """DP-FedAvg: equal-weight mean of the clipped updates plus Gaussian noise, then the
+    strategy's server step on that one noisy mean (post-processing keeps the guarantee)."""
+    settings = settings_of(job)
+    mechanism = settings.differential_privacy
+    assert mechanism is not None
+    assert mechanism.level is DPLevel.CLIENT
+    store = blob_store()
+    # dp_fedavg clips every update again: the guarantee does not rest on each site's agent.
+    noisy, details = dp.dp_fedavg(
+        global_weights,
+        [deserialize_weights(store.read(u.sha256), spec=spec) for u in updates],
+        noise_multiplier=_client_noise(job),
+        clipping_norm=mechanism.clipping_norm,
+        rng=dp.secure_generator(),
+    )
+    result = strategy.aggregate(global_weights, [ClientUpdate(noisy, num_examples=1)], state=server_state)
+    return result.weights, result.state, {**result.details, **details}
+
+
+# --- the ledger ----------------------------------------------------------------------------
+
+
+def privacy_spend_client_round(*, round_: Round) -> None:
+    """After a client-level DP round closed: every contributor spent one more round."""
+    settings = settings_of(round_.job)
+    mechanism = settings.differential_privacy
+    if mechanism is None or mechanism.level is not DPLevel.CLIENT or round_.kind != RoundKind.TRAIN:
+        return
+    event = [_client_noise(round_.job), 1.0, 1]
+    for update in round_.updates.all():
+        spend = _spend_row(round_.job, update.institution_id, settings)
+        if round_.number in {event_round for *_, event_round in spend.events}:
+            continue  # recorded already: a repeated aggregation adds nothing
+        _spend_add(spend, [*event, round_.number], settings.delta)
+
+
+def privacy_spend_sample_update(*, update: Update) -> None:
+    """After a site's sample-level DP update arrived: add its DP-SGD steps to its row."""
+    job = update.round.job
+    settings = settings_of(job)
+    if not update.dp_steps:
+        return
+    spend = _spend_row(job, update.institution_id, settings)
+    steps = update.dp_steps
+    event = [float(steps["noise_multiplier"]), float(steps["sampling_rate"]), int(steps["steps"])]
+    _spend_add(spend, [*event, update.round.number], settings.delta)
+
+
+def _events(rows: list[list[float]]) -> list[accounting.PrivacyEvent]:
+    """Ledger rows ``[noise_multiplier, sampling_rate, steps, round]`` as accounting events."""
+    return [accounting.PrivacyEvent(float(row[0]), float(row[1]), int(row[2])) for row in rows]
+
+
+def _spend_row(job: Job, institution_id: int, settings: PrivacySettings) -> PrivacySpend:
+    mechanism = settings.differential_privacy
+    assert mechanism is not None
+    spend, _ = PrivacySpend.objects.select_for_update().get_or_create(
+        job=job,
+        institution_id=institution_id,
+        defaults={"level": mechanism.level.value, "delta": settings.delta},
+    )
+    return spend
+
+
+def _spend_add(spend: PrivacySpend, event: list[float | int], delta: float) -> None:
+    spend.events = [*spend.events, event]
+    spend.rounds = len(spend.events)
+    spend.epsilon = accounting.events_epsilon(_events(spend.events), delta=delta)
+    spend.save(update_fields=["events", "rounds", "epsilon", "updated_at"])
+
+
+def check_dp_steps(*, job: Job, dp_steps: dict[str, float] | None) -> dict[str, float]:
+    """The DP-SGD steps an update declares: required exactly when the study uses sample-level DP."""
+    mechanism = settings_of(job).differential_privacy
+    sample_level = mechanism is not None and mechanism.level is DPLevel.SAMPLE
+    if not sample_level:
+        if dp_steps:
+            raise InvalidInput("this study uses no sample-level DP; send no dp_steps")
+        return {}
+    if not dp_steps:
+        raise InvalidInput("this study uses sample-level DP: the update must declare its dp_steps")
+    return dp_steps

@@ -1,0 +1,70 @@
+"""Aggregating a secure-aggregation round: unmask the sum, then one server step.
+
+Each survivor masked ``[n_i * (w_i - g), n_i]`` (with client-level DP: its clipped change
+and the weight 1), so the unmasked sum gives the example-weighted mean change without
+the server ever holding one site's update. The strategy's server step then runs on the
+one mean (as for DP-FedAvg), with the Gaussian noise added first under client-level DP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from federation.aggregation.strategies import Details, Strategy
+from federation.privacy import dp, secagg
+from federation.privacy.secure_fedavg import unflatten
+from federation.privacy.settings import DPLevel, PrivacySettings
+from federation.types import ClientUpdate, ModelSpec, Weights
+from training import secure_rounds
+from training.blobs import blob_store
+from training.models import Job, Round
+
+
+def aggregate_secure_round(
+    *,
+    round_id: int,
+    job: Job,
+    strategy: Strategy,
+    global_weights: Weights,
+    spec: ModelSpec,
+    server_state: Weights | None,
+) -> tuple[Weights, Weights, Details]:
+    round_ = Round.objects.get(pk=round_id)
+    updates = secure_rounds.survivors_updates(round_)
+    dimension = secure_rounds.config_of(round_).dimension
+    masked = {
+        u.institution_id: secure_rounds.decode_masked(blob_store().read(u.sha256), dimension) for u in updates
+    }
+    change_sum, weight_sum = secagg.unpack_weighted_sum(secure_rounds.unmasked_sum(round_, masked))
+    mean_change, details = _mean_change(job, change_sum, weight_sum, spec)
+    new_weights = {
+        name: (global_weights[name].astype(np.float64) + mean_change[name]).astype(global_weights[name].dtype)
+        for name in global_weights
+    }
+    result = strategy.aggregate(
+        global_weights, [ClientUpdate(new_weights, num_examples=1)], state=server_state
+    )
+    details = {**result.details, **details, "secure_aggregation_sites": len(masked)}
+    return result.weights, result.state, details
+
+
+def _mean_change(
+    job: Job, change_sum: NDArray[np.float64], weight_sum: float, spec: ModelSpec
+) -> tuple[Weights, Details]:
+    settings = PrivacySettings.from_json(job.study.privacy)
+    mechanism = settings.differential_privacy
+    summed = unflatten(change_sum, spec)
+    if mechanism is None or mechanism.level is not DPLevel.CLIENT:
+        return {name: array / weight_sum for name, array in summed.items()}, {}
+    num_sites = round(weight_sum)  # each site packed the weight 1
+    noise = float(job.privacy["differential_privacy"]["noise_multiplier"])
+    mean = dp.noisy_mean_from_sum(
+        summed,
+        num_sites,
+        noise_multiplier=noise,
+        clipping_norm=mechanism.clipping_norm,
+        rng=dp.secure_generator(),
+    )
+    std = dp.gaussian_noise_std(noise, mechanism.clipping_norm, num_sites)
+    return mean, {"noise_multiplier": noise, "noise_std": std, "num_sites": num_sites}

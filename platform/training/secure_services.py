@@ -1,0 +1,133 @@
+"""What a site sends in each phase of a secure-aggregation round (docs/privacy.md).
+
+Each service checks that the site takes part, that the round is in the matching phase and
+that the site is one of the phase's members, stores the message (unique per site, round
+and kind, so a retry of the same message is answered as a duplicate), then lets the round
+move on. Under the round's lock, like every change of a round's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+
+from audit.services import audit_record
+from federation.wire import sha256_hex
+from fedplatform.errors import Conflict, InvalidInput
+from institutions.models import AgentCredential
+from training import privacy, secure_rounds, services
+from training.blobs import blob_store
+from training.models import ACCEPTING_STATES, Round, SecAggMessage, SecAggMessageKind
+from training.secure_rounds import Phase
+
+
+@dataclass(frozen=True)
+class MessageResult:
+    message: SecAggMessage
+    duplicate: bool
+
+
+def _checked_round(round_id: int, credential: AgentCredential, phase: Phase) -> Round:
+    services._round_for_site(round_id, credential)  # NotFound for another institution's round
+    round_ = services._round(round_id)
+    services._check_site_may_answer(round_, credential)
+    if round_.state not in ACCEPTING_STATES:
+        raise Conflict(f"round {round_.number} is {round_.state}; it takes no messages", code="round_closed")
+    secure_rounds.check_phase(round_, phase)
+    secure_rounds.check_member(round_, credential.institution_id, services.approved_sites(round_.job))
+    return round_
+
+
+def _store(
+    round_: Round, credential: AgentCredential, kind: SecAggMessageKind, payload: Mapping[str, object]
+) -> MessageResult:
+    existing = round_.secagg_messages.filter(institution=credential.institution_id, kind=kind).first()
+    if existing is not None:
+        if existing.payload != payload:
+            raise Conflict(f"this site already sent different {kind} for this round", code="message_exists")
+        return MessageResult(existing, duplicate=True)
+    try:
+        with transaction.atomic():
+            message = SecAggMessage.objects.create(
+                round=round_, institution_id=credential.institution_id, kind=kind, payload=dict(payload)
+            )
+    except IntegrityError:
+        raise Conflict(f"this site already sent {kind} for this round", code="message_exists") from None
+    audit_record(
+        actor=f"agent:{credential.pk}",
+        kind=f"secure_aggregation.{kind}",
+        institution=credential.institution,
+        job=round_.job,
+        details={"round": round_.number},
+    )
+    services._round_reached_quorum(round_)
+    return MessageResult(message, duplicate=False)
+
+
+@transaction.atomic
+def secagg_keys_submit(
+    *, round_id: int, credential: AgentCredential, keys: Mapping[str, object]
+) -> MessageResult:
+    round_ = _checked_round(round_id, credential, Phase.ADVERTISE)
+    return _store(round_, credential, SecAggMessageKind.KEYS, secure_rounds.check_keys(keys))
+
+
+@transaction.atomic
+def secagg_shares_submit(
+    *, round_id: int, credential: AgentCredential, shares: Mapping[str, str]
+) -> MessageResult:
+    round_ = _checked_round(round_id, credential, Phase.SHARE)
+    checked = secure_rounds.check_shares(round_, credential.institution_id, shares)
+    return _store(round_, credential, SecAggMessageKind.SHARES, checked)
+
+
+@transaction.atomic
+def secagg_unmasking_submit(
+    *, round_id: int, credential: AgentCredential, answer: Mapping[str, object]
+) -> MessageResult:
+    round_ = _checked_round(round_id, credential, Phase.UNMASK)
+    checked = secure_rounds.check_unmasking(answer)
+    requested = {str(site) for site in round_.secure_aggregation["survivors"]} | {
+        str(site) for site in round_.secure_aggregation["dropped"]
+    }
+    given = set(checked["self_mask_shares"]) | set(checked["mask_key_shares"])  # type: ignore[call-overload]
+    if not given <= requested:
+        raise InvalidInput("the answer holds shares of sites the round did not ask about")
+    return _store(round_, credential, SecAggMessageKind.UNMASKING, checked)
+
+
+def secagg_masked_submit(
+    *, round_id: int, credential: AgentCredential, meta: services.UpdateMeta, data: bytes
+) -> services.SubmitResult:
+    """A site's masked update: checked for its exact form, stored, then recorded.
+
+    ``meta.num_examples`` is not sent (the weight travels inside the masked sum); the
+    record holds 1, so the round's metrics are combined with equal weights.
+    """
+    round_ = services._round_for_site(round_id, credential)
+    if not secure_rounds.is_secure(round_):
+        raise Conflict(f"round {round_.number} does not use secure aggregation", code="not_secure")
+    secure_rounds.decode_masked(data, secure_rounds.config_of(round_).dimension)
+    sha256 = sha256_hex(data)
+    blob_store().put(data)
+    return _masked_accept(round_id, credential, meta, sha256, len(data))
+
+
+@transaction.atomic
+def _masked_accept(
+    round_id: int, credential: AgentCredential, meta: services.UpdateMeta, sha256: str, size: int
+) -> services.SubmitResult:
+    round_ = services._round(round_id)
+    if (duplicate := services._existing(round_, credential, sha256)) is not None:
+        return duplicate
+    services._check_site_may_answer(round_, credential)
+    if round_.state not in ACCEPTING_STATES:
+        raise Conflict(f"round {round_.number} is {round_.state}; it takes no updates", code="round_closed")
+    secure_rounds.check_phase(round_, Phase.MASK)
+    secure_rounds.check_member(round_, credential.institution_id, services.approved_sites(round_.job))
+    services._check_binding(round_, meta)
+    update = services._update_record(round_, credential, 1, meta.metrics, sha256, size, meta.dp_steps)
+    privacy.privacy_spend_sample_update(update=update)
+    return services.SubmitResult(update, duplicate=False)

@@ -1,0 +1,161 @@
+"""This site's side of a secure-aggregation round (docs/privacy.md).
+
+The server hands out one task per phase; :class:`SecureRound` answers the advertise,
+share and unmask phases, and masks the trained update in the mask phase (the runner trains).
+The protocol's client state (private keys, self-mask seed, the shares it holds and what
+it has revealed) lives in ``state_dir/secagg/round-<id>.json``, mode 0600, written
+*before* each answer is sent: after a restart the agent sends the same keys and shares
+again and never reveals both shares of one site. The file is removed once the round's
+last answer is accepted. It never leaves the site.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from federation.errors import FederationError
+from federation.privacy import secagg
+from federation.privacy.secure_fedavg import flatten
+from federation.types import ModelSpec, Weights
+from silo_agent.errors import TaskError
+from silo_agent.files import atomic_write
+from silo_agent.tasks import JsonObject, WorkTask
+
+PHASES = ("advertise", "share", "mask", "unmask")
+_T = TypeVar("_T")
+
+
+class SecureRound:
+    """The protocol state of one round at this site, kept on disk between phases."""
+
+    def __init__(self, state_dir: Path, task: WorkTask, site_id: int) -> None:
+        view = task.secure_aggregation
+        assert view is not None
+        self.view = view
+        self.phase = _phase(view)
+        self.round_id = task.round_id
+        self._path = state_dir / "secagg" / f"round-{task.round_id}.json"
+        self._site_id = site_id
+        self._config = _config(view, task)
+
+    # --- phases the runner hands over ---------------------------------------------------
+
+    def keys(self) -> dict[str, str]:
+        """The advertise phase: this round's public keys (the same after a restart)."""
+        client = self._load(create=True)
+        self._save(client)
+        return client.advertise_keys().to_json()
+
+    def shares(self) -> dict[str, str]:
+        """The share phase: a bundle for each other site of the roster, encrypted for it."""
+        client = self._load()
+        bundles = _guarded(lambda: client.share_keys(secagg.roster_from_json(_object(self.view, "roster"))))
+        self._save(client)
+        return {str(peer): base64.b64encode(bundle).decode("ascii") for peer, bundle in bundles.items()}
+
+    def mask(self, sent: Weights, global_weights: Weights, spec: ModelSpec, weight: float) -> bytes:
+        """The mask phase: ``[weight * (sent - global), weight]`` masked, as the bytes to upload."""
+        client = self._load()
+        change = flatten(sent, spec) - flatten(global_weights, spec)
+        packed = secagg.pack_weighted(change, weight)
+        masked = _guarded(lambda: client.masked_input(packed, self._inbound()))
+        self._save(client)
+        return _encode_masked(masked)
+
+    def unmasking(self) -> dict[str, object]:
+        """The unmask phase: the shares the server asked for (never both of one site)."""
+        client = self._load()
+        survivors, dropped = _sites(self.view, "survivors"), _sites(self.view, "dropped")
+        answer = _guarded(
+            lambda: client.unmasking_shares(survivors=survivors, dropped=dropped, inbound=self._inbound())
+        )
+        self._save(client)
+        return dict(answer.to_json())
+
+    def finish(self) -> None:
+        self._path.unlink(missing_ok=True)
+
+    # --- state on disk ------------------------------------------------------------------
+
+    def _load(self, *, create: bool = False) -> secagg.SecAggClient:
+        if self._path.exists():
+            try:
+                data = json.loads(self._path.read_text(encoding="utf-8"))
+                client = secagg.SecAggClient.from_json(data)
+            except (OSError, ValueError, FederationError) as error:
+                raise TaskError(
+                    f"the secure-aggregation state of round {self.round_id} is damaged: {error}"
+                ) from None
+            if client.config != self._config:
+                raise TaskError(f"round {self.round_id} changed its secure-aggregation settings mid-round")
+            return client
+        if not create:
+            raise TaskError(
+                f"the secure-aggregation keys of round {self.round_id} are lost; "
+                "this site cannot continue the round"
+            )
+        return secagg.SecAggClient(site_id=self._site_id, config=self._config)
+
+    def _save(self, client: secagg.SecAggClient) -> None:
+        atomic_write(self._path, json.dumps(client.to_json()).encode("utf-8"), mode=0o600)
+
+    def _inbound(self) -> dict[int, bytes]:
+        inbound = _object(self.view, "inbound")
+        try:
+            return {
+                int(sender): base64.b64decode(str(text), validate=True) for sender, text in inbound.items()
+            }
+        except (ValueError, binascii.Error):
+            raise TaskError("malformed task: secure_aggregation.inbound holds a bad bundle") from None
+
+
+def _phase(view: JsonObject) -> str:
+    phase = view.get("phase")
+    if phase not in PHASES:
+        raise TaskError(f"malformed task: unknown secure_aggregation.phase {phase!r}")
+    return str(phase)
+
+
+def _config(view: JsonObject, task: WorkTask) -> secagg.SecAggConfig:
+    """The round's protocol settings, checked to name this very job and round: keys bound to
+    another round's context must never be reused here."""
+    config = _guarded(lambda: secagg.SecAggConfig.from_json(_object(view, "config")))
+    expected = f"job={task.job_id};round={task.round_number};base={task.model_version.sha256}"
+    if expected not in config.round_context.decode("utf-8", "replace"):
+        raise TaskError("the secure-aggregation settings name another job, round or model")
+    return config
+
+
+def _object(view: JsonObject, key: str) -> Mapping[str, object]:
+    value = view.get(key)
+    if not isinstance(value, Mapping):
+        raise TaskError(f"malformed task: secure_aggregation.{key} must be an object")
+    return value
+
+
+def _sites(view: JsonObject, key: str) -> list[int]:
+    value = view.get(key)
+    if not isinstance(value, list) or not all(isinstance(site, int) for site in value):
+        raise TaskError(f"malformed task: secure_aggregation.{key} must be a list of site ids")
+    return value
+
+
+def _guarded(operation: Callable[[], _T]) -> _T:
+    try:
+        return operation()
+    except FederationError as error:
+        raise TaskError(f"secure aggregation: {error}") from None
+
+
+def _encode_masked(vector: NDArray[np.uint64]) -> bytes:
+    from safetensors.numpy import save
+
+    return bytes(save({"masked": np.ascontiguousarray(vector, dtype=np.uint64)}))

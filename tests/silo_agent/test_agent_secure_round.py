@@ -1,0 +1,80 @@
+"""The site's side of a secure-aggregation round: state kept on disk between phases, the
+same keys after a restart, and refusals of settings that name another round."""
+
+from __future__ import annotations
+
+import stat
+
+import numpy as np
+import pytest
+from agent_fakes import global_model_bytes, make_task
+from safetensors.numpy import load
+
+from federation.privacy import secagg
+from federation.types import ModelSpec, TensorSpec
+from silo_agent.errors import TaskError
+from silo_agent.secure_round import SecureRound
+from silo_agent.tasks import parse_task
+
+pytestmark = pytest.mark.privacy
+
+MODEL = global_model_bytes()
+
+
+def _task(phase: str, *, round_number: int = 1, **view: object) -> object:
+    raw = make_task(MODEL, job_id=4, round_id=21, round_number=round_number)
+    sha = raw["model_version"]["sha256"]  # type: ignore[index]
+    config = secagg.SecAggConfig(
+        round_context=f"fedhealth;job=4;round=1;base={sha}".encode(), threshold=2, dimension=5
+    )
+    raw["secure_aggregation"] = {"phase": phase, "config": config.to_json(), **view}
+    return parse_task(raw)
+
+
+def test_a_restarted_agent_advertises_the_same_keys_and_keeps_its_secrets_private(tmp_path):
+    first = SecureRound(tmp_path, _task("advertise"), site_id=7).keys()
+    again = SecureRound(tmp_path, _task("advertise"), site_id=7).keys()
+    assert first == again
+    state = tmp_path / "secagg" / "round-21.json"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+
+
+def test_settings_that_name_another_round_are_refused(tmp_path):
+    with pytest.raises(TaskError, match="another job, round or model"):
+        SecureRound(tmp_path, _task("advertise", round_number=2), site_id=7)
+
+
+def test_lost_keys_end_the_sites_part_in_the_round_with_a_clear_error(tmp_path):
+    with pytest.raises(TaskError, match="keys of round 21 are lost"):
+        SecureRound(tmp_path, _task("share", roster={}), site_id=7).shares()
+
+
+def test_three_sites_reach_the_plain_sum_through_the_phases(tmp_path):
+    ids = (7, 8, 9)
+    keys = {site: SecureRound(tmp_path / str(site), _task("advertise"), site).keys() for site in ids}
+    roster = {str(site): value for site, value in keys.items()}
+    bundles = {
+        site: SecureRound(tmp_path / str(site), _task("share", roster=roster), site).shares() for site in ids
+    }
+    spec = ModelSpec((TensorSpec("w", (4,)),))
+    start = {"w": np.zeros(4, np.float32)}
+    trained = {site: {"w": np.arange(4, dtype=np.float32) * site} for site in ids}
+    masked = {}
+    for site in ids:
+        inbound = {str(sender): bundles[sender][str(site)] for sender in ids if sender != site}
+        task = _task("mask", roster=roster, inbound=inbound)
+        blob = SecureRound(tmp_path / str(site), task, site).mask(trained[site], start, spec, weight=2.0)
+        masked[site] = load(blob)["masked"]
+    answers = {}
+    for site in ids:
+        inbound = {str(sender): bundles[sender][str(site)] for sender in ids if sender != site}
+        view = {"roster": roster, "inbound": inbound, "survivors": list(ids), "dropped": []}
+        answers[site] = secagg.UnmaskingShares.from_json(
+            SecureRound(tmp_path / str(site), _task("unmask", **view), site).unmasking()
+        )
+    config = secagg.SecAggConfig.from_json(_task("advertise").secure_aggregation["config"])  # type: ignore[index]
+    total = secagg.unmask_sum(
+        config, secagg.roster_from_json(roster), masked, answers, dropped_after_sharing=[]
+    )
+    expected = np.concatenate([2.0 * np.arange(4) * sum(ids), [6.0]])
+    np.testing.assert_allclose(total, expected, atol=secagg.error_bound(3))
