@@ -47,6 +47,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/aggregate_bench.py
+	$(BIN)/python bench/secagg_bench.py
 
 figures: $(STAMP)
 	$(BIN)/python bench/figures.py

@@ -33,9 +33,7 @@ def aggregate_secure_round(
     round_ = Round.objects.get(pk=round_id)
     updates = secure_rounds.survivors_updates(round_)
     dimension = secure_rounds.config_of(round_).dimension
-    masked = {
-        u.institution_id: secure_rounds.decode_masked(blob_store().read(u.sha256), dimension) for u in updates
-    }
+    masked = (secure_rounds.decode_masked(blob_store().read(u.sha256), dimension) for u in updates)
     change_sum, weight_sum = secagg.unpack_weighted_sum(secure_rounds.unmasked_sum(round_, masked))
     mean_change, details = _mean_change(job, change_sum, weight_sum, spec)
     new_weights = {
@@ -45,7 +43,7 @@ def aggregate_secure_round(
     result = strategy.aggregate(
         global_weights, [ClientUpdate(new_weights, num_examples=1)], state=server_state
     )
-    details = {**result.details, **details, "secure_aggregation_sites": len(masked)}
+    details = {**result.details, **details, "secure_aggregation_sites": len(updates)}
     return result.weights, result.state, details
 
 

@@ -18,7 +18,7 @@ the :class:`SecAggMessage` rows; :mod:`training.services` takes the locks and de
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from numpy.typing import NDArray
@@ -228,18 +228,25 @@ def decode_masked(data: bytes, dimension: int) -> NDArray[np.uint64]:
 # --- unmasking -------------------------------------------------------------------------------
 
 
-def unmasked_sum(round_: Round, masked: Mapping[int, NDArray[np.uint64]]) -> NDArray[np.float64]:
-    """The decoded sum of the survivors' packed inputs; fails below the threshold."""
+def unmasked_sum(round_: Round, masked: Iterable[NDArray[np.uint64]]) -> NDArray[np.float64]:
+    """The decoded sum of the survivors' packed inputs; fails below the threshold.
+
+    ``masked`` is consumed one vector at a time into a running ring sum, so memory stays
+    at two vectors whatever the number of sites.
+    """
     record = round_.secure_aggregation
     answers = round_.secagg_messages.filter(kind=SecAggMessageKind.UNMASKING)
     shares = {m.institution_id: secagg.UnmaskingShares.from_json(m.payload) for m in answers}
-    return secagg.unmask_sum(
-        config_of(round_),
+    config = config_of(round_)
+    total = secagg.unmask_total(
+        config,
         secagg.roster_from_json(record["roster"]),
-        masked,
-        shares,
+        secagg.sum_masked(masked),
+        survivors=sorted(_sites(round_, "survivors")),
+        unmasking_shares=shares,
         dropped_after_sharing=[int(site) for site in record["dropped"]],
     )
+    return secagg.decode(total, config.fraction_bits)
 
 
 def survivors_updates(round_: Round) -> list[Update]:

@@ -49,8 +49,8 @@ Decisions about the routes Django and drf-spectacular bring:
 
 from __future__ import annotations
 
-import enum
 import base64
+import enum
 import json
 import logging
 import re

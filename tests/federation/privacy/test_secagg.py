@@ -3,7 +3,6 @@
 import json
 import math
 import random
-import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -305,12 +304,13 @@ def test_both_sites_of_a_pair_derive_the_same_seed_and_only_for_this_round() -> 
     assert not np.array_equal(prg(u_seed, 8), prg(other_round, 8))
 
 
-def test_the_prg_fills_ten_million_values_well_under_a_second() -> None:
-    values = np.zeros(10_000_000, dtype=np.uint64)  # pages touched: time the PRG, not the kernel
-    start = time.perf_counter()
+def test_the_prg_fills_long_vectors_with_uniform_bits_chunk_by_chunk() -> None:
+    # Longer than one internal chunk, so the chunked fill is checked against the one-shot prg.
+    # Its speed is a figure of bench/secagg_bench.py, not a test.
+    values = np.zeros(3_000_000, dtype=np.uint64)
     prg_fill(bytes(range(32)), values)
-    assert time.perf_counter() - start < 0.5
     assert abs(float((values >> np.uint64(63)).mean()) - 0.5) < 0.01
+    np.testing.assert_array_equal(values[-5:], prg(bytes(range(32)), 3_000_000)[-5:])
     np.testing.assert_array_equal(values[:5], prg(bytes(range(32)), 5))
 
 
