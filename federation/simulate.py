@@ -5,6 +5,10 @@
         --alpha 0.5 --strategy fedadam --param server_learning_rate=0.05
     python -m federation.simulate --csv site_a.csv site_b.csv --schema schema.json
     python -m federation.simulate --silos 5 --strategy median --attack scaled --malicious 1
+    python -m federation.simulate --dp-level client --clipping-norm 0.1 --epsilon 3
+    python -m federation.simulate --dp-level sample --clipping-norm 1.0 --noise-multiplier 1.1
+    python -m federation.simulate --silos 5 --secure-aggregation --secure-dropouts 1
+    python -m federation.simulate --secure-aggregation --dp-level client --clipping-norm 0.1 --epsilon 3
 
 Prints one line per round with a progress bar, then a comparison table, and as its last
 line one JSON object with the figures (``--json-only`` prints only that line).
@@ -25,8 +29,9 @@ from rich.table import Table
 from federation.aggregation.strategies import StrategyName, build_strategy
 from federation.attacks import AttackKind
 from federation.data import BUILTIN_DATASETS, DataSchema, PartitionKind
-from federation.errors import FederationError
+from federation.errors import ConfigurationError, FederationError
 from federation.models import ModelKind
+from federation.privacy.settings import DEFAULT_DELTA, DifferentialPrivacy, DPLevel
 from federation.simulation import RoundRecord, SimulationConfig, SimulationReport, run_simulation
 
 
@@ -77,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--learning-rate", type=float, default=0.1, help="client learning rate")
     training.add_argument("--seed", type=int, default=0)
     _add_attack_arguments(parser)
+    _add_privacy_arguments(parser)
+    _add_secure_aggregation_arguments(parser)
     output = parser.add_argument_group("output")
     output.add_argument(
         "--no-baselines", action="store_true", help="skip centralized and local-only training"
@@ -106,6 +113,64 @@ def _add_attack_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
+    privacy = parser.add_argument_group("differential privacy (see federation.privacy)")
+    privacy.add_argument(
+        "--dp-level",
+        choices=[level.value for level in DPLevel],
+        help="client: DP-FedAvg (clip each silo's delta, noise at the server); sample: DP-SGD in each silo",
+    )
+    privacy.add_argument(
+        "--clipping-norm",
+        type=float,
+        help="L2 bound of a silo's delta (client) or of one example's gradient (sample); default 1.0",
+    )
+    noise = privacy.add_mutually_exclusive_group()
+    noise.add_argument("--noise-multiplier", type=float, help="noise std / clipping norm")
+    noise.add_argument("--epsilon", type=float, help="the whole run's budget: the noise is derived from it")
+    privacy.add_argument("--delta", type=float, default=DEFAULT_DELTA, help=f"default {DEFAULT_DELTA}")
+
+
+def _add_secure_aggregation_arguments(parser: argparse.ArgumentParser) -> None:
+    secure = parser.add_argument_group("secure aggregation (see federation.privacy.secure_fedavg)")
+    secure.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="the server sees only the sum of the updates (at least 3 silos; not with robust strategies)",
+    )
+    secure.add_argument(
+        "--secure-threshold",
+        type=int,
+        help="how many silos must answer each phase (default: a strict majority)",
+    )
+    secure.add_argument(
+        "--secure-dropouts",
+        type=int,
+        default=0,
+        help="how many silos, drawn afresh each round, drop after sharing their keys (default 0)",
+    )
+
+
+def _differential_privacy(args: argparse.Namespace) -> DifferentialPrivacy | None:
+    if args.dp_level is None:
+        given = [
+            flag
+            for flag in ("clipping_norm", "noise_multiplier", "epsilon")
+            if getattr(args, flag) is not None
+        ]
+        if given:
+            flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
+            verb = "needs" if len(given) == 1 else "need"
+            raise ConfigurationError(f"{flags} {verb} --dp-level client or sample")
+        return None
+    clipping_norm = 1.0 if args.clipping_norm is None else args.clipping_norm
+    if not clipping_norm > 0:
+        raise ConfigurationError(f"--clipping-norm must be positive, got {clipping_norm}")
+    if args.noise_multiplier is not None and not args.noise_multiplier > 0:
+        raise ConfigurationError(f"--noise-multiplier must be positive, got {args.noise_multiplier}")
+    return DifferentialPrivacy(DPLevel(args.dp_level), clipping_norm, args.noise_multiplier)
+
+
 def config_from_args(args: argparse.Namespace) -> SimulationConfig:
     schema = DataSchema.from_json(json.loads(args.schema.read_text())) if args.schema else None
     dataset = args.dataset or (None if args.csv else "breast_cancer")
@@ -131,6 +196,12 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         num_malicious=_num_malicious(args),
         attack_scale=args.attack_scale,
         attack_z=args.attack_z,
+        differential_privacy=_differential_privacy(args),
+        target_epsilon=args.epsilon,
+        delta=args.delta,
+        secure_aggregation=args.secure_aggregation,
+        secure_aggregation_threshold=args.secure_threshold,
+        secure_dropouts=args.secure_dropouts,
     )
 
 
@@ -176,6 +247,25 @@ def _attack_line(config: SimulationConfig) -> str:
     return f"; attack {config.attack.value} by malicious silo(s) {silos}"
 
 
+def _secure_line(config: SimulationConfig) -> str:
+    if not config.secure_aggregation:
+        return ""
+    dropouts = f", {config.secure_dropouts} dropping per round" if config.secure_dropouts else ""
+    return f"; secure aggregation (threshold {config.secure_threshold} of {config.num_sites}{dropouts})"
+
+
+def _privacy_line(report: SimulationReport) -> str:
+    privacy = report.privacy
+    if privacy is None:
+        return "no differential privacy"
+    noise = ", ".join(f"{z:.4g}" for z in sorted(set(privacy.noise_multipliers)))
+    return (
+        f"{privacy.level.value}-level DP: noise multiplier {noise}, clipping norm {privacy.clipping_norm:g}; "
+        f"epsilon spent {privacy.epsilon:.4f} at delta {privacy.delta:g}"
+        + (f" (budget {privacy.target_epsilon:g})" if privacy.target_epsilon is not None else "")
+    )
+
+
 def run(config: SimulationConfig, console: Console, quiet: bool) -> SimulationReport:
     with Progress(
         TextColumn("[bold]rounds"),
@@ -208,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(
                 f"{config.strategy.name.value}, {config.model_kind.value} model, {config.num_silos} silos "
                 f"({config.dataset or 'CSV files'}, {config.partition.value}), "
-                f"{config.rounds} rounds, seed {config.seed}{_attack_line(config)}"
+                f"{config.rounds} rounds, seed {config.seed}{_attack_line(config)}{_secure_line(config)}"
             )
         report = run(config, console, quiet=args.json_only)
     except (FederationError, OSError, json.JSONDecodeError) as error:
@@ -216,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.json_only and config.baselines:
         console.print(_comparison_table(report))
+    if not args.json_only and report.privacy is not None:
+        console.print(_privacy_line(report))
     print(json.dumps(report.summary()))
     return 0
 

@@ -10,6 +10,32 @@ To measure robust aggregation, the first ``num_malicious`` silos can be made mal
 they train honestly on their own data, then an attack from :mod:`federation.attacks`
 replaces what they send, every round, before the strategy aggregates.
 
+With differential privacy (:mod:`federation.privacy`):
+
+* client level (DP-FedAvg): each silo clips its delta (:func:`~federation.privacy.dp.clip_delta`),
+  the server averages the clipped deltas unweighted and adds Gaussian noise
+  (:func:`~federation.privacy.dp.dp_fedavg`); the noisy mean then goes through the
+  strategy as one update (server optimizers are post-processing). The robust rules need
+  each update on its own, so they are refused;
+* sample level (DP-SGD): each silo trains with Opacus (torch models only), with its own
+  noise multiplier when it is derived from the budget (silo sizes differ).
+
+Either way the noise is fixed for the whole run, derived from ``target_epsilon`` when the
+DP settings give none, and the report says the epsilon spent (from the RDP accountant of
+:mod:`federation.privacy.accounting`). The centralized and local-only baselines train
+without DP: they are the reference DP is measured against.
+
+With secure aggregation (Bonawitz et al., CCS 2017; :mod:`federation.privacy.secagg`) each
+round runs :func:`~federation.privacy.secure_fedavg.secure_round`: a real SecAggClient per
+silo, the same packing as the platform, and the server learns only the sum of the updates.
+``secure_dropouts`` silos, drawn afresh each round, drop after sharing their keys; their
+updates are not counted. Client-level DP then happens inside the secure round (each silo
+clips its own change, the server adds the noise to the sum), so it is not applied a second
+time; sample-level DP happens in training and composes unchanged. The robust rules and a
+FedAvg weight cap need each update on its own and are refused, as are fewer than 3 silos.
+The silos' keys and masks come from a stream seeded by the run's seed so that a run repeats
+exactly: a real site draws them from ``os.urandom`` (the default of ``secure_round``).
+
 The command-line front end is :mod:`federation.simulate`.
 """
 
@@ -22,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.aggregation.strategies import FedProx, Strategy
+from federation.aggregation.strategies import AggregationResult, FedAvg, FedProx, Strategy
 from federation.attacks import AttackKind, attack, little_is_enough_z
 from federation.data import (
     DataSchema,
@@ -38,6 +64,16 @@ from federation.data import (
 from federation.errors import ConfigurationError
 from federation.metrics import combine_metrics, compute_metrics
 from federation.models import ModelAdapter, ModelConfig, ModelKind, TrainConfig, build_model
+from federation.privacy.accounting import (
+    PrivacyEvent,
+    PrivacyLedgerState,
+    noise_for_epsilon,
+    sample_level_noise_for_job,
+)
+from federation.privacy.dp import clip_delta, dp_fedavg
+from federation.privacy.secagg import minimum_threshold
+from federation.privacy.secure_fedavg import MIN_SITES, ClientDP, secure_round
+from federation.privacy.settings import DEFAULT_DELTA, DifferentialPrivacy, DPLevel
 from federation.types import ClientUpdate, Weights
 
 
@@ -69,6 +105,18 @@ class SimulationConfig:
     attack_scale: float | None = None
     #: The shift of "a little is enough" in standard deviations; ``None`` is the paper's.
     attack_z: float | None = None
+    #: Differential privacy: level, clipping norm and (optionally) noise multiplier.
+    differential_privacy: DifferentialPrivacy | None = None
+    #: The whole run's epsilon budget, from which the noise is derived (give this or the
+    #: DP settings' noise multiplier, not both).
+    target_epsilon: float | None = None
+    delta: float = DEFAULT_DELTA
+    #: Aggregate every round with secure aggregation: the server sees only the sum.
+    secure_aggregation: bool = False
+    #: How many silos must answer each phase; ``None`` is a strict majority.
+    secure_aggregation_threshold: int | None = None
+    #: How many silos (drawn afresh each round) drop after sharing their keys.
+    secure_dropouts: int = 0
 
     def __post_init__(self) -> None:
         if (self.dataset is None) == (not self.csv_files):
@@ -80,9 +128,82 @@ class SimulationConfig:
         if not 0 < self.test_fraction < 1:
             raise ConfigurationError("test_fraction must lie in (0, 1)")
         self._check_attack()
+        self._check_privacy()
+        self._check_secure_aggregation()
+
+    def _check_privacy(self) -> None:
+        dp = self.differential_privacy
+        if not 0 < self.delta < 1e-2:
+            raise ConfigurationError(f"delta must lie in (0, 0.01), got {self.delta}")
+        if dp is None:
+            if self.target_epsilon is not None:
+                raise ConfigurationError("a target epsilon needs differential privacy (a DP level)")
+            return
+        if (dp.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ConfigurationError(
+                "differential privacy needs a noise multiplier or a target epsilon (one)"
+            )
+        if self.target_epsilon is not None and not 0 < self.target_epsilon < float("inf"):
+            raise ConfigurationError(f"the target epsilon must be positive, got {self.target_epsilon}")
+        if dp.level is DPLevel.CLIENT and self.strategy.name.sees_single_updates:
+            raise ConfigurationError(
+                f"client-level DP averages clipped updates with noise; {self.strategy.name.value!r} needs "
+                "each update on its own: use fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi"
+            )
+        if dp.level is DPLevel.SAMPLE and not self.model_kind.uses_torch:
+            raise ConfigurationError(
+                "sample-level DP (DP-SGD) needs a torch model (logistic, mlp, cnn), "
+                f"not {self.model_kind.value!r}"
+            )
+
+    def _check_secure_aggregation(self) -> None:
+        if not self.secure_aggregation:
+            if self.secure_aggregation_threshold is not None or self.secure_dropouts:
+                raise ConfigurationError("a secure-aggregation threshold or dropouts need secure aggregation")
+            return
+        if self.strategy.name.sees_single_updates:
+            raise ConfigurationError(
+                "secure aggregation shows the server only the sum of the updates; "
+                f"{self.strategy.name.value!r} needs each update on its own: "
+                "use fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi"
+            )
+        if isinstance(self.strategy, FedAvg) and self.strategy.max_weight_share is not None:
+            raise ConfigurationError(
+                "secure aggregation shows the server only the sum of the weights; max_weight_share needs "
+                "each silo's: leave it unset"
+            )
+        silos = self.num_sites
+        if silos < MIN_SITES:
+            raise ConfigurationError(
+                f"secure aggregation needs at least {MIN_SITES} silos, got {silos}: with two, "
+                "either silo can read the other's update from the sum"
+            )
+        threshold = self.secure_threshold
+        if not minimum_threshold(silos) <= threshold <= silos:
+            raise ConfigurationError(
+                f"the secure-aggregation threshold must lie between {minimum_threshold(silos)} (a majority "
+                f"of the {silos} silos) and {silos}, got {threshold}"
+            )
+        if not 0 <= self.secure_dropouts <= silos - threshold:
+            raise ConfigurationError(
+                f"with threshold {threshold} of {silos} silos, at most {silos - threshold} may drop out "
+                f"each round, got {self.secure_dropouts}"
+            )
+
+    @property
+    def num_sites(self) -> int:
+        """How many silos take part: one per CSV file, else ``num_silos``."""
+        return len(self.csv_files) or self.num_silos
+
+    @property
+    def secure_threshold(self) -> int:
+        """The secure-aggregation threshold in force: the one given, or a strict majority."""
+        if self.secure_aggregation_threshold is not None:
+            return self.secure_aggregation_threshold
+        return minimum_threshold(self.num_sites)
 
     def _check_attack(self) -> None:
-        silos = len(self.csv_files) or self.num_silos
+        silos = self.num_sites
         if self.attack is AttackKind.NONE:
             if self.num_malicious:
                 raise ConfigurationError("malicious silos need an attack; without one every silo is honest")
@@ -117,6 +238,33 @@ class RoundRecord:
     seconds: float
 
 
+@dataclass(frozen=True)
+class PrivacyReport:
+    """What differential privacy cost: ``epsilon`` (at ``delta``) is the run's guarantee,
+    the largest of ``epsilon_per_silo`` (at the client level every silo gets the same).
+    ``noise_multipliers`` holds one value at the client level (the server's) and one per
+    silo at the sample level."""
+
+    level: DPLevel
+    clipping_norm: float
+    noise_multipliers: list[float]
+    delta: float
+    epsilon: float
+    epsilon_per_silo: list[float]
+    target_epsilon: float | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "level": self.level.value,
+            "clipping_norm": self.clipping_norm,
+            "noise_multipliers": [round(z, 6) for z in self.noise_multipliers],
+            "delta": self.delta,
+            "epsilon": round(self.epsilon, 6),
+            "epsilon_per_silo": [round(e, 6) for e in self.epsilon_per_silo],
+            "target_epsilon": self.target_epsilon,
+        }
+
+
 @dataclass
 class SimulationReport:
     config: SimulationConfig
@@ -125,7 +273,10 @@ class SimulationReport:
     federated: dict[str, float] = field(default_factory=dict)
     centralized: dict[str, float] = field(default_factory=dict)
     local: list[dict[str, float]] = field(default_factory=list)
+    privacy: PrivacyReport | None = None
     seconds: float = 0.0
+    #: The final global model (not in :meth:`summary`).
+    weights: Weights = field(default_factory=dict)
 
     def summary(self) -> dict[str, object]:
         """The figures a person compares, as one JSON-ready object."""
@@ -144,8 +295,20 @@ class SimulationReport:
             "attack": self.config.attack.value,
             # 1-based, like the comparison table's "silo 1".
             "malicious_silos": [index + 1 for index in self.config.malicious_silos],
+            "privacy": self.privacy.to_json() if self.privacy else None,
+            "secure_aggregation": _secure_json(self.config),
             "seconds": round(self.seconds, 2),
         }
+
+
+def _secure_json(config: SimulationConfig) -> dict[str, int] | None:
+    if not config.secure_aggregation:
+        return None
+    return {
+        "sites": config.num_sites,
+        "threshold": config.secure_threshold,
+        "dropouts": config.secure_dropouts,
+    }
 
 
 #: Called after every round with (round record, total rounds).
@@ -187,17 +350,133 @@ def load_silos(config: SimulationConfig, rng: np.random.Generator) -> tuple[list
     return silos, test
 
 
-def _train_config(config: SimulationConfig, *, epochs: int, seed: int, federated: bool = True) -> TrainConfig:
+def _train_config(
+    config: SimulationConfig,
+    *,
+    epochs: int,
+    seed: int,
+    federated: bool = True,
+    noise_multiplier: float | None = None,
+) -> TrainConfig:
     # FedProx's proximal term anchors local training to the round's global model; the
     # baselines train alone, so they have no anchor.
     mu = config.strategy.proximal_mu if federated and isinstance(config.strategy, FedProx) else 0.0
+    # Only silos training with DP-SGD get a noise multiplier (never the baselines).
+    dp = config.differential_privacy if noise_multiplier is not None else None
     return TrainConfig(
         epochs=epochs,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         proximal_mu=mu,
         seed=seed,
+        dp_noise_multiplier=noise_multiplier if dp else None,
+        dp_clipping_norm=dp.clipping_norm if dp else None,
+        # A simulation repeats exactly; a real site leaves dp_seed None (see TrainConfig).
+        dp_seed=seed if dp else None,
     )
+
+
+@dataclass
+class _PrivacyRun:
+    """A run's DP mechanism and the ledgers of what it spent: one for the server at the
+    client level, one per silo at the sample level."""
+
+    settings: DifferentialPrivacy
+    noise_multipliers: list[float]
+    ledgers: list[PrivacyLedgerState]
+    #: The server's noise (client level); seeded here, secure_generator() in production.
+    rng: np.random.Generator
+
+    def site_noise(self, index: int) -> float | None:
+        """The noise multiplier of silo ``index``'s DP-SGD; None at the client level."""
+        return self.noise_multipliers[index] if self.settings.level is DPLevel.SAMPLE else None
+
+    def report(self, config: SimulationConfig, num_silos: int) -> PrivacyReport:
+        epsilons = [ledger.epsilon(config.delta) for ledger in self.ledgers]
+        if self.settings.level is DPLevel.CLIENT:
+            epsilons = epsilons * num_silos  # one mechanism protects every silo alike
+        return PrivacyReport(
+            level=self.settings.level,
+            clipping_norm=self.settings.clipping_norm,
+            noise_multipliers=list(self.noise_multipliers),
+            delta=config.delta,
+            epsilon=max(epsilons),
+            epsilon_per_silo=epsilons,
+            target_epsilon=config.target_epsilon,
+        )
+
+
+#: Mixed into the seed of the server's DP noise stream.
+_DP_STREAM = 0xD9
+
+
+def _start_privacy(config: SimulationConfig, silo_sizes: Sequence[int]) -> _PrivacyRun | None:
+    dp = config.differential_privacy
+    if dp is None:
+        return None
+    noise = _noise_multipliers(config, dp, silo_sizes)
+    return _PrivacyRun(
+        settings=dp,
+        noise_multipliers=noise,
+        ledgers=[PrivacyLedgerState() for _ in noise],
+        rng=np.random.default_rng([config.seed, _DP_STREAM]),
+    )
+
+
+def _noise_multipliers(
+    config: SimulationConfig, dp: DifferentialPrivacy, silo_sizes: Sequence[int]
+) -> list[float]:
+    """One multiplier for the server (client level) or one per silo (sample level), given
+    or derived so the whole run spends at most the target epsilon."""
+    count = 1 if dp.level is DPLevel.CLIENT else len(silo_sizes)
+    if dp.noise_multiplier is not None:
+        return [dp.noise_multiplier] * count
+    assert config.target_epsilon is not None  # checked by SimulationConfig
+    if dp.level is DPLevel.CLIENT:
+        return [
+            noise_for_epsilon(target_epsilon=config.target_epsilon, delta=config.delta, steps=config.rounds)
+        ]
+    return [
+        sample_level_noise_for_job(
+            target_epsilon=config.target_epsilon,
+            delta=config.delta,
+            rounds=config.rounds,
+            epochs=config.local_epochs,
+            num_examples=size,
+            batch_size=config.batch_size,
+        )
+        for size in silo_sizes
+    ]
+
+
+@dataclass
+class _SecureRun:
+    """A run's secure-aggregation randomness: the silos that drop each round and the bytes
+    every SecAggClient draws its keys and masks from. Seeded so that a run repeats exactly;
+    a real site uses ``os.urandom`` (the default of ``secure_round``), never a seeded stream."""
+
+    rng: np.random.Generator
+    num_dropouts: int
+
+    def random_bytes(self, length: int) -> bytes:
+        return self.rng.bytes(length)
+
+    def dropped(self, num_silos: int) -> list[int]:
+        """This round's dropouts as site ids ``1..num_silos``."""
+        if not self.num_dropouts:
+            return []
+        chosen = self.rng.choice(num_silos, size=self.num_dropouts, replace=False)
+        return sorted(int(index) + 1 for index in chosen)
+
+
+#: Mixed into the seed of the secure-aggregation stream (keys, masks, dropouts).
+_SECAGG_STREAM = 0x5EC466
+
+
+def _start_secure_aggregation(config: SimulationConfig) -> _SecureRun | None:
+    if not config.secure_aggregation:
+        return None
+    return _SecureRun(np.random.default_rng([config.seed, _SECAGG_STREAM]), config.secure_dropouts)
 
 
 def _evaluate(model_config: ModelConfig, weights: Weights, data: Dataset, seed: int) -> dict[str, float]:
@@ -219,11 +498,13 @@ def run_simulation(config: SimulationConfig, progress: ProgressCallback | None =
     state: Weights = {}
     # Its own stream, so an attack never shifts the data split or the training.
     attack_rng = np.random.default_rng([config.seed, _ATTACK_STREAM])
+    privacy = _start_privacy(config, report.silo_sizes)
+    secure = _start_secure_aggregation(config)
     for round_number in range(1, config.rounds + 1):
         round_started = time.perf_counter()
-        updates, train_metrics = _local_round(config, worker, global_weights, silos, round_number)
+        updates, train_metrics = _local_round(config, worker, global_weights, silos, round_number, privacy)
         updates = poison_updates(config, global_weights, updates, attack_rng)
-        result = config.strategy.aggregate(global_weights, updates, state=state)
+        result = _aggregate(config, global_weights, updates, state, privacy, secure)
         global_weights, state = result.weights, result.state
         record = RoundRecord(
             round=round_number,
@@ -234,7 +515,8 @@ def run_simulation(config: SimulationConfig, progress: ProgressCallback | None =
         report.rounds.append(record)
         if progress:
             progress(record, config.rounds)
-    report.federated = report.rounds[-1].metrics
+    report.federated, report.weights = report.rounds[-1].metrics, global_weights
+    report.privacy = privacy.report(config, len(silos)) if privacy else None
     if config.baselines:
         report.centralized, report.local = _baselines(config, model_config, initial_weights, silos, test)
     report.seconds = time.perf_counter() - started
@@ -278,18 +560,88 @@ def _local_round(
     global_weights: Weights,
     silos: Sequence[Dataset],
     round_number: int,
+    privacy: _PrivacyRun | None = None,
 ) -> tuple[list[ClientUpdate], dict[str, float]]:
-    """Every silo trains from the global weights; one update each, aggregates only."""
+    """Every silo trains from the global weights; one update each, aggregates only.
+
+    With DP-SGD each silo's ledger records its steps; at the client level each silo clips
+    its delta before sending it (inside the secure round under secure aggregation)."""
     updates, reported = [], []
     for index, silo in enumerate(silos):
         worker.set_weights(global_weights)
         seed = config.seed * 1_000_003 + round_number * 1_009 + index
-        result = worker.fit(
-            silo.features, silo.labels, _train_config(config, epochs=config.local_epochs, seed=seed)
-        )
-        updates.append(ClientUpdate(worker.get_weights(), result.num_examples, result.metrics))
+        noise = privacy.site_noise(index) if privacy else None
+        train_config = _train_config(config, epochs=config.local_epochs, seed=seed, noise_multiplier=noise)
+        result = worker.fit(silo.features, silo.labels, train_config)
+        weights = worker.get_weights()
+        if privacy and result.privacy_spend is not None:
+            privacy.ledgers[index] = privacy.ledgers[index].spend(result.privacy_spend)
+        if privacy and privacy.settings.level is DPLevel.CLIENT and not config.secure_aggregation:
+            weights, _ = clip_delta(weights, global_weights, privacy.settings.clipping_norm)
+        updates.append(ClientUpdate(weights, result.num_examples, result.metrics))
         reported.append((result.metrics, result.num_examples))
     return updates, combine_metrics(reported)
+
+
+def _aggregate(
+    config: SimulationConfig,
+    global_weights: Weights,
+    updates: Sequence[ClientUpdate],
+    state: Weights,
+    privacy: _PrivacyRun | None,
+    secure: _SecureRun | None = None,
+) -> AggregationResult:
+    """The strategy's aggregate; at the client level, of DP-FedAvg's noisy mean alone."""
+    if secure is not None:
+        return _secure_aggregate(config, global_weights, updates, state, privacy, secure)
+    if privacy is None or privacy.settings.level is DPLevel.SAMPLE:
+        return config.strategy.aggregate(global_weights, updates, state=state)
+    noisy_mean, _ = dp_fedavg(
+        global_weights,
+        [update.weights for update in updates],
+        noise_multiplier=privacy.noise_multipliers[0],
+        clipping_norm=privacy.settings.clipping_norm,
+        rng=privacy.rng,
+    )
+    _spend_client_round(privacy)
+    # The strategy only post-processes the noisy mean (e.g. a server optimizer's step).
+    return config.strategy.aggregate(global_weights, [ClientUpdate(noisy_mean, 1)], state=state)
+
+
+def _spend_client_round(privacy: _PrivacyRun) -> None:
+    """Every silo takes part in every round: one unsampled Gaussian mechanism per round.
+
+    Silos that drop out of a secure round only lower the number of contributions; the
+    noise on the sum is still ``z * C`` against a sensitivity of ``C``."""
+    event = PrivacyEvent(privacy.noise_multipliers[0], 1.0, 1)
+    privacy.ledgers[0] = privacy.ledgers[0].spend(event)
+
+
+def _secure_aggregate(
+    config: SimulationConfig,
+    global_weights: Weights,
+    updates: Sequence[ClientUpdate],
+    state: Weights,
+    privacy: _PrivacyRun | None,
+    secure: _SecureRun,
+) -> AggregationResult:
+    """One secure-aggregation round; at the client level it clips and adds the noise itself."""
+    client_dp = None
+    if privacy is not None and privacy.settings.level is DPLevel.CLIENT:
+        client_dp = ClientDP(privacy.noise_multipliers[0], privacy.settings.clipping_norm, privacy.rng)
+    result = secure_round(
+        global_weights,
+        updates,
+        strategy=config.strategy,
+        threshold=config.secure_threshold,
+        dropped_before_masking=secure.dropped(len(updates)),
+        state=state,
+        random_bytes=secure.random_bytes,  # seeded for repeatable runs; os.urandom at real sites
+        client_dp=client_dp,
+    )
+    if privacy is not None and client_dp is not None:
+        _spend_client_round(privacy)
+    return result
 
 
 def _baselines(
