@@ -147,6 +147,8 @@ SPECTACULAR_SETTINGS = {
 CELERY_BROKER_URL = ENV.broker_url
 BROKER_FOLDER = DATA_DIR / "broker"
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # Kombu's own filesystem transport can hand a worker a half-written message.
+    CELERY_BROKER_TRANSPORT = "fedplatform.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_FOLDER),
         "data_folder_out": str(BROKER_FOLDER),
