@@ -9,6 +9,7 @@ and local-only training. The last line printed is one JSON object with the figur
     python deploy/run_local.py                          # embedded default: SQLite, no broker server
     python deploy/run_local.py --database-url postgresql://postgres@127.0.0.1:5432/test \\
         --broker-url redis://127.0.0.1:6379/0           # the production stack
+    python deploy/run_local.py --privacy '{"secure_aggregation": true}'   # docs/privacy.md
 
 Every process it starts is stopped when it ends, whatever happens.
 """
@@ -26,11 +27,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -47,6 +50,7 @@ from federation.types import ModelSpec  # noqa: E402
 from federation.wire import deserialize_weights, sha256_hex  # noqa: E402
 
 BIN = Path(sys.executable).parent
+_T = TypeVar("_T")
 
 
 def log(message: str) -> None:
@@ -320,9 +324,33 @@ def run_agent_command(site: Site, env: dict[str, str], *arguments: str) -> str:
     return result.stdout
 
 
+def in_parallel(function: Callable[[Site], _T], sites: list[Site]) -> list[_T]:
+    """``function`` for each site, in threads (each mostly waits on a subprocess), in order."""
+    with ThreadPoolExecutor(max_workers=max(1, len(sites))) as pool:
+        return list(pool.map(function, sites))
+
+
+def enroll_sites(api: Api, settings: Settings, sites: list[Site]) -> tuple[list[int], list[Api]]:
+    """Register each site's institution, enroll its agent and create its data owner."""
+    institution_ids = [api.call("POST", "institutions/", json={"name": s.name})["id"] for s in sites]
+    tokens = {
+        site.name: api.call("POST", f"institutions/{institution_id}/enrollment-tokens/")["token"]
+        for site, institution_id in zip(sites, institution_ids, strict=True)
+    }
+    owner_names = {site.name: f"owner-{i}" for site, i in zip(sites, institution_ids, strict=True)}
+
+    def enroll(site: Site) -> str:
+        # "--token=" because a token may begin with "-".
+        run_agent_command(site, settings.env, "enroll", f"--token={tokens[site.name]}")
+        return create_user(settings, owner_names[site.name], "data_owner", site.name)
+
+    return institution_ids, [Api(settings.url, token) for token in in_parallel(enroll, sites)]
+
+
 def agreed_scaling(sites: list[Site], env: dict[str, str]) -> dict[str, list[float]]:
     """Each site reports only count, sum and sum of squares per feature; combined here."""
-    moments = [FeatureMoments.from_json(json.loads(run_agent_command(s, env, "moments"))) for s in sites]
+    reports = in_parallel(lambda site: run_agent_command(site, env, "moments"), sites)
+    moments = [FeatureMoments.from_json(json.loads(report)) for report in reports]
     scaler = Standardizer.from_moments(combine_moments(moments))
     return {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
 
@@ -346,7 +374,7 @@ def study_body(dataset: Dataset, args: argparse.Namespace, scaling: dict, instit
         "strategy_params": {},
         "training": {"epochs": args.local_epochs, "batch_size": 32, "learning_rate": args.learning_rate},
         "feature_scaling": scaling,
-        "privacy": {},
+        "privacy": args.privacy,
         "validation_fraction": 0.2,
         "seed": args.seed,
         "institutions": institution_ids,
@@ -405,8 +433,12 @@ def evaluate(config: ModelConfig, weights: dict, data: Dataset) -> float:  # typ
 
 
 def baselines(
-    config: ModelConfig, initial: dict, shares: list[Dataset], test: Dataset, args: argparse.Namespace
-) -> tuple[float, list[float]]:  # type: ignore[type-arg]
+    config: ModelConfig,
+    initial: dict,  # type: ignore[type-arg]
+    shares: list[Dataset],
+    test: Dataset,
+    args: argparse.Namespace,
+) -> tuple[float, list[float]]:
     """Pooled training and each site alone, from the same initial model, as many epochs."""
     train = TrainConfig(
         epochs=args.rounds * args.local_epochs,
@@ -425,7 +457,11 @@ def baselines(
 
 
 def round_latencies(progress: dict) -> list[float]:  # type: ignore[type-arg]
-    """Seconds from a round's last update to the next round being available to agents."""
+    """Seconds from a round's last update to the next round being available to agents.
+
+    With secure aggregation the last update is the last masked one, so this includes the
+    round's unmask phase (one more poll and answer from every site) before aggregation.
+    """
     rounds = {r["number"]: r for r in progress["rounds"]}
     latencies = []
     for number, round_ in rounds.items():
@@ -475,18 +511,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             )
             for i, rows in enumerate(shares)
         ]
-        institution_ids, owners = [], []
-        for site in sites:
-            institution = api.call("POST", "institutions/", json={"name": site.name})
-            institution_ids.append(institution["id"])
-            token = api.call("POST", f"institutions/{institution['id']}/enrollment-tokens/")["token"]
-            # "--token=" because a token may begin with "-".
-            run_agent_command(site, settings.env, "enroll", f"--token={token}")
-            owners.append(
-                Api(
-                    settings.url, create_user(settings, f"owner-{institution['id']}", "data_owner", site.name)
-                )
-            )
+        institution_ids, owners = enroll_sites(api, settings, sites)
         log(f"{len(sites)} sites enrolled; agreeing feature scaling from per-site sums")
         study = api.call(
             "POST",
@@ -519,6 +544,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         api.call("POST", f"jobs/{job['id']}/start/")
         log(f"job {job['id']} started: {args.rounds} rounds of {args.strategy} with {len(sites)} agents")
         progress = follow_job(api, job["id"], args.rounds, processes, timeout=args.timeout)
+        log(f"job {job['id']} {progress['job']['state']}")
         if progress["job"]["state"] != "completed":
             raise RuntimeError(
                 f"job {job['id']} ended {progress['job']['state']}: {progress['job'].get('failure_reason')}"
@@ -528,22 +554,37 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         final, initial = versions[-1], versions[0]
         final_blob, final_sha = api.download(f"models/{final['id']}/download/")
         initial_blob, _ = api.download(f"models/{initial['id']}/download/")
+        finished_job = api.call("GET", f"jobs/{job['id']}/")
     if sha256_hex(final_blob) != final_sha:
         raise RuntimeError("the downloaded model does not match its checksum")
-    return figures(dataset, shares, test_rows, study, final_blob, initial_blob, progress, args, started)
+    log("computing the figures: pooled and local-only baselines")
+    result = figures(dataset, shares, test_rows, study, final_blob, initial_blob, progress, args, started)
+    return {**result, **privacy_figures(finished_job, versions)}
+
+
+def privacy_figures(job: dict, versions: list[dict]) -> dict[str, object]:  # type: ignore[type-arg]
+    """The privacy settings the job ran with (client-level noise resolved), what it spent,
+    and how many of its models came out of a secure-aggregation round (their provenance)."""
+    secure = [v for v in versions if "secure_aggregation_sites" in v["provenance"].get("details", {})]
+    return {
+        "privacy": job["privacy"],
+        "epsilon_spent": job["epsilon_spent"],
+        "training_stopped_after": job["training_stopped_after"],
+        "secure_aggregation_rounds": len(secure),
+    }
 
 
 def figures(
     dataset: Dataset,
     shares: list[np.ndarray],
     test_rows: np.ndarray,
-    study: dict,
-    final_blob: bytes,  # type: ignore[type-arg]
+    study: dict,  # type: ignore[type-arg]
+    final_blob: bytes,
     initial_blob: bytes,
-    progress: dict,
+    progress: dict,  # type: ignore[type-arg]
     args: argparse.Namespace,
     started: float,
-) -> dict[str, object]:  # type: ignore[type-arg]
+) -> dict[str, object]:
     config = ModelConfig.from_json(study["model"])
     scaler = Standardizer(
         mean=np.array(study["feature_scaling"]["mean"]), std=np.array(study["feature_scaling"]["std"])
@@ -560,6 +601,7 @@ def figures(
         args,
     )
     latencies = round_latencies(progress)
+    durations = [r["duration_seconds"] for r in progress["rounds"] if r["kind"] == "train" and r["closed_at"]]
     return {
         "federated_accuracy": round(evaluate(config, final, test), 4),
         "centralized_accuracy": round(centralized, 4),
@@ -568,6 +610,7 @@ def figures(
         "sites": args.sites,
         "test_rows": len(test_rows),
         "round_latency_median_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
+        "round_seconds_median": round(statistics.median(durations), 2) if durations else None,
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -587,7 +630,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database-url", help="default: SQLite in the data folder")
     parser.add_argument("--broker-url", help="default: the filesystem transport in the data folder")
     parser.add_argument("--timeout", type=float, default=900, help="seconds the job may take")
+    parser.add_argument(
+        "--privacy",
+        type=json_object,
+        default="{}",
+        metavar="JSON",
+        help="the study's privacy settings (docs/privacy.md), e.g. '{\"secure_aggregation\": true}'",
+    )
     return parser.parse_args(argv)
+
+
+def json_object(text: str) -> dict[str, object]:
+    """An argparse type: one JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{}'")
+    return value
 
 
 def _exit_on_signal(number: int, frame: object) -> None:

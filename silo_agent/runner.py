@@ -36,6 +36,10 @@ from silo_agent.tasks import ModelVersionRef, TaskKind, WorkTask, parse_task
 logger = logging.getLogger(__name__)
 
 
+#: Answers that end this site's part in a secure-aggregation round.
+ROUND_OVER_CODES = frozenset({"wrong_phase", "dropped", "round_closed", "job_not_running", "refused"})
+
+
 class TaskOutcome(enum.StrEnum):
     """How a task ended."""
 
@@ -125,6 +129,18 @@ class TaskRunner:
 
     def _secure(self, task: WorkTask, model: ModelConfig) -> TaskOutcome:
         secure = SecureRound(self._store.directory, task, self._institution_id)
+        try:
+            return self._secure_phase(task, model, secure)
+        except ApiError as error:
+            if error.status != 409 or error.code not in ROUND_OVER_CODES:
+                raise
+            # Out of this round for good: its secrets have nothing left to protect here.
+            logger.warning("this site is out of the secure round: %s", error)
+            self._store.mark_done(TaskKind.TRAIN, task.round_id)
+            secure.finish()
+            return TaskOutcome.SECURE_STEP
+
+    def _secure_phase(self, task: WorkTask, model: ModelConfig, secure: SecureRound) -> TaskOutcome:
         if secure.phase == "mask":
             return self._train(task, model, secure)
         self._progress(ProgressStep.UPLOADING, f"secure aggregation: the {secure.phase} step")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +31,8 @@ from silo_agent.files import atomic_write
 from silo_agent.tasks import JsonObject, WorkTask
 
 PHASES = ("advertise", "share", "mask", "unmask")
+#: Secure-aggregation state older than this belongs to a round that is over.
+ABANDONED_AFTER_SECONDS = 7 * 24 * 3600
 _T = TypeVar("_T")
 
 
@@ -43,6 +46,8 @@ class SecureRound:
         self.phase = _phase(view)
         self.round_id = task.round_id
         self._path = state_dir / "secagg" / f"round-{task.round_id}.json"
+        self._masked_path = state_dir / "secagg" / f"round-{task.round_id}.masked"
+        _prune_abandoned(state_dir / "secagg")
         self._site_id = site_id
         self._config = _config(view, task)
 
@@ -62,13 +67,20 @@ class SecureRound:
         return {str(peer): base64.b64encode(bundle).decode("ascii") for peer, bundle in bundles.items()}
 
     def mask(self, sent: Weights, global_weights: Weights, spec: ModelSpec, weight: float) -> bytes:
-        """The mask phase: ``[weight * (sent - global), weight]`` masked, as the bytes to upload."""
+        """The mask phase: ``[weight * (sent - global), weight]`` masked, as the bytes to upload.
+
+        The masked bytes are written before the state that records them, and reused once
+        it does: after a crash the same bytes are sent again, never a second masked input.
+        """
         client = self._load()
+        if client.to_json()["masked_peers"] is not None and self._masked_path.exists():
+            return self._masked_path.read_bytes()
         change = flatten(sent, spec) - flatten(global_weights, spec)
         packed = secagg.pack_weighted(change, weight)
-        masked = _guarded(lambda: client.masked_input(packed, self._inbound()))
+        masked = _encode_masked(_guarded(lambda: client.masked_input(packed, self._inbound())))
+        atomic_write(self._masked_path, masked, mode=0o600)
         self._save(client)
-        return _encode_masked(masked)
+        return masked
 
     def unmasking(self) -> dict[str, object]:
         """The unmask phase: the shares the server asked for (never both of one site)."""
@@ -82,6 +94,7 @@ class SecureRound:
 
     def finish(self) -> None:
         self._path.unlink(missing_ok=True)
+        self._masked_path.unlink(missing_ok=True)
 
     # --- state on disk ------------------------------------------------------------------
 
@@ -117,6 +130,17 @@ class SecureRound:
             raise TaskError("malformed task: secure_aggregation.inbound holds a bad bundle") from None
 
 
+def _prune_abandoned(folder: Path) -> None:
+    """Remove the secrets of rounds left long ago (a round lasts hours at most): a site that
+    dropped out never hears the round end."""
+    if not folder.exists():
+        return
+    cutoff = time.time() - ABANDONED_AFTER_SECONDS
+    for path in folder.glob("round-*"):
+        if path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+
+
 def _phase(view: JsonObject) -> str:
     phase = view.get("phase")
     if phase not in PHASES:
@@ -128,8 +152,8 @@ def _config(view: JsonObject, task: WorkTask) -> secagg.SecAggConfig:
     """The round's protocol settings, checked to name this very job and round: keys bound to
     another round's context must never be reused here."""
     config = _guarded(lambda: secagg.SecAggConfig.from_json(_object(view, "config")))
-    expected = f"job={task.job_id};round={task.round_number};base={task.model_version.sha256}"
-    if expected not in config.round_context.decode("utf-8", "replace"):
+    expected = f"fedhealth;job={task.job_id};round={task.round_number};base={task.model_version.sha256}"
+    if config.round_context != expected.encode():
         raise TaskError("the secure-aggregation settings name another job, round or model")
     return config
 

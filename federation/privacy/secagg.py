@@ -94,6 +94,8 @@ SHAMIR_PRIME = (1 << 521) - 1
 SHARE_BYTES = 66
 _INT64_MAX = (1 << 63) - 1
 _NONCE_BYTES = 12
+#: Size of one encrypted share bundle: nonce, two shares, the AES-GCM tag.
+SHARE_BUNDLE_BYTES = _NONCE_BYTES + 2 * SHARE_BYTES + 16
 _PRG_CHUNK_BYTES = 1 << 20
 _CHACHA_ZERO_NONCE = bytes(16)
 _LABEL = b"federation.secagg.v1/"

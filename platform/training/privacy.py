@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from federation.aggregation.strategies import Details, Strategy
+from federation.errors import ConfigurationError
 from federation.privacy import accounting, dp
 from federation.privacy.settings import DPLevel, PrivacySettings
 from federation.types import ClientUpdate, ModelSpec, Weights
@@ -37,16 +38,24 @@ def job_privacy_resolve(*, study: Study, num_rounds: int) -> dict[str, object]:
 
     Raises :class:`InvalidInput` when the budget cannot cover a single round.
     """
-    settings = PrivacySettings.from_json(study.privacy)
+    try:
+        settings = PrivacySettings.from_json(study.privacy)
+    except ConfigurationError as error:  # a study set up before these settings were checked
+        raise InvalidInput(f"the study's privacy settings are not valid: {error}") from None
     resolved = settings.to_json()
     mechanism = settings.differential_privacy
     if mechanism is None or mechanism.level is not DPLevel.CLIENT:
         return resolved
     noise = mechanism.noise_multiplier
     if noise is None:
-        noise = accounting.noise_for_epsilon(
-            target_epsilon=settings.budget, steps=num_rounds, delta=settings.delta
-        )
+        try:
+            noise = accounting.noise_for_epsilon(
+                target_epsilon=settings.budget, steps=num_rounds, delta=settings.delta
+            )
+        except ConfigurationError as error:
+            raise InvalidInput(
+                f"epsilon {settings.budget:g} cannot cover {num_rounds} rounds: {error}"
+            ) from None
     first_round = accounting.client_level_epsilon(noise_multiplier=noise, rounds=1, delta=settings.delta)
     if first_round > settings.budget + BUDGET_TOLERANCE:
         raise InvalidInput(
@@ -84,7 +93,11 @@ def training_round_refusal(*, job: Job, number: int) -> str | None:
 
 def _sample_refusal(job: Job, settings: PrivacySettings, number: int) -> str | None:
     """Sample level: each site's own events, with its last round repeated once more."""
-    for spend in PrivacySpend.objects.filter(job=job).exclude(events=[]):
+    refused = job.refusals.values("institution")
+    spends = (
+        PrivacySpend.objects.filter(job=job).exclude(institution__in=refused).select_related("institution")
+    )
+    for spend in spends.exclude(events=[]):
         predicted = accounting.events_epsilon(
             _events([*spend.events, spend.events[-1]]), delta=settings.delta
         )
@@ -157,8 +170,14 @@ def privacy_spend_sample_update(*, update: Update) -> None:
 
 
 def _events(rows: list[list[float]]) -> list[accounting.PrivacyEvent]:
-    """Ledger rows ``[noise_multiplier, sampling_rate, steps, round]`` as accounting events."""
-    return [accounting.PrivacyEvent(float(row[0]), float(row[1]), int(row[2])) for row in rows]
+    """Ledger rows ``[noise_multiplier, sampling_rate, steps, round]`` as accounting events,
+    rounds with the same mechanism merged into one (composition only adds their steps), so
+    the epsilon of a long job costs one composition per distinct mechanism, not per round."""
+    merged: dict[tuple[float, float], int] = {}
+    for row in rows:
+        key = (float(row[0]), float(row[1]))
+        merged[key] = merged.get(key, 0) + int(row[2])
+    return [accounting.PrivacyEvent(noise, rate, steps) for (noise, rate), steps in merged.items()]
 
 
 def _spend_row(job: Job, institution_id: int, settings: PrivacySettings) -> PrivacySpend:
@@ -189,4 +208,7 @@ def check_dp_steps(*, job: Job, dp_steps: dict[str, float] | None) -> dict[str, 
         return {}
     if not dp_steps:
         raise InvalidInput("this study uses sample-level DP: the update must declare its dp_steps")
+    fixed = mechanism.noise_multiplier if mechanism is not None else None
+    if fixed is not None and abs(dp_steps["noise_multiplier"] - fixed) > 1e-9 * fixed:
+        raise InvalidInput(f"dp_steps.noise_multiplier must be the study's {fixed:g}")
     return dp_steps

@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from federation.aggregation.strategies import Details, Strategy
+from federation.errors import SecureAggregationError
 from federation.privacy import dp, secagg
 from federation.privacy.secure_fedavg import unflatten
 from federation.privacy.settings import DPLevel, PrivacySettings
@@ -35,7 +36,7 @@ def aggregate_secure_round(
     dimension = secure_rounds.config_of(round_).dimension
     masked = (secure_rounds.decode_masked(blob_store().read(u.sha256), dimension) for u in updates)
     change_sum, weight_sum = secagg.unpack_weighted_sum(secure_rounds.unmasked_sum(round_, masked))
-    mean_change, details = _mean_change(job, change_sum, weight_sum, spec)
+    mean_change, details = _mean_change(job, change_sum, weight_sum, len(updates), spec)
     new_weights = {
         name: (global_weights[name].astype(np.float64) + mean_change[name]).astype(global_weights[name].dtype)
         for name in global_weights
@@ -48,14 +49,19 @@ def aggregate_secure_round(
 
 
 def _mean_change(
-    job: Job, change_sum: NDArray[np.float64], weight_sum: float, spec: ModelSpec
+    job: Job, change_sum: NDArray[np.float64], weight_sum: float, num_sites: int, spec: ModelSpec
 ) -> tuple[Weights, Details]:
     settings = PrivacySettings.from_json(job.study.privacy)
     mechanism = settings.differential_privacy
     summed = unflatten(change_sum, spec)
     if mechanism is None or mechanism.level is not DPLevel.CLIENT:
         return {name: array / weight_sum for name, array in summed.items()}, {}
-    num_sites = round(weight_sum)  # each site packed the weight 1
+    # Each site packs the weight 1: the public count of survivors must match, or a site's
+    # contribution could exceed the sensitivity the noise is calibrated for.
+    if abs(weight_sum - num_sites) > 1e-3:
+        raise SecureAggregationError(
+            f"the masked weights sum to {weight_sum:.4f}, not the {num_sites} sites of client-level DP"
+        )
     noise = float(job.privacy["differential_privacy"]["noise_multiplier"])
     mean = dp.noisy_mean_from_sum(
         summed,

@@ -17,6 +17,8 @@ the :class:`SecAggMessage` rows; :mod:`training.services` takes the locks and de
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 from collections.abc import Iterable, Mapping
 
@@ -71,6 +73,16 @@ def secure_round_init(
         dimension=spec.numel + 1,  # the parameters' weighted change, then the weight
     )
     return {"phase": Phase.ADVERTISE.value, "config": config.to_json()}
+
+
+#: Fewest sites a secure sum may hold: with two, each site can subtract its own update.
+MIN_SECURE_SITES = 3
+
+
+def required_answers(round_: Round, *, min_updates: int) -> int:
+    """Fewest sites each phase must keep: the threshold, the job's quorum, and never fewer
+    than :data:`MIN_SECURE_SITES`."""
+    return max(config_of(round_).threshold, min_updates, MIN_SECURE_SITES)
 
 
 def phase_of(round_: Round) -> Phase:
@@ -181,14 +193,41 @@ def check_shares(round_: Round, institution_id: int, payload: Mapping[str, str])
     expected = {site for site in round_.secure_aggregation["roster"] if site != str(institution_id)}
     if set(payload) != expected:
         raise InvalidInput(f"send exactly one share bundle for each of the sites {sorted(expected, key=int)}")
+    for site, text in payload.items():
+        try:
+            size = len(base64.b64decode(text, validate=True))
+        except (ValueError, binascii.Error):
+            size = -1
+        if size != secagg.SHARE_BUNDLE_BYTES:
+            raise InvalidInput(
+                f"the bundle for site {site} is not base64 of {secagg.SHARE_BUNDLE_BYTES} bytes",
+                code="invalid_shares",
+            )
     return dict(payload)
 
 
-def check_unmasking(payload: Mapping[str, object]) -> dict[str, object]:
+def normalized_unmasking(payload: Mapping[str, object]) -> dict[str, object]:
+    """An unmasking answer in its stored form (so a retry compares equal)."""
     try:
         return dict(secagg.UnmaskingShares.from_json(payload).to_json())
     except SecureAggregationError as error:
         raise InvalidInput(str(error), code="invalid_shares") from None
+
+
+def check_unmasking(round_: Round, payload: Mapping[str, object]) -> dict[str, object]:
+    """Exactly the shares the round asks for: of each survivor's self mask, of each dropped
+    site's mask key."""
+    try:
+        answer = secagg.UnmaskingShares.from_json(payload)
+    except SecureAggregationError as error:
+        raise InvalidInput(str(error), code="invalid_shares") from None
+    if set(answer.self_mask_shares) != _sites(round_, "survivors"):
+        raise InvalidInput("send a self-mask share for exactly the round's survivors", code="invalid_shares")
+    if set(answer.mask_key_shares) != _sites(round_, "dropped"):
+        raise InvalidInput(
+            "send a mask-key share for exactly the round's dropped sites", code="invalid_shares"
+        )
+    return dict(answer.to_json())
 
 
 def masked_bytes_size(dimension: int) -> int:

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 
 from audit.services import audit_record
 from federation.wire import sha256_hex
-from fedplatform.errors import Conflict, InvalidInput
+from fedplatform.errors import Conflict
 from institutions.models import AgentCredential
 from training import privacy, secure_rounds, services
 from training.blobs import blob_store
@@ -29,25 +29,35 @@ class MessageResult:
     duplicate: bool
 
 
-def _checked_round(round_id: int, credential: AgentCredential, phase: Phase) -> Round:
+def _locked_round(round_id: int, credential: AgentCredential) -> Round:
     services._round_for_site(round_id, credential)  # NotFound for another institution's round
-    round_ = services._round(round_id)
+    return services._round(round_id)
+
+
+def _duplicate(
+    round_: Round, credential: AgentCredential, kind: SecAggMessageKind, payload: Mapping[str, object]
+) -> MessageResult | None:
+    """A repeat of a message already taken gets its first answer, whatever happened since
+    (the phase moved on because of it, say); a different message is a conflict."""
+    existing = round_.secagg_messages.filter(institution=credential.institution_id, kind=kind).first()
+    if existing is None:
+        return None
+    if existing.payload != payload:
+        raise Conflict(f"this site already sent different {kind} for this round", code="message_exists")
+    return MessageResult(existing, duplicate=True)
+
+
+def _check_round(round_: Round, credential: AgentCredential, phase: Phase) -> None:
     services._check_site_may_answer(round_, credential)
     if round_.state not in ACCEPTING_STATES:
         raise Conflict(f"round {round_.number} is {round_.state}; it takes no messages", code="round_closed")
     secure_rounds.check_phase(round_, phase)
     secure_rounds.check_member(round_, credential.institution_id, services.approved_sites(round_.job))
-    return round_
 
 
 def _store(
     round_: Round, credential: AgentCredential, kind: SecAggMessageKind, payload: Mapping[str, object]
 ) -> MessageResult:
-    existing = round_.secagg_messages.filter(institution=credential.institution_id, kind=kind).first()
-    if existing is not None:
-        if existing.payload != payload:
-            raise Conflict(f"this site already sent different {kind} for this round", code="message_exists")
-        return MessageResult(existing, duplicate=True)
     try:
         with transaction.atomic():
             message = SecAggMessage.objects.create(
@@ -70,15 +80,22 @@ def _store(
 def secagg_keys_submit(
     *, round_id: int, credential: AgentCredential, keys: Mapping[str, object]
 ) -> MessageResult:
-    round_ = _checked_round(round_id, credential, Phase.ADVERTISE)
-    return _store(round_, credential, SecAggMessageKind.KEYS, secure_rounds.check_keys(keys))
+    round_ = _locked_round(round_id, credential)
+    checked = secure_rounds.check_keys(keys)
+    if (duplicate := _duplicate(round_, credential, SecAggMessageKind.KEYS, checked)) is not None:
+        return duplicate
+    _check_round(round_, credential, Phase.ADVERTISE)
+    return _store(round_, credential, SecAggMessageKind.KEYS, checked)
 
 
 @transaction.atomic
 def secagg_shares_submit(
     *, round_id: int, credential: AgentCredential, shares: Mapping[str, str]
 ) -> MessageResult:
-    round_ = _checked_round(round_id, credential, Phase.SHARE)
+    round_ = _locked_round(round_id, credential)
+    if (duplicate := _duplicate(round_, credential, SecAggMessageKind.SHARES, dict(shares))) is not None:
+        return duplicate
+    _check_round(round_, credential, Phase.SHARE)
     checked = secure_rounds.check_shares(round_, credential.institution_id, shares)
     return _store(round_, credential, SecAggMessageKind.SHARES, checked)
 
@@ -87,14 +104,12 @@ def secagg_shares_submit(
 def secagg_unmasking_submit(
     *, round_id: int, credential: AgentCredential, answer: Mapping[str, object]
 ) -> MessageResult:
-    round_ = _checked_round(round_id, credential, Phase.UNMASK)
-    checked = secure_rounds.check_unmasking(answer)
-    requested = {str(site) for site in round_.secure_aggregation["survivors"]} | {
-        str(site) for site in round_.secure_aggregation["dropped"]
-    }
-    given = set(checked["self_mask_shares"]) | set(checked["mask_key_shares"])  # type: ignore[call-overload]
-    if not given <= requested:
-        raise InvalidInput("the answer holds shares of sites the round did not ask about")
+    round_ = _locked_round(round_id, credential)
+    normalized = secure_rounds.normalized_unmasking(answer)
+    if (duplicate := _duplicate(round_, credential, SecAggMessageKind.UNMASKING, normalized)) is not None:
+        return duplicate
+    _check_round(round_, credential, Phase.UNMASK)
+    checked = secure_rounds.check_unmasking(round_, answer)
     return _store(round_, credential, SecAggMessageKind.UNMASKING, checked)
 
 
@@ -111,8 +126,15 @@ def secagg_masked_submit(
         raise Conflict(f"round {round_.number} does not use secure aggregation", code="not_secure")
     secure_rounds.decode_masked(data, secure_rounds.config_of(round_).dimension)
     sha256 = sha256_hex(data)
+    if services._existing(round_, credential, sha256) is None:  # a retry gets its first answer below
+        _check_masked_acceptable(round_, credential, meta)
     blob_store().put(data)
     return _masked_accept(round_id, credential, meta, sha256, len(data))
+
+
+def _check_masked_acceptable(round_: Round, credential: AgentCredential, meta: services.UpdateMeta) -> None:
+    _check_round(round_, credential, Phase.MASK)
+    services._check_binding(round_, meta)
 
 
 @transaction.atomic
@@ -122,12 +144,7 @@ def _masked_accept(
     round_ = services._round(round_id)
     if (duplicate := services._existing(round_, credential, sha256)) is not None:
         return duplicate
-    services._check_site_may_answer(round_, credential)
-    if round_.state not in ACCEPTING_STATES:
-        raise Conflict(f"round {round_.number} is {round_.state}; it takes no updates", code="round_closed")
-    secure_rounds.check_phase(round_, Phase.MASK)
-    secure_rounds.check_member(round_, credential.institution_id, services.approved_sites(round_.job))
-    services._check_binding(round_, meta)
+    _check_masked_acceptable(round_, credential, meta)
     update = services._update_record(round_, credential, 1, meta.metrics, sha256, size, meta.dp_steps)
     privacy.privacy_spend_sample_update(update=update)
     return services.SubmitResult(update, duplicate=False)

@@ -323,32 +323,40 @@ def approved_sites(job: Job) -> set[int]:
 
 def _secure_round_progress(round_: Round, *, at_deadline: bool) -> str:
     """Move a secure-aggregation round to its next phase once every member answered, or at
-    the deadline once ``threshold`` did; below the threshold at the deadline, extend or fail."""
+    the deadline once enough did; with too few answers at the deadline, extend or fail."""
     members = secure_rounds.phase_members(round_, approved_sites(round_.job))
     answered = secure_rounds.phase_responders(round_) & members
-    if members - answered and not at_deadline:
-        return "unchanged"
-    threshold = secure_rounds.config_of(round_).threshold
-    if len(answered) < threshold:
-        if round_.deadline_extensions < round_.job.max_deadline_extensions:
-            return _round_extend(round_, len(answered))
-        phase = secure_rounds.phase_of(round_).value
+    required = secure_rounds.required_answers(round_, min_updates=round_.job.min_updates)
+    phase = secure_rounds.phase_of(round_).value
+    if len(members) < required:  # too few can still answer: waiting would not help
         _round_fail(
             round_,
-            f"only {len(answered)} sites answered the {phase} phase; secure aggregation needs {threshold}",
+            f"only {len(members)} sites remain in the {phase} phase; secure aggregation needs {required}",
+        )
+        return "failed"
+    if members - answered and not at_deadline:
+        return "unchanged"
+    if len(answered) < required:
+        if round_.deadline_extensions < round_.job.max_deadline_extensions:
+            return _round_extend(round_, len(answered))
+        _round_fail(
+            round_,
+            f"only {len(answered)} sites answered the {phase} phase; secure aggregation needs {required}",
         )
         return "failed"
     if secure_rounds.phase_of(round_) is secure_rounds.Phase.UNMASK:
         _round_close_collection(round_)
         return "closed"
-    phase = secure_rounds.phase_advance(round_, answered)
+    next_phase = secure_rounds.phase_advance(round_, answered)
+    # Each phase has its own deadline and its own extensions.
     round_.deadline_at = timezone.now() + timedelta(seconds=round_.job.round_deadline_seconds)
-    round_.save(update_fields=["secure_aggregation", "deadline_at"])
+    round_.deadline_extensions = 0
+    round_.save(update_fields=["secure_aggregation", "deadline_at", "deadline_extensions"])
     audit_record(
         actor="system",
         kind="round.secure_aggregation_phase",
         job=round_.job,
-        details={"round": round_.number, "phase": phase.value, "sites": sorted(answered)},
+        details={"round": round_.number, "phase": next_phase.value, "sites": sorted(answered)},
     )
     return "advanced"
 
@@ -649,6 +657,7 @@ def update_submit(
     An update the round would refuse anyway is refused before its blob is stored.
     """
     round_ = _round_for_site(round_id, credential)
+    _check_not_secure(round_)
     _check_tensors(round_, data)
     sha256 = sha256_hex(data)
     if _existing(round_, credential, sha256) is None:  # a retry gets its first answer below
@@ -657,7 +666,16 @@ def update_submit(
     return _update_accept(round_id, credential, meta, sha256, len(data))
 
 
+def _check_not_secure(round_: Round) -> None:
+    if secure_rounds.is_secure(round_):
+        raise Conflict(
+            f"round {round_.number} uses secure aggregation: send the masked update to secagg/masked",
+            code="secure_round",
+        )
+
+
 def _check_update_acceptable(round_: Round, credential: AgentCredential, meta: UpdateMeta) -> None:
+    _check_not_secure(round_)
     _check_site_may_answer(round_, credential)
     if round_.kind != RoundKind.TRAIN or round_.state not in ACCEPTING_STATES:
         raise Conflict(f"round {round_.number} is {round_.state}; it takes no updates", code="round_closed")

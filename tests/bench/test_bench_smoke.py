@@ -53,3 +53,19 @@ def test_the_privacy_figures_script_runs_with_secure_aggregation_rows(
     assert figures["secure_aggregation"]["no_dp"]["accuracy"] == figures["no_dp"]["accuracy"]
     assert figures["secure_aggregation"]["client"]["epsilon_spent"] <= 3.0
     assert (tmp_path / "privacy-accuracy-epsilon.png").stat().st_size > 0
+
+
+PRIVACY_CHECKS = BENCH.parent / "privacy_checks.py"
+
+
+@pytest.mark.privacy
+def test_the_privacy_checks_print_figures_within_their_bounds(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["privacy_checks.py", "--dimension", "5000"])
+    runpy.run_path(str(PRIVACY_CHECKS), run_name="__main__")
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(row["max_error"] <= row["bound"] for row in figures["secure_vs_plaintext"])
+    assert all(row["ours"] == pytest.approx(row["dp_accounting"], rel=0.01) for row in figures["epsilon"])
+    assert figures["noise_std"]["measured"] == pytest.approx(figures["noise_std"]["intended"], rel=0.02)
+    assert "threshold is 3" in figures["too_few_survivors"]

@@ -128,7 +128,10 @@ def _sweep_past_deadline(job_id: int) -> training_services.SweepOutcome:
 def _run_round(sites: list[Site], capture, *, drop_before_masking: int = 0, drop_before_unmasking: int = 0):  # type: ignore[no-untyped-def]
     secure = [SecureSite(site, index) for index, site in enumerate(sites)]
     job = start_job(
-        sites_of(sites), name=f"secure-{drop_before_masking}-{drop_before_unmasking}", privacy=SECURE
+        sites_of(sites),
+        name=f"secure-{drop_before_masking}-{drop_before_unmasking}",
+        privacy=SECURE,
+        min_updates=3,
     )
     for party in secure:
         party.advertise()
@@ -212,7 +215,7 @@ def test_fewer_survivors_than_the_threshold_fail_the_round_and_unmask_nothing(
     sites: list[Site], django_capture_on_commit_callbacks
 ) -> None:  # type: ignore[no-untyped-def]
     secure = [SecureSite(site, index) for index, site in enumerate(sites)]
-    job = start_job(sites_of(sites), name="too-few", privacy=SECURE)
+    job = start_job(sites_of(sites), name="too-few", privacy=SECURE, min_updates=3)
     for party in secure:
         party.advertise()
     for party in secure:
@@ -234,7 +237,7 @@ def test_a_site_that_dropped_out_gets_no_further_work_and_cannot_rejoin(
     sites: list[Site], django_capture_on_commit_callbacks
 ) -> None:  # type: ignore[no-untyped-def]
     secure = [SecureSite(site, index) for index, site in enumerate(sites)]
-    job = start_job(sites_of(sites), name="rejoin", privacy=SECURE)
+    job = start_job(sites_of(sites), name="rejoin", privacy=SECURE, min_updates=3)
     tasks = [party.advertise() for party in secure[1:]]
     _sweep_past_deadline(job.pk)  # the advertise phase ends with four sites
     assert sites[0].work() is None
@@ -255,7 +258,7 @@ def test_a_masked_upload_of_the_wrong_form_is_refused_with_a_clear_error(
     sites: list[Site], django_capture_on_commit_callbacks
 ) -> None:  # type: ignore[no-untyped-def]
     secure = [SecureSite(site, index) for index, site in enumerate(sites)]
-    start_job(sites_of(sites), name="wrong-form", privacy=SECURE)
+    start_job(sites_of(sites), name="wrong-form", privacy=SECURE, min_updates=3)
     for party in secure:
         party.advertise()
     for party in secure:
@@ -280,4 +283,65 @@ def test_robust_rules_and_weight_caps_are_refused_with_secure_aggregation(sites:
     from fedplatform.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="needs every site's update on its own"):
-        start_job(sites_of(sites), name="median", strategy="median", privacy=SECURE)
+        start_job(sites_of(sites), name="median", strategy="median", privacy=SECURE, min_updates=3)
+
+
+def _through_share_phase(sites: list[Site], name: str, **job_options: object) -> list[SecureSite]:
+    secure = [SecureSite(site, index) for index, site in enumerate(sites)]
+    start_job(sites_of(sites), name=name, privacy=SECURE, **job_options)  # type: ignore[arg-type]
+    for party in secure:
+        party.advertise()
+    for party in secure:
+        party.share()
+    return secure
+
+
+def test_a_plain_update_is_refused_in_a_secure_round_and_nothing_is_stored(sites: list[Site]) -> None:
+    _through_share_phase(sites, "plain-in-secure", min_updates=3)
+    task = sites[0].work()
+    blob = sites[0].model(task)
+    response = sites[0].upload(task, blob)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "secure_round"
+    assert not Round.objects.get(pk=task["round_id"]).updates.exists()
+
+
+def test_a_retry_after_the_phase_moved_on_gets_its_first_answer(sites: list[Site]) -> None:
+    secure = _through_share_phase(sites, "retry", min_updates=3)
+    task = sites[0].work()
+    assert task["secure_aggregation"]["phase"] == "mask"  # every site's keys moved the round on
+    keys = secure[0].client.advertise_keys().to_json()
+    response = sites[0].client.post(
+        f"/api/agent/v1/rounds/{task['round_id']}/secagg/keys", keys, format="json"
+    )
+    assert response.status_code == 200
+    assert response.json() == {"duplicate": True}
+
+
+def test_a_secure_round_never_ends_with_fewer_than_the_jobs_quorum(
+    sites: list[Site], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    secure = _through_share_phase(sites, "quorum")  # min_updates: all 5 sites
+    for party in secure[1:]:
+        party.mask(django_capture_on_commit_callbacks)
+    job_id = Round.objects.get(secure_aggregation__phase="mask").job_id
+    assert _sweep_past_deadline(job_id).extended == 1
+    assert _sweep_past_deadline(job_id).failed == 1
+    assert "secure aggregation needs 5" in Round.objects.get(job_id=job_id).failure_reason
+
+
+def test_an_unmasking_answer_must_hold_exactly_the_shares_asked_for(
+    sites: list[Site], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    secure = _through_share_phase(sites, "exact-shares", min_updates=3)
+    for party in secure:
+        party.mask(django_capture_on_commit_callbacks)
+    task = sites[0].work()
+    view = task["secure_aggregation"]
+    inbound = {int(sender): base64.b64decode(text) for sender, text in view["inbound"].items()}
+    answer = secure[0].client.unmasking_shares(survivors=view["survivors"][:3], dropped=[], inbound=inbound)
+    response = sites[0].client.post(
+        f"/api/agent/v1/rounds/{task['round_id']}/secagg/unmasking", answer.to_json(), format="json"
+    )
+    assert response.status_code == 400
+    assert "exactly the round's survivors" in response.json()["error"]["message"]

@@ -4,6 +4,7 @@ same keys after a restart, and refusals of settings that name another round."""
 from __future__ import annotations
 
 import stat
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -78,3 +79,34 @@ def test_three_sites_reach_the_plain_sum_through_the_phases(tmp_path):
     )
     expected = np.concatenate([2.0 * np.arange(4) * sum(ids), [6.0]])
     np.testing.assert_allclose(total, expected, atol=secagg.error_bound(3))
+
+
+def test_after_a_crash_in_the_mask_phase_the_same_masked_bytes_are_sent_again(tmp_path):
+    ids = (7, 8, 9)
+    keys = {site: SecureRound(tmp_path / str(site), _task("advertise"), site).keys() for site in ids}
+    roster = {str(site): value for site, value in keys.items()}
+    bundles = {
+        site: SecureRound(tmp_path / str(site), _task("share", roster=roster), site).shares() for site in ids
+    }
+    inbound = {str(sender): bundles[sender]["7"] for sender in (8, 9)}
+    spec = ModelSpec((TensorSpec("w", (4,)),))
+    start = {"w": np.zeros(4, np.float32)}
+    first = SecureRound(tmp_path / "7", _task("mask", roster=roster, inbound=inbound), 7).mask(
+        {"w": np.ones(4, np.float32)}, start, spec, weight=1.0
+    )
+    # Retrained after a restart (DP-SGD noise differs): the first masked input is sent again.
+    again = SecureRound(tmp_path / "7", _task("mask", roster=roster, inbound=inbound), 7).mask(
+        {"w": np.full(4, 2.0, np.float32)}, start, spec, weight=1.0
+    )
+    assert again == first
+
+
+def test_settings_that_merely_contain_this_rounds_name_are_refused(tmp_path):
+    raw_task = _task("advertise")
+    config = secagg.SecAggConfig.from_json(raw_task.secure_aggregation["config"])  # type: ignore[index]
+    forged = secagg.SecAggConfig(
+        round_context=b"other;x" + config.round_context + b"-more", threshold=2, dimension=5
+    )
+    view = {**raw_task.secure_aggregation, "config": forged.to_json()}  # type: ignore[dict-item]
+    with pytest.raises(TaskError, match="another job, round or model"):
+        SecureRound(tmp_path, replace(raw_task, secure_aggregation=view), site_id=7)  # type: ignore[arg-type]
