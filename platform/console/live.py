@@ -21,6 +21,7 @@ from training.models import Job, JobState, ModelVersion, RoundKind, RoundState, 
 from training.selectors import (
     RoundProgress,
     SiteProgress,
+    job_epsilon_spent,
     job_progress,
     model_version_list,
     provenance_visible,
@@ -104,6 +105,23 @@ def _job(job: Job, rounds: list[RoundProgress]) -> Payload:
         "finished_at": job.finished_at,
         "terminal": job.state in TERMINAL_STATES,
         "actions": allowed_actions(job.state),
+        "privacy": privacy_summary(job),
+    }
+
+
+def privacy_summary(job: Job) -> Payload:
+    """What the job promises and what it has spent, in words for the page."""
+    settings = job.study.privacy or {}
+    mechanism = settings.get("differential_privacy")
+    parts = ["secure aggregation"] if settings.get("secure_aggregation") else []
+    if mechanism:
+        parts.append(f"{mechanism['level']}-level DP")
+    spent = job_epsilon_spent(job=job)
+    return {
+        "label": ", ".join(parts) or "none",
+        "epsilon_spent": spent,
+        "epsilon_budget": settings.get("epsilon"),
+        "training_stopped_after": job.training_stopped_after,
     }
 
 

@@ -128,3 +128,23 @@ def test_revoking_a_credential_asks_first(coordinator: Client, hospital_a: Insti
     assert 'data-state="revoked"' in html
     assert 'data-testid="revoke-button"' not in html
     assert AuditEvent.objects.filter(kind="agent.revoked", actor="user:carol").count() == 1
+
+
+@pytest.mark.privacy
+def test_the_institution_page_shows_its_privacy_ledger(
+    coordinator: Client, owner_b: Client, hospital_a: Institution, running_job
+) -> None:  # type: ignore[no-untyped-def]
+    from training.models import PrivacySpend
+
+    empty = coordinator.get(f"/institutions/{hospital_a.pk}/").content.decode()
+    assert "No differentially private job has used this institution's data yet." in empty
+    PrivacySpend.objects.create(
+        job=running_job, institution=hospital_a, level="client", epsilon=2.5, delta=1e-5, rounds=3, events=[]
+    )
+    html = coordinator.get(f"/institutions/{hospital_a.pk}/").content.decode()
+    row = re.search(r'<tr data-testid="ledger-row">(.*?)</tr>', html, re.S)
+    assert row is not None
+    assert f"#{running_job.pk}" in row.group(1)
+    assert "2.500" in row.group(1)
+    assert "Total epsilon 2.500" in html
+    assert owner_b.get(f"/institutions/{hospital_a.pk}/").status_code == 404  # another institution's

@@ -258,3 +258,25 @@ def test_job_list_filters_by_state(observer: Client, running_job: Job, study_a: 
     assert f"/jobs/{running_job.pk}/" in running
     assert f"/jobs/{draft.pk}/" not in running
     assert observer.get("/jobs/?state=bogus").content.decode().count('data-testid="job-row"') == 2
+
+
+@pytest.mark.privacy
+def test_the_job_page_shows_its_privacy_and_the_epsilon_spent(
+    coordinator: Client, running_job: Job, hospital_a
+) -> None:  # type: ignore[no-untyped-def]
+    from studies.models import Study
+    from training.models import PrivacySpend
+
+    assert ">none<" in coordinator.get(f"/jobs/{running_job.pk}/").content.decode()
+    privacy = {
+        "secure_aggregation": True,
+        "differential_privacy": {"level": "client", "clipping_norm": 1.0, "noise_multiplier": 1.0},
+        "epsilon": 8.0,
+    }
+    Study.objects.filter(pk=running_job.study_id).update(privacy=privacy)
+    PrivacySpend.objects.create(
+        job=running_job, institution=hospital_a, level="client", epsilon=1.25, delta=1e-5, rounds=1, events=[]
+    )
+    html = coordinator.get(f"/jobs/{running_job.pk}/").content.decode()
+    assert "secure aggregation, client-level DP" in html
+    assert "epsilon 1.250 of 8.0" in html

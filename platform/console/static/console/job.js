@@ -116,6 +116,10 @@
       (job.current_round ? "Round " + job.current_round + " of " + job.num_rounds : "Not started");
     if (job.state === "completed") { roundText = "Completed"; }
     setText("job-round-text", roundText);
+    if (job.privacy && job.privacy.epsilon_budget) {
+      setText("job-epsilon", "epsilon " + Number(job.privacy.epsilon_spent || 0).toFixed(3) + " of " +
+        job.privacy.epsilon_budget + (job.privacy.training_stopped_after !== null ? " · budget reached" : ""));
+    }
     var failure = document.getElementById("job-failure");
     if (failure) { failure.textContent = job.failure_reason || ""; failure.hidden = !job.failure_reason; }
     setText("job-started", job.started_at ? DATE_FORMAT.format(new Date(job.started_at)) : "–");
