@@ -22,7 +22,9 @@ _JOB_SCOPE = "study__participants__institution"
 def job_list(*, scope: Scope, study_id: int | None = None, state: str | None = None) -> QuerySet[Job]:
     """Jobs with ``current_round`` (the highest round number, or None) annotated."""
     queryset = (
-        Job.objects.select_related("study").annotate(current_round=Max("rounds__number")).order_by("-pk")
+        Job.objects.select_related("study")
+        .annotate(current_round=Max("rounds__number"), most_epsilon_spent=Max("privacy_spends__epsilon"))
+        .order_by("-pk")
     )
     if study_id is not None:
         queryset = queryset.filter(study_id=study_id)
@@ -224,8 +226,11 @@ def privacy_ledger(*, institution: Institution) -> PrivacyLedger:
 
 
 def job_epsilon_spent(*, job: Job) -> float | None:
-    """The most any site has spent in ``job`` (None: the job uses no DP)."""
+    """The most any site has spent in ``job`` (None: the job uses no DP). Jobs from
+    :func:`job_list` carry it annotated; others cost one query."""
     if not job.study.privacy.get("differential_privacy"):
         return None
+    if hasattr(job, "most_epsilon_spent"):
+        return float(job.most_epsilon_spent or 0.0)
     spent = PrivacySpend.objects.filter(job=job).aggregate(most=Max("epsilon"))["most"]
     return float(spent or 0.0)
