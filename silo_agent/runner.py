@@ -36,8 +36,9 @@ from silo_agent.tasks import ModelVersionRef, TaskKind, WorkTask, parse_task
 logger = logging.getLogger(__name__)
 
 
-#: Answers that end this site's part in a secure-aggregation round.
-ROUND_OVER_CODES = frozenset({"wrong_phase", "dropped", "round_closed", "job_not_running", "refused"})
+#: Answers that end this site's part in a secure-aggregation round. Not "job_not_running":
+#: a paused job resumes, and the round's secrets are needed then.
+ROUND_OVER_CODES = frozenset({"wrong_phase", "dropped", "round_closed"})
 
 
 class TaskOutcome(enum.StrEnum):

@@ -134,6 +134,10 @@ class FakeServer:
     stored_updates: dict[int, bytes] = field(default_factory=dict)
     evaluations: dict[int, dict[str, object]] = field(default_factory=dict)
     refusals: list[tuple[int, str]] = field(default_factory=list)
+    #: Secure-aggregation messages received, as (round id, step, body).
+    secagg_messages: list[tuple[int, str, dict[str, object]]] = field(default_factory=list)
+    #: An error (status, code) to answer the next secure-aggregation message with.
+    secagg_error: tuple[int, str] | None = None
     on_work: Callable[[], None] | None = None
 
     @property
@@ -188,12 +192,21 @@ class FakeServer:
             return self._update(int(parts[1]), request)
         if parts[0] == "rounds" and parts[2] == "evaluation":
             return self._evaluation(int(parts[1]), json.loads(request.content))
+        if parts[0] == "rounds" and parts[2] == "secagg":
+            return self._secagg(int(parts[1]), parts[3], json.loads(request.content))
         if parts[0] == "jobs" and parts[2] == "refuse":
             self.refusals.append((int(parts[1]), json.loads(request.content)["reason"]))
             return httpx.Response(200, json={})
         return error(404, "not_found", "no such resource")
 
     # --- endpoints ---------------------------------------------------------------------
+
+    def _secagg(self, round_id: int, step: str, body: dict[str, object]) -> httpx.Response:
+        if self.secagg_error is not None:
+            status, code = self.secagg_error
+            return error(status, code, f"injected {code}")
+        self.secagg_messages.append((round_id, step, body))
+        return httpx.Response(201, json={"duplicate": False})
 
     def _enroll(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)

@@ -13,23 +13,28 @@ from safetensors.numpy import load
 
 from federation.privacy import secagg
 from federation.types import ModelSpec, TensorSpec
-from silo_agent.errors import TaskError
+from silo_agent.errors import ApiError, TaskError
+from silo_agent.runner import TaskOutcome
 from silo_agent.secure_round import SecureRound
-from silo_agent.tasks import parse_task
+from silo_agent.tasks import TaskKind, parse_task
 
 pytestmark = pytest.mark.privacy
 
 MODEL = global_model_bytes()
 
 
-def _task(phase: str, *, round_number: int = 1, **view: object) -> object:
+def _raw_task(phase: str, *, round_number: int = 1, **view: object) -> dict[str, object]:
     raw = make_task(MODEL, job_id=4, round_id=21, round_number=round_number)
     sha = raw["model_version"]["sha256"]  # type: ignore[index]
     config = secagg.SecAggConfig(
         round_context=f"fedhealth;job=4;round=1;base={sha}".encode(), threshold=2, dimension=5
     )
     raw["secure_aggregation"] = {"phase": phase, "config": config.to_json(), **view}
-    return parse_task(raw)
+    return raw
+
+
+def _task(phase: str, *, round_number: int = 1, **view: object) -> object:
+    return parse_task(_raw_task(phase, round_number=round_number, **view))
 
 
 def test_a_restarted_agent_advertises_the_same_keys_and_keeps_its_secrets_private(tmp_path):
@@ -110,3 +115,29 @@ def test_settings_that_merely_contain_this_rounds_name_are_refused(tmp_path):
     view = {**raw_task.secure_aggregation, "config": forged.to_json()}  # type: ignore[dict-item]
     with pytest.raises(TaskError, match="another job, round or model"):
         SecureRound(tmp_path, replace(raw_task, secure_aggregation=view), site_id=7)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "left"), [(409, "wrong_phase", True), (409, "job_not_running", False)]
+)
+def test_the_agent_leaves_a_round_it_is_out_of_but_keeps_a_paused_rounds_secrets(
+    server, make_harness, status, code, left
+):  # type: ignore[no-untyped-def]
+    harness = make_harness()
+    advertise = _raw_task("advertise")
+    assert harness.runner.handle(advertise) is TaskOutcome.SECURE_STEP
+    assert server.secagg_messages[0][1] == "keys"
+    state = harness.store.directory / "secagg" / "round-21.json"
+    assert state.exists()
+    server.secagg_error = (status, code)
+    config = secagg.SecAggConfig.from_json(advertise["secure_aggregation"]["config"])  # type: ignore[index]
+    other = secagg.SecAggClient(site_id=8, config=config).advertise_keys().to_json()
+    share = _raw_task("share", roster={"7": server.secagg_messages[0][2], "8": other})
+    if left:
+        assert harness.runner.handle(share) is TaskOutcome.SECURE_STEP
+        assert not state.exists()  # nothing left to protect: the secrets are gone
+        assert harness.store.load().is_completed(TaskKind.TRAIN, 21)
+    else:
+        with pytest.raises(ApiError):
+            harness.runner.handle(share)
+        assert state.exists()  # a paused job resumes: the round still needs them
