@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.http import FileResponse
@@ -22,6 +23,7 @@ from fedplatform.errors import InvalidInput, NotFound, TooLarge
 from fedplatform.parsers import BoundedJSONParser, loads_checked
 from fedplatform.serializers import MAX_ID, ErrorResponseSerializer
 from institutions import services as institution_services
+from institutions.models import AgentCredential
 from training import secure_services
 from training import services as training_services
 from training.blobs import blob_store
@@ -224,20 +226,41 @@ class UpdateUploadApi(AgentView):
         tags=["agent"],
     )
     def post(self, request: Request, round_id: int) -> Response:
-        _refuse_oversized(request, settings.FEDHEALTH_MAX_UPLOAD_BYTES)
-        credential = credential_of(request)
-        limit = training_services.update_size_limit(round_id=round_id, credential=credential)
-        _refuse_oversized(request, limit + MULTIPART_ALLOWANCE)  # before the body is parsed
-        data = self.AgentUpdateUploadInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        meta = _parse_meta(data.validated_data["meta"])
-        upload = data.validated_data["tensors"]
-        if upload.size > limit:  # before a byte of it is read into memory
-            raise TooLarge(f"the update is {upload.size} bytes; this round's model takes at most {limit}")
+        upload = _received_upload(request, round_id, self.AgentUpdateUploadInputSerializer, size_factor=1)
         result = training_services.update_submit(
-            round_id=round_id, credential=credential, meta=meta, data=upload.read()
+            round_id=round_id, credential=upload.credential, meta=_parse_meta(upload.meta), data=upload.data
         )
         return _submit_response(result)
+
+
+@dataclass(frozen=True)
+class _Upload:
+    credential: AgentCredential
+    meta: str
+    data: bytes
+
+
+def _received_upload(
+    request: Request,
+    round_id: int,
+    serializer: type[serializers.Serializer],
+    *,
+    size_factor: int,
+    extra_bytes: int = 0,
+) -> _Upload:
+    """A multipart upload's meta and bytes, every size checked before the body is read:
+    the round's limit is ``size_factor`` times its model's largest update plus ``extra_bytes``."""
+    _refuse_oversized(request, settings.FEDHEALTH_MAX_UPLOAD_BYTES)
+    credential = credential_of(request)
+    limit = size_factor * training_services.update_size_limit(round_id=round_id, credential=credential)
+    limit += extra_bytes
+    _refuse_oversized(request, limit + MULTIPART_ALLOWANCE)  # before the body is parsed
+    data = serializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    upload = data.validated_data["tensors"]
+    if upload.size > limit:  # before a byte of it is read into memory
+        raise TooLarge(f"the upload is {upload.size} bytes; this round takes at most {limit}")
+    return _Upload(credential, data.validated_data["meta"], upload.read())
 
 
 def _refuse_oversized(request: Request, limit: int) -> None:
@@ -371,18 +394,13 @@ class SecAggMaskedUploadApi(AgentView):
         tags=["agent"],
     )
     def post(self, request: Request, round_id: int) -> Response:
-        _refuse_oversized(request, settings.FEDHEALTH_MAX_UPLOAD_BYTES)
-        credential = credential_of(request)
-        limit = 2 * training_services.update_size_limit(round_id=round_id, credential=credential) + 4096
-        _refuse_oversized(request, limit + MULTIPART_ALLOWANCE)
-        data = self.AgentSecAggMaskedInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        meta = _parse_meta(data.validated_data["meta"], serializer=MaskedMetaSerializer, num_examples=1)
-        upload = data.validated_data["tensors"]
-        if upload.size > limit:
-            raise TooLarge(f"the masked update is {upload.size} bytes; this round takes at most {limit}")
+        # A masked update holds one uint64 per parameter: twice a float32 update.
+        upload = _received_upload(
+            request, round_id, self.AgentSecAggMaskedInputSerializer, size_factor=2, extra_bytes=4096
+        )
+        meta = _parse_meta(upload.meta, serializer=MaskedMetaSerializer, num_examples=1)
         result = secure_services.secagg_masked_submit(
-            round_id=round_id, credential=credential, meta=meta, data=upload.read()
+            round_id=round_id, credential=upload.credential, meta=meta, data=upload.data
         )
         return _submit_response(result)
 

@@ -5,16 +5,13 @@ study's privacy settings given with ``--privacy`` (docs/privacy.md)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from e2e_support import no_process_left, run_federation
 
 from federation.privacy.accounting import client_level_epsilon
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.privacy]
 
 ROUNDS = 3
@@ -27,30 +24,8 @@ SECURE_WITH_CLIENT_DP = {
 }
 
 
-def run_federation(tmp_path: Path, privacy: dict[str, object]) -> dict:
-    command = [
-        sys.executable,
-        str(REPO / "deploy" / "run_local.py"),
-        "--sites",
-        "3",
-        "--rounds",
-        str(ROUNDS),
-        "--data-dir",
-        str(tmp_path / "federation"),
-        "--timeout",
-        "240",
-        "--privacy",
-        json.dumps(privacy),
-    ]
-    started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=420, check=False)
-    print(f"run_local --privacy '{json.dumps(privacy)}': {time.monotonic() - started:.1f} s wall")
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = result.stdout.strip().splitlines()
-    assert any(line.startswith("[###] round   3/3") for line in lines), result.stdout
-    figures: dict = json.loads(lines[-1])
-    print(lines[-1])
-    return figures
+def run_with_privacy(tmp_path: Path, privacy: dict[str, object]) -> dict:  # type: ignore[type-arg]
+    return run_federation(tmp_path, "--privacy", json.dumps(privacy), rounds=ROUNDS)
 
 
 def check_secure_rounds(figures: dict) -> None:
@@ -62,14 +37,8 @@ def check_secure_rounds(figures: dict) -> None:
     assert figures["round_latency_median_ms"] is not None
 
 
-def no_process_left(tmp_path: Path) -> None:
-    folder = str(tmp_path / "federation")
-    leftover = subprocess.run(["pgrep", "-f", folder], capture_output=True, text=True, check=False).stdout
-    assert leftover.strip() == "", f"processes still running: {leftover}"
-
-
 def test_secure_aggregation_on_the_embedded_default(tmp_path: Path) -> None:
-    figures = run_federation(tmp_path, SECURE)
+    figures = run_with_privacy(tmp_path, SECURE)
     check_secure_rounds(figures)
     assert figures["federated_accuracy"] > 0.9
     assert figures["epsilon_spent"] is None  # no DP: nothing to account
@@ -77,7 +46,7 @@ def test_secure_aggregation_on_the_embedded_default(tmp_path: Path) -> None:
 
 
 def test_secure_aggregation_with_client_level_dp(tmp_path: Path) -> None:
-    figures = run_federation(tmp_path, SECURE_WITH_CLIENT_DP)
+    figures = run_with_privacy(tmp_path, SECURE_WITH_CLIENT_DP)
     check_secure_rounds(figures)
     assert figures["privacy"]["differential_privacy"]["noise_multiplier"] == NOISE_MULTIPLIER
     expected = client_level_epsilon(noise_multiplier=NOISE_MULTIPLIER, rounds=ROUNDS, delta=1e-5)

@@ -173,3 +173,14 @@ def running_job(
     for institution in (hospital_a, hospital_b):
         study_decide(study=draft_job.study, institution=institution, approve=True, actor="user:setup")
     return job_start(job_id=draft_job.pk, actor="user:setup")
+
+
+@pytest.fixture
+def agent_world(tmp_path: Path, settings: Settings) -> None:
+    """For tests that drive agents through the API: blobs in a temporary folder, Celery
+    tasks run at once, enrollment throttling counts cleared."""
+    from django.core.cache import cache
+
+    settings.ENV = dataclasses.replace(settings.ENV, model_storage_dir=tmp_path / "models")
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    cache.clear()

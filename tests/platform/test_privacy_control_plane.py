@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from django.core.cache import cache
 from platform_world import Site, spec_of, start_job, trained
 
 from audit.models import AuditEvent
@@ -13,7 +12,7 @@ from federation.wire import deserialize_weights
 from fedplatform.errors import InvalidInput
 from training.models import ModelVersion, PrivacySpend, RoundKind
 
-pytestmark = [pytest.mark.django_db, pytest.mark.privacy]
+pytestmark = [pytest.mark.django_db, pytest.mark.privacy, pytest.mark.usefixtures("agent_world")]
 
 CLIENT_DP = {
     "differential_privacy": {"level": "client", "clipping_norm": 0.5, "noise_multiplier": 1.0},
@@ -24,13 +23,6 @@ SAMPLE_DP = {
     "epsilon": 5.0,
 }
 DP_STEPS = {"noise_multiplier": 1.2, "sampling_rate": 0.25, "steps": 4}
-
-
-@pytest.fixture(autouse=True)
-def _isolated_storage(tmp_path, settings):  # type: ignore[no-untyped-def]
-    settings.ENV = type(settings.ENV)(**{**settings.ENV.__dict__, "model_storage_dir": tmp_path / "models"})
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    cache.clear()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from django.core.cache import cache
 from django.utils import timezone
 from platform_world import Site, spec_of, start_job
 
@@ -25,17 +24,10 @@ from training.blobs import blob_store
 from training.models import JobState, ModelVersion, Round, RoundState
 from training.secure_rounds import encode_masked
 
-pytestmark = [pytest.mark.django_db, pytest.mark.privacy]
+pytestmark = [pytest.mark.django_db, pytest.mark.privacy, pytest.mark.usefixtures("agent_world")]
 
 SECURE = {"secure_aggregation": True, "secure_aggregation_threshold": 3}
 NUM_EXAMPLES = [10, 20, 30, 40, 50]
-
-
-@pytest.fixture(autouse=True)
-def _isolated_storage(tmp_path, settings):  # type: ignore[no-untyped-def]
-    settings.ENV = type(settings.ENV)(**{**settings.ENV.__dict__, "model_storage_dir": tmp_path / "models"})
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    cache.clear()
 
 
 @pytest.fixture
