@@ -123,8 +123,8 @@ class LocalLedger:
     def epsilon(self, job_id: int, *, delta: float, extra: list[float] | None = None) -> float:
         """Epsilon spent in ``job_id`` (plus ``extra``, a round not yet run)."""
         rows = list(self.events(job_id).values()) + ([extra] if extra else [])
-        events = [accounting.PrivacyEvent(row[0], row[1], int(row[2])) for row in rows]
-        return accounting.events_epsilon(events, delta=delta)
+        events = (accounting.PrivacyEvent(row[0], row[1], int(row[2])) for row in rows)
+        return accounting.PrivacyLedgerState.of(events).epsilon(delta)
 
     def record(self, job_id: int, round_number: int, event: list[float]) -> None:
         """Record one round's event; recording the same round again replaces it."""

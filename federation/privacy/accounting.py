@@ -32,7 +32,7 @@ import functools
 import logging
 import math
 import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -334,6 +334,14 @@ class PrivacyLedgerState:
         object.__setattr__(self, "events", tuple(self.events))
         if not all(isinstance(event, PrivacyEvent) for event in self.events):
             raise ConfigurationError("a privacy ledger state holds PrivacyEvent values only")
+
+    @classmethod
+    def of(cls, events: Iterable[PrivacyEvent]) -> PrivacyLedgerState:
+        """The ledger after spending ``events`` in order (consecutive equal mechanisms merge)."""
+        ledger = cls()
+        for event in events:
+            ledger = ledger.spend(event)
+        return ledger
 
     def spend(self, event: PrivacyEvent) -> PrivacyLedgerState:
         if not isinstance(event, PrivacyEvent):

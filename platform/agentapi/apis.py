@@ -205,6 +205,14 @@ class SubmitOutputSerializer(serializers.Serializer):
     duplicate = serializers.BooleanField()
 
 
+UPLOAD_RESPONSES = {
+    200: SubmitOutputSerializer,
+    201: SubmitOutputSerializer,
+    413: OpenApiResponse(ErrorResponseSerializer),
+    **ERRORS,
+}
+
+
 class UpdateUploadApi(AgentView):
     parser_classes = [MultiPartParser]
 
@@ -217,12 +225,7 @@ class UpdateUploadApi(AgentView):
 
     @extend_schema(
         request={"multipart/form-data": AgentUpdateUploadInputSerializer},
-        responses={
-            200: SubmitOutputSerializer,
-            201: SubmitOutputSerializer,
-            413: OpenApiResponse(ErrorResponseSerializer),
-            **ERRORS,
-        },
+        responses=UPLOAD_RESPONSES,
         tags=["agent"],
     )
     def post(self, request: Request, round_id: int) -> Response:
@@ -385,12 +388,7 @@ class SecAggMaskedUploadApi(AgentView):
 
     @extend_schema(
         request={"multipart/form-data": AgentSecAggMaskedInputSerializer},
-        responses={
-            200: SubmitOutputSerializer,
-            201: SubmitOutputSerializer,
-            413: OpenApiResponse(ErrorResponseSerializer),
-            **ERRORS,
-        },
+        responses=UPLOAD_RESPONSES,
         tags=["agent"],
     )
     def post(self, request: Request, round_id: int) -> Response:

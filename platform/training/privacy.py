@@ -67,11 +67,11 @@ def job_privacy_resolve(*, study: Study, num_rounds: int) -> dict[str, object]:
 
 
 def uses_client_dp(job: Job) -> bool:
-    mechanism = settings_of(job).differential_privacy
-    return mechanism is not None and mechanism.level is DPLevel.CLIENT
+    return settings_of(job).uses_client_dp
 
 
-def _client_noise(job: Job) -> float:
+def client_noise(job: Job) -> float:
+    """The noise multiplier of the job's client-level DP, fixed when the job was created."""
     return float(job.privacy["differential_privacy"]["noise_multiplier"])
 
 
@@ -83,7 +83,7 @@ def training_round_refusal(*, job: Job, number: int) -> str | None:
         return None
     if mechanism.level is DPLevel.CLIENT:
         spent = accounting.client_level_epsilon(
-            noise_multiplier=_client_noise(job), rounds=number, delta=settings.delta
+            noise_multiplier=client_noise(job), rounds=number, delta=settings.delta
         )
         if spent > settings.budget + BUDGET_TOLERANCE:
             return f"round {number} would spend epsilon {spent:.3f} of the budget {settings.budget:g}"
@@ -98,9 +98,7 @@ def _sample_refusal(job: Job, settings: PrivacySettings, number: int) -> str | N
         PrivacySpend.objects.filter(job=job).exclude(institution__in=refused).select_related("institution")
     )
     for spend in spends.exclude(events=[]):
-        predicted = accounting.events_epsilon(
-            _events([*spend.events, spend.events[-1]]), delta=settings.delta
-        )
+        predicted = _ledger([*spend.events, spend.events[-1]]).epsilon(settings.delta)
         if predicted > settings.budget + BUDGET_TOLERANCE:
             return (
                 f"round {number} would bring {spend.institution.name} to epsilon {predicted:.3f} "
@@ -132,7 +130,7 @@ def client_dp_aggregate(
     noisy, details = dp.dp_fedavg(
         global_weights,
         [deserialize_weights(store.read(u.sha256), spec=spec) for u in updates],
-        noise_multiplier=_client_noise(job),
+        noise_multiplier=client_noise(job),
         clipping_norm=mechanism.clipping_norm,
         rng=dp.secure_generator(),
     )
@@ -146,10 +144,9 @@ def client_dp_aggregate(
 def privacy_spend_client_round(*, round_: Round) -> None:
     """After a client-level DP round closed: every contributor spent one more round."""
     settings = settings_of(round_.job)
-    mechanism = settings.differential_privacy
-    if mechanism is None or mechanism.level is not DPLevel.CLIENT or round_.kind != RoundKind.TRAIN:
+    if not settings.uses_client_dp or round_.kind != RoundKind.TRAIN:
         return
-    event = [_client_noise(round_.job), 1.0, 1]
+    event = [client_noise(round_.job), 1.0, 1]
     for update in round_.updates.all():
         spend = _spend_row(round_.job, update.institution_id, settings)
         if round_.number in {event_round for *_, event_round in spend.events}:
@@ -169,15 +166,13 @@ def privacy_spend_sample_update(*, update: Update) -> None:
     _spend_add(spend, [*event, update.round.number], settings.delta)
 
 
-def _events(rows: list[list[float]]) -> list[accounting.PrivacyEvent]:
-    """Ledger rows ``[noise_multiplier, sampling_rate, steps, round]`` as accounting events,
-    rounds with the same mechanism merged into one (composition only adds their steps), so
-    the epsilon of a long job costs one composition per distinct mechanism, not per round."""
-    merged: dict[tuple[float, float], int] = {}
-    for row in rows:
-        key = (float(row[0]), float(row[1]))
-        merged[key] = merged.get(key, 0) + int(row[2])
-    return [accounting.PrivacyEvent(noise, rate, steps) for (noise, rate), steps in merged.items()]
+def _ledger(rows: list[list[float]]) -> accounting.PrivacyLedgerState:
+    """Ledger rows ``[noise_multiplier, sampling_rate, steps, round]`` as an accounting
+    ledger, in which rounds of the same mechanism merge: the epsilon of a long job costs one
+    composition per mechanism, not one per round."""
+    return accounting.PrivacyLedgerState.of(
+        accounting.PrivacyEvent(float(row[0]), float(row[1]), int(row[2])) for row in rows
+    )
 
 
 def _spend_row(job: Job, institution_id: int, settings: PrivacySettings) -> PrivacySpend:
@@ -194,7 +189,7 @@ def _spend_row(job: Job, institution_id: int, settings: PrivacySettings) -> Priv
 def _spend_add(spend: PrivacySpend, event: list[float | int], delta: float) -> None:
     spend.events = [*spend.events, event]
     spend.rounds = len(spend.events)
-    spend.epsilon = accounting.events_epsilon(_events(spend.events), delta=delta)
+    spend.epsilon = _ledger(spend.events).epsilon(delta)
     spend.save(update_fields=["events", "rounds", "epsilon", "updated_at"])
 
 

@@ -8,6 +8,8 @@ one mean (as for DP-FedAvg), with the Gaussian noise added first under client-le
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -15,24 +17,25 @@ from federation.aggregation.strategies import Details, Strategy
 from federation.errors import SecureAggregationError
 from federation.privacy import dp, secagg
 from federation.privacy.secure_fedavg import unflatten
-from federation.privacy.settings import DPLevel, PrivacySettings
+from federation.privacy.settings import DPLevel
 from federation.types import ClientUpdate, ModelSpec, Weights
-from training import secure_rounds
+from training import privacy, secure_rounds
 from training.blobs import blob_store
-from training.models import Job, Round
+from training.models import Job, Round, Update
 
 
 def aggregate_secure_round(
     *,
     round_id: int,
     job: Job,
+    updates: Sequence[Update],
     strategy: Strategy,
     global_weights: Weights,
     spec: ModelSpec,
     server_state: Weights | None,
 ) -> tuple[Weights, Weights, Details]:
+    """``updates`` are the survivors' masked updates (:func:`secure_rounds.survivors_updates`)."""
     round_ = Round.objects.get(pk=round_id)
-    updates = secure_rounds.survivors_updates(round_)
     dimension = secure_rounds.config_of(round_).dimension
     masked = (secure_rounds.decode_masked(blob_store().read(u.sha256), dimension) for u in updates)
     change_sum, weight_sum = secagg.unpack_weighted_sum(secure_rounds.unmasked_sum(round_, masked))
@@ -51,8 +54,7 @@ def aggregate_secure_round(
 def _mean_change(
     job: Job, change_sum: NDArray[np.float64], weight_sum: float, num_sites: int, spec: ModelSpec
 ) -> tuple[Weights, Details]:
-    settings = PrivacySettings.from_json(job.study.privacy)
-    mechanism = settings.differential_privacy
+    mechanism = privacy.settings_of(job).differential_privacy
     summed = unflatten(change_sum, spec)
     if mechanism is None or mechanism.level is not DPLevel.CLIENT:
         return {name: array / weight_sum for name, array in summed.items()}, {}
@@ -62,7 +64,7 @@ def _mean_change(
         raise SecureAggregationError(
             f"the masked weights sum to {weight_sum:.4f}, not the {num_sites} sites of client-level DP"
         )
-    noise = float(job.privacy["differential_privacy"]["noise_multiplier"])
+    noise = privacy.client_noise(job)
     mean = dp.noisy_mean_from_sum(
         summed,
         num_sites,

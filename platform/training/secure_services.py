@@ -8,7 +8,7 @@ move on. Under the round's lock, like every change of a round's state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -76,41 +76,51 @@ def _store(
     return MessageResult(message, duplicate=False)
 
 
+def _submit(
+    round_id: int,
+    credential: AgentCredential,
+    kind: SecAggMessageKind,
+    phase: Phase,
+    stored_form: Mapping[str, object],
+    check: Callable[[Round], Mapping[str, object]],
+) -> MessageResult:
+    """One phase's message: a repeat gets its first answer; a new one is checked against the
+    round (``check`` returns what is stored), stored, and may move the round on."""
+    round_ = _locked_round(round_id, credential)
+    if (duplicate := _duplicate(round_, credential, kind, stored_form)) is not None:
+        return duplicate
+    _check_round(round_, credential, phase)
+    return _store(round_, credential, kind, check(round_))
+
+
 @transaction.atomic
 def secagg_keys_submit(
     *, round_id: int, credential: AgentCredential, keys: Mapping[str, object]
 ) -> MessageResult:
-    round_ = _locked_round(round_id, credential)
     checked = secure_rounds.check_keys(keys)
-    if (duplicate := _duplicate(round_, credential, SecAggMessageKind.KEYS, checked)) is not None:
-        return duplicate
-    _check_round(round_, credential, Phase.ADVERTISE)
-    return _store(round_, credential, SecAggMessageKind.KEYS, checked)
+    return _submit(round_id, credential, SecAggMessageKind.KEYS, Phase.ADVERTISE, checked, lambda _: checked)
 
 
 @transaction.atomic
 def secagg_shares_submit(
     *, round_id: int, credential: AgentCredential, shares: Mapping[str, str]
 ) -> MessageResult:
-    round_ = _locked_round(round_id, credential)
-    if (duplicate := _duplicate(round_, credential, SecAggMessageKind.SHARES, dict(shares))) is not None:
-        return duplicate
-    _check_round(round_, credential, Phase.SHARE)
-    checked = secure_rounds.check_shares(round_, credential.institution_id, shares)
-    return _store(round_, credential, SecAggMessageKind.SHARES, checked)
+    def check(round_: Round) -> Mapping[str, object]:
+        return secure_rounds.check_shares(round_, credential.institution_id, shares)
+
+    return _submit(round_id, credential, SecAggMessageKind.SHARES, Phase.SHARE, dict(shares), check)
 
 
 @transaction.atomic
 def secagg_unmasking_submit(
     *, round_id: int, credential: AgentCredential, answer: Mapping[str, object]
 ) -> MessageResult:
-    round_ = _locked_round(round_id, credential)
     normalized = secure_rounds.normalized_unmasking(answer)
-    if (duplicate := _duplicate(round_, credential, SecAggMessageKind.UNMASKING, normalized)) is not None:
-        return duplicate
-    _check_round(round_, credential, Phase.UNMASK)
-    checked = secure_rounds.check_unmasking(round_, answer)
-    return _store(round_, credential, SecAggMessageKind.UNMASKING, checked)
+
+    def check(round_: Round) -> Mapping[str, object]:
+        return secure_rounds.check_unmasking(round_, answer)
+
+    return _submit(round_id, credential, SecAggMessageKind.UNMASKING, Phase.UNMASK, normalized, check)
 
 
 def secagg_masked_submit(

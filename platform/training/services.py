@@ -457,6 +457,7 @@ def _aggregate(
         return secure_aggregate.aggregate_secure_round(
             round_id=work.round_id,
             job=work.job,
+            updates=work.updates,
             strategy=strategy,
             global_weights=global_weights,
             spec=spec,
@@ -490,12 +491,12 @@ def _aggregation_claim(round_id: int) -> _AggregationWork | None:
     round_.aggregation_attempts += 1
     round_.aggregating_since = timezone.now()
     round_.save(update_fields=["aggregation_attempts", "aggregating_since"])
-    if secure_rounds.is_secure(round_):
+    secure = secure_rounds.is_secure(round_)
+    if secure:
         # The survivors' masked inputs are all in the sum, whatever happened since.
         updates = secure_rounds.survivors_updates(round_)
     else:
         updates = list(_counted_updates(round_).select_related("institution").order_by("institution_id"))
-    secure = secure_rounds.is_secure(round_)
     return _AggregationWork(round_.pk, round_.number, round_.job, round_.base_version, updates, secure)
 
 
