@@ -2,7 +2,8 @@
 
 A silo evaluates the global model on its own data with :func:`compute_metrics` and
 reports only the resulting numbers (aggregates, never rows) together with its number of
-examples; the coordinator combines the reports with :func:`combine_metrics`.
+examples; the coordinator checks and combines the reports with
+:mod:`federation.metric_reports`.
 
 Metric names:
 
@@ -12,9 +13,6 @@ Metric names:
 """
 
 from __future__ import annotations
-
-import math
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -121,31 +119,3 @@ def _regression_metrics(y: NDArray[np.float64], predicted: NDArray[np.float64]) 
     if y.shape[0] >= 2 and np.ptp(y) > 0:
         result["r2"] = float(skm.r2_score(y, predicted))
     return result
-
-
-def combine_metrics(per_silo: Sequence[tuple[Mapping[str, float], int]]) -> dict[str, float]:
-    """Combine per-silo ``(metrics, num_examples)`` reports by example-weighted mean.
-
-    Each metric is averaged over the silos that *report* it, weighted by their example
-    counts; a silo that omits a metric (e.g. ``roc_auc`` where only one class is
-    present) simply does not contribute to that metric. Silos with zero examples carry
-    no weight.
-
-    For metrics that are means over examples (``accuracy``, ``log_loss``, ``mse``,
-    ``mae``) the weighted mean equals the value on the pooled data. For the others it is
-    only an approximation: the example-weighted mean of per-silo ROC AUCs is not the
-    pooled AUC (that would rank scores across silos), and the same holds for
-    ``balanced_accuracy`` and ``r2``.
-    """
-    totals: dict[str, float] = {}
-    weights: dict[str, int] = {}
-    for metrics, num_examples in per_silo:
-        if num_examples < 0:
-            raise ConfigurationError(f"num_examples must be non-negative, got {num_examples}")
-        for name, value in metrics.items():
-            value = float(value)
-            if not math.isfinite(value):
-                raise ConfigurationError(f"metric {name!r} is not finite")
-            totals[name] = totals.get(name, 0.0) + value * num_examples
-            weights[name] = weights.get(name, 0) + num_examples
-    return {name: totals[name] / weights[name] for name in totals if weights[name] > 0}

@@ -62,7 +62,8 @@ from federation.data import (
     partition,
 )
 from federation.errors import ConfigurationError
-from federation.metrics import combine_metrics, compute_metrics
+from federation.metric_reports import combine_metrics
+from federation.metrics import compute_metrics
 from federation.models import ModelAdapter, ModelConfig, ModelKind, TrainConfig, build_model
 from federation.privacy.accounting import (
     PrivacyEvent,

@@ -93,6 +93,8 @@ def serialize_weights(
     spec = spec or ModelSpec.from_weights(weights)
     check_weights(weights, spec)
     ordered = {t.name: np.ascontiguousarray(weights[t.name], dtype=t.numpy_dtype) for t in spec.tensors}
+    # A finite float64 beyond the float32 range becomes infinite in the cast: check again.
+    check_weights(ordered, spec)
     return safetensors_save(ordered, metadata=dict(metadata) if metadata else None)
 
 

@@ -135,7 +135,10 @@ def start_job(
         max_deadline_extensions=1,
         actor="user:test",
     )
-    return training_services.job_start(job_id=job.pk, actor="user:test")
+    training_services.job_start(job_id=job.pk, actor="user:test")
+    training_services.job_begin(job_id=job.pk)  # the worker's part: initial model, round 1
+    job.refresh_from_db()
+    return job
 
 
 def make_job(

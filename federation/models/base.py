@@ -21,6 +21,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -156,6 +157,9 @@ class ModelKind(enum.StrEnum):
         return self in (ModelKind.LOGISTIC, ModelKind.MLP, ModelKind.CNN)
 
 
+#: Output channels of the CNN's two 3x3 convolutions.
+CNN_CHANNELS = (8, 16)
+
 _CONFIG_FIELDS = ("kind", "task", "num_features", "num_classes", "hidden_sizes", "image_size")
 
 
@@ -232,6 +236,23 @@ class ModelConfig:
     def num_outputs(self) -> int:
         """Width of the model's output: ``num_classes`` for multiclass, otherwise 1."""
         return self.num_classes if self.task is Task.MULTICLASS else 1
+
+    @property
+    def num_parameters(self) -> int:
+        """How many numbers the model holds, from the config alone: nothing is built.
+
+        >>> ModelConfig("mlp", "binary", num_features=30, num_classes=2, hidden_sizes=(64,)).num_parameters
+        2049
+        """
+        dense_inputs, convolutions = self.num_features, 0
+        if self.kind is ModelKind.CNN:
+            assert self.image_size is not None  # checked in __post_init__
+            first, second = CNN_CHANNELS
+            convolutions = (1 * 9 + 1) * first + (first * 9 + 1) * second
+            dense_inputs = second * (self.image_size // 4) ** 2
+        hidden = self.hidden_sizes if self.kind in (ModelKind.MLP, ModelKind.CNN) else ()
+        widths = (dense_inputs, *hidden, self.num_outputs)
+        return convolutions + sum((inputs + 1) * outputs for inputs, outputs in pairwise(widths))
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from federation.errors import ConfigurationError
 from federation.models.base import (
+    CNN_CHANNELS,
     ModelConfig,
     ModelKind,
     TrainConfig,
@@ -54,7 +55,6 @@ from federation.privacy.accounting import PrivacyEvent
 from federation.types import ModelSpec, Task, TensorSpec, Weights
 
 #: Output channels of the CNN's two 3x3 convolutions (each followed by ReLU and 2x2 max-pool).
-CNN_CHANNELS = (8, 16)
 
 #: Rows per forward pass in predict(), to bound memory on large inputs.
 _PREDICT_CHUNK = 8192

@@ -19,6 +19,8 @@ from rest_framework.views import APIView
 
 from agentapi import selectors
 from agentapi.authentication import AgentAuthentication, IsAgent, credential_of
+from federation.errors import ConfigurationError
+from federation.metric_reports import MAX_NUM_EXAMPLES, check_num_examples, check_reported_metrics
 from fedplatform.errors import InvalidInput, NotFound, TooLarge
 from fedplatform.parsers import BoundedJSONParser, loads_checked
 from fedplatform.serializers import MAX_ID, ErrorResponseSerializer
@@ -181,22 +183,44 @@ class DpStepsSerializer(serializers.Serializer):
     steps = serializers.IntegerField(min_value=1, max_value=100_000_000)
 
 
+class NumExamplesField(serializers.IntegerField):
+    """A site's example count: a JSON integer only (``"100"``, ``100.0`` and ``true`` are refused)."""
+
+    def __init__(self) -> None:
+        super().__init__(min_value=1, max_value=MAX_NUM_EXAMPLES)
+
+    def to_internal_value(self, data: object) -> int:
+        try:
+            return check_num_examples(data)
+        except ConfigurationError as error:
+            raise serializers.ValidationError(str(error)) from None
+
+
+class ReportedMetricsField(serializers.DictField):
+    """A site's metrics: known names (``accuracy``, ``global_log_loss``, ...), each in its range."""
+
+    def __init__(self, *, required: bool = True) -> None:
+        if required:
+            super().__init__(child=serializers.FloatField())
+        else:
+            super().__init__(child=serializers.FloatField(), default=dict)
+
+    def to_internal_value(self, data: object) -> dict[str, float]:
+        try:
+            return check_reported_metrics(data)
+        except ConfigurationError as error:
+            raise serializers.ValidationError(str(error)) from None
+
+
 class UpdateMetaSerializer(serializers.Serializer):
-    num_examples = serializers.IntegerField(min_value=1, max_value=training_services.MAX_NUM_EXAMPLES)
+    num_examples = NumExamplesField()
     dp_steps = DpStepsSerializer(
         required=False, allow_null=True, default=None, help_text="required with sample-level DP, else absent"
     )
-    metrics = serializers.DictField(child=serializers.FloatField(), default=dict)
+    metrics = ReportedMetricsField(required=False)
     base_model_sha256 = serializers.RegexField(r"^[0-9a-f]{64}$")
     job_id = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     round_number = serializers.IntegerField(min_value=1, max_value=MAX_ID)
-
-    def validate_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        if len(metrics) > 100 or any(len(name) > 100 for name in metrics):
-            raise serializers.ValidationError("at most 100 metrics with names of at most 100 characters")
-        if any(value != value or value in (float("inf"), float("-inf")) for value in metrics.values()):
-            raise serializers.ValidationError("metrics must be finite numbers")
-        return metrics
 
 
 class SubmitOutputSerializer(serializers.Serializer):
@@ -405,8 +429,8 @@ class SecAggMaskedUploadApi(AgentView):
 
 class EvaluationApi(AgentView):
     class AgentEvaluationInputSerializer(serializers.Serializer):
-        num_examples = serializers.IntegerField(min_value=1, max_value=training_services.MAX_NUM_EXAMPLES)
-        metrics = serializers.DictField(child=serializers.FloatField())
+        num_examples = NumExamplesField()
+        metrics = ReportedMetricsField()
 
     @extend_schema(
         request=AgentEvaluationInputSerializer,
@@ -416,7 +440,6 @@ class EvaluationApi(AgentView):
     def post(self, request: Request, round_id: int) -> Response:
         data = self.AgentEvaluationInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        UpdateMetaSerializer().validate_metrics(data.validated_data["metrics"])
         result = training_services.evaluation_submit(
             round_id=round_id, credential=credential_of(request), **data.validated_data
         )

@@ -167,13 +167,19 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_TIME_LIMIT = 600
 CELERY_TASK_SOFT_TIME_LIMIT = 540
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_ROUTES = {"training.tasks.round_aggregate_task": {"queue": "aggregation"}}
+# Model work (aggregation, building a job's initial model) has its own queue and workers.
+CELERY_TASK_ROUTES = {
+    "training.tasks.round_aggregate_task": {"queue": "aggregation"},
+    "training.tasks.job_begin_task": {"queue": "aggregation"},
+}
 CELERY_BEAT_SCHEDULE = {
     "sweep-round-deadlines": {"task": "training.tasks.rounds_sweep_task", "schedule": 2.0},
 }
 CELERY_TASK_ALWAYS_EAGER = False
 
 FEDHEALTH_ENROLLMENT_TOKEN_HOURS = 24
+# The largest model a study may use, counted from its config before anything is built.
+FEDHEALTH_MAX_MODEL_PARAMETERS = int(os.environ.get("FEDHEALTH_MAX_MODEL_PARAMETERS", 50_000_000))
 FEDHEALTH_API_TOKEN_DAYS = int(os.environ.get("FEDHEALTH_API_TOKEN_DAYS", 30))
 FEDHEALTH_LONG_POLL_MAX_SECONDS = 30
 # How often a waiting long poll looks for work: the floor of the round-to-round latency.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from django.conf import settings as django_settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -48,6 +49,7 @@ def study_validate(
             Standardizer(mean=feature_scaling.get("mean"), std=feature_scaling.get("std"))  # type: ignore[arg-type]
     except (FederationError, TypeError, ValueError) as error:
         raise InvalidInput(str(error)) from error
+    _check_model_size(model)
     _check_model_fits_schema(model, schema, feature_scaling)
     _check_privacy_fits(privacy_settings, strategy, strategy_params, model, training, num_participants)
 
@@ -93,6 +95,16 @@ def _check_threshold(threshold: int | None, num_participants: int) -> None:
         raise InvalidInput(
             f"secure_aggregation_threshold must lie between {minimum} (a majority of the "
             f"{num_participants} participants) and {num_participants}"
+        )
+
+
+def _check_model_size(model: ModelConfig) -> None:
+    """Refuse a model too large to build, send and aggregate (counted, never built here)."""
+    limit = django_settings.FEDHEALTH_MAX_MODEL_PARAMETERS
+    if model.num_parameters > limit:
+        raise InvalidInput(
+            f"the model has {model.num_parameters:,} parameters; this control plane takes at most "
+            f"{limit:,} (FEDHEALTH_MAX_MODEL_PARAMETERS)"
         )
 
 

@@ -11,11 +11,13 @@ import functools
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
@@ -24,8 +26,8 @@ from safetensors.numpy import load as safetensors_load
 from audit.services import audit_record
 from federation.aggregation.strategies import Details, Strategy, build_strategy
 from federation.aggregation.streaming import StoredUpdate
-from federation.errors import FederationError, UpdateTooLargeError
-from federation.metrics import combine_metrics
+from federation.errors import ConfigurationError, FederationError, UpdateTooLargeError
+from federation.metric_reports import check_num_examples, check_reported_metrics, combine_metrics
 from federation.models import ModelConfig, build_model
 from federation.types import ModelSpec, Weights
 from federation.wire import (
@@ -55,10 +57,11 @@ from training.models import (
 
 logger = logging.getLogger(__name__)
 
-MAX_NUM_EXAMPLES = 1_000_000_000
 #: An aggregation that keeps dying (a worker killed each time, an unexpected error) fails
 #: its round after this many starts instead of being retried for ever.
 MAX_AGGREGATION_ATTEMPTS = 5
+#: Errors worth another try: the database was busy, restarting or unreachable.
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
 # --- jobs --------------------------------------------------------------------------------
@@ -104,7 +107,11 @@ def _locked_job(job_id: int) -> Job:
 
 @transaction.atomic
 def job_start(*, job_id: int, actor: str) -> Job:
-    """Check every site approved, write the initial model and open round 1."""
+    """Check every site approved and start the job; a worker then writes its initial model.
+
+    The model is never built here, inside a web request: :func:`job_begin` builds it in a
+    Celery worker and opens round 1 (the sweep starts it again if its message is lost).
+    """
     job = _locked_job(job_id)
     if job.state != JobState.DRAFT:
         raise Conflict(f"job {job.pk} is {job.state}; only a draft job can start", code="invalid_state")
@@ -114,19 +121,57 @@ def job_start(*, job_id: int, actor: str) -> Job:
     if pending.exists():
         names = ", ".join(f"{p.institution.name} ({p.decision})" for p in pending)
         raise Conflict(f"every site must approve the study first: {names}", code="not_approved")
-    _model_version_create_initial(job)
     job.state, job.started_at = JobState.RUNNING, timezone.now()
     job.save(update_fields=["state", "started_at"])
     audit_record(actor=actor, kind="job.started", job=job)
-    round_open(job=job)
+    transaction.on_commit(lambda: _enqueue_job_begin(job_id))
     return job
 
 
-def _model_version_create_initial(job: Job) -> ModelVersion:
+def _enqueue_job_begin(job_id: int) -> None:
+    from training.tasks import job_begin_task  # tasks import this module
+
+    try:
+        job_begin_task.delay(job_id)
+    except BrokerUnavailable as error:
+        logger.warning(
+            "the broker did not take the start of job %s (%s); the sweep will retry", job_id, error
+        )
+
+
+def _awaits_initial_model(job: Job) -> bool:
+    return job.state in (JobState.RUNNING, JobState.PAUSED) and not job.model_versions.exists()
+
+
+def job_begin(*, job_id: int) -> ModelVersion | None:
+    """Build and write a started job's initial model, then open round 1 (in a worker).
+
+    The model is built outside any transaction; the job is checked again under its lock
+    before the version is written, so a repeat writes nothing.
+    """
+    job = Job.objects.select_related("study").filter(pk=job_id).first()
+    if job is None or not _awaits_initial_model(job):
+        return None
     config = ModelConfig.from_json(job.study.model_config)
     weights = build_model(config, seed=job.study.seed).get_weights()
-    spec = ModelSpec.from_weights(weights)
-    return _model_version_write(job=job, number=0, weights=weights, spec=spec, parent=None, round_=None)
+    with transaction.atomic():
+        job = _locked_job(job_id)
+        if not _awaits_initial_model(job):
+            return None
+        spec = ModelSpec.from_weights(weights)
+        version = _model_version_write(
+            job=job, number=0, weights=weights, spec=spec, parent=None, round_=None
+        )
+        round_open(job=job)
+    return version
+
+
+@transaction.atomic
+def job_fail_to_begin(*, job_id: int, reason: str) -> None:
+    """A job whose initial model cannot be built fails, with the reason."""
+    job = _locked_job(job_id)
+    if _awaits_initial_model(job):
+        _job_fail(job, f"the initial model could not be built: {reason}")
 
 
 def _model_version_write(
@@ -232,7 +277,8 @@ def round_open(*, job: Job) -> Round | None:
         _job_fail(job, f"only {sites} sites still take part; the job needs {job.min_updates}")
         return None
     base = job.model_versions.order_by("-number").first()
-    assert base is not None, "a running job always has a model version"
+    if base is None:
+        return None  # the initial model is still being built; job_begin opens round 1
     kind = RoundKind.TRAIN if number <= job.last_training_round else RoundKind.EVALUATE
     opened = Round.objects.create(
         job=job,
@@ -392,7 +438,11 @@ def _enqueue_aggregation(round_id: int) -> None:
 
 
 def _round_close_evaluation(round_: Round) -> None:
-    metrics = _combined_metrics(round_)
+    try:
+        metrics = _combined_metrics(round_)
+    except ConfigurationError as error:
+        _round_fail(round_, f"the sites' metrics cannot be combined: {error}")
+        return
     round_.state, round_.closed_at, round_.metrics = RoundState.CLOSED, timezone.now(), metrics
     round_.save(update_fields=["state", "closed_at", "metrics"])
     ModelVersion.objects.filter(pk=round_.base_version_id).update(metrics=metrics)
@@ -625,9 +675,17 @@ def _check_binding(round_: Round, meta: UpdateMeta) -> None:
         raise Conflict("the update is bound to another job or round", code="wrong_round")
     if meta.base_model_sha256 != round_.base_version.sha256:
         raise Conflict("the update was trained from another model version", code="stale_update")
-    if not 1 <= meta.num_examples <= MAX_NUM_EXAMPLES:
-        raise InvalidInput(f"num_examples must lie between 1 and {MAX_NUM_EXAMPLES}")
+    _check_report(meta.num_examples, meta.metrics)
     privacy.check_dp_steps(job=round_.job, dp_steps=meta.dp_steps)
+
+
+def _check_report(num_examples: int, metrics: dict[str, float]) -> None:
+    """A site's example count and metrics: strict types, known names, each in its range."""
+    try:
+        check_num_examples(num_examples)
+        check_reported_metrics(metrics)
+    except ConfigurationError as error:
+        raise InvalidInput(str(error), code="invalid_report") from None
 
 
 def _existing(round_: Round, credential: AgentCredential, sha256: str) -> SubmitResult | None:
@@ -747,8 +805,7 @@ def evaluation_submit(
     _check_site_may_answer(round_, credential)
     if round_.kind != RoundKind.EVALUATE or round_.state not in ACCEPTING_STATES:
         raise Conflict(f"round {round_.number} takes no evaluation now", code="round_closed")
-    if not 1 <= num_examples <= MAX_NUM_EXAMPLES:
-        raise InvalidInput(f"num_examples must lie between 1 and {MAX_NUM_EXAMPLES}")
+    _check_report(num_examples, metrics)
     return SubmitResult(_update_record(round_, credential, num_examples, metrics, "", 0), duplicate=False)
 
 
@@ -811,7 +868,7 @@ def rounds_sweep() -> SweepOutcome:
     """Close, extend or fail rounds past their deadline; re-enqueue stalled aggregations."""
     now = timezone.now()
     due = Round.objects.filter(state__in=ACCEPTING_STATES, deadline_at__lte=now, job__state=JobState.RUNNING)
-    outcomes = Counter(_round_deadline(round_id) for round_id in due.values_list("pk", flat=True))
+    outcomes = Counter(_isolated(_round_deadline, round_id) for round_id in due.values_list("pk", flat=True))
     outcomes["closed"] += outcomes.pop("advanced", 0)
     stalled_before = now - timedelta(seconds=settings.FEDHEALTH_STUCK_AGGREGATION_SECONDS)
     stalled = list(
@@ -819,9 +876,50 @@ def rounds_sweep() -> SweepOutcome:
             "pk", flat=True
         )
     )
-    for round_id in stalled:
-        _round_requeue(round_id)
-    return SweepOutcome(outcomes["closed"], outcomes["extended"], outcomes["failed"], len(stalled))
+    outcomes.update(_isolated(_round_requeue, round_id) for round_id in stalled)
+    for job_id in Job.objects.filter(
+        state=JobState.RUNNING, started_at__lte=stalled_before, model_versions__isnull=True
+    ).values_list("pk", flat=True):
+        _enqueue_job_begin(job_id)  # its message was lost: a repeat is harmless
+    return SweepOutcome(outcomes["closed"], outcomes["extended"], outcomes["failed"], outcomes["requeued"])
+
+
+def _isolated(step: Callable[[int], str], round_id: int) -> str:
+    """Run one round's step of the sweep so that its failure never stops the others.
+
+    A transient database error leaves the round to the next sweep; any other error fails
+    the round (and its job) with the reason, since running the same step again would fail
+    the same way every two seconds.
+    """
+    try:
+        return step(round_id)
+    except TRANSIENT_DATABASE_ERRORS as error:
+        logger.warning("the sweep left round id %s to its next run: %s", round_id, error)
+        return "unchanged"
+    except SoftTimeLimitExceeded:
+        raise  # the whole sweep ran out of time; the next one goes on
+    except Exception as error:
+        logger.exception("the sweep could not handle round id %s; failing it", round_id)
+        return round_fail_unexpected(round_id=round_id, error=error)
+
+
+def round_fail_unexpected(*, round_id: int, error: Exception) -> str:
+    """Fail a round whose processing raised an unexpected error, naming the error.
+
+    Returns ``"failed"``, or ``"unchanged"`` when the round had ended meanwhile or could
+    not be failed now (the error is logged; a later sweep tries again).
+    """
+    reason = f"internal error ({type(error).__name__}): {str(error)[:300]}"
+    try:
+        with transaction.atomic():
+            round_ = _locked_round(round_id)
+            if round_ is None or round_.state not in (*ACCEPTING_STATES, RoundState.AGGREGATING):
+                return "unchanged"
+            _round_fail(round_, reason)
+    except Exception:
+        logger.exception("round id %s could not be failed either", round_id)
+        return "unchanged"
+    return "failed"
 
 
 @transaction.atomic
@@ -859,10 +957,12 @@ def _round_extend(round_: Round, received: int) -> str:
 
 
 @transaction.atomic
-def _round_requeue(round_id: int) -> None:
+def _round_requeue(round_id: int) -> str:
     round_ = _locked_round(round_id, skip_locked=True)
-    if round_ is not None and round_.state == RoundState.AGGREGATING:
-        round_.aggregating_since = timezone.now()
-        round_.save(update_fields=["aggregating_since"])
-        transaction.on_commit(lambda: _enqueue_aggregation(round_id))
-        logger.warning("re-enqueued stalled aggregation of round %s of job %s", round_.number, round_.job_id)
+    if round_ is None or round_.state != RoundState.AGGREGATING:
+        return "unchanged"
+    round_.aggregating_since = timezone.now()
+    round_.save(update_fields=["aggregating_since"])
+    transaction.on_commit(lambda: _enqueue_aggregation(round_id))
+    logger.warning("re-enqueued stalled aggregation of round %s of job %s", round_.number, round_.job_id)
+    return "requeued"

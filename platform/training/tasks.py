@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
+from celery.exceptions import SoftTimeLimitExceeded
 
 from federation.errors import FederationError
 from fedplatform.errors import NotFound, ServiceError
@@ -20,8 +20,7 @@ from training import services
 
 logger = logging.getLogger(__name__)
 
-#: Errors worth another try: the database was busy, restarting or unreachable.
-TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+TRANSIENT_ERRORS = services.TRANSIENT_DATABASE_ERRORS
 
 
 @shared_task(
@@ -51,8 +50,41 @@ def round_aggregate_task(self: object, round_id: int) -> int | None:
         logger.error("aggregation of round %s failed: %s", round_id, error)
         services.round_fail_aggregation(round_id=round_id, reason=str(error))
         return None
+    except SoftTimeLimitExceeded:
+        raise  # too slow this time: the sweep starts it again, up to MAX_AGGREGATION_ATTEMPTS
+    except Exception as error:  # a bug or a hostile input nobody foresaw: fail this round only
+        logger.exception("aggregation of round %s raised an unexpected error", round_id)
+        services.round_fail_unexpected(round_id=round_id, error=error)
+        return None
     logger.info("round %s aggregated into version %s", round_id, outcome.version_number)
     return outcome.version_number
+
+
+@shared_task(
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=8,
+    time_limit=900,
+    soft_time_limit=840,
+)
+def job_begin_task(job_id: int) -> int | None:
+    """Build a started job's initial model and open round 1 (on the ``aggregation`` queue).
+
+    A model that cannot be built fails the job with the reason.
+    """
+    try:
+        version = services.job_begin(job_id=job_id)
+    except TRANSIENT_ERRORS:
+        raise
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as error:  # a config nobody foresaw, or memory: fail this job only
+        logger.exception("the initial model of job %s could not be built", job_id)
+        services.job_fail_to_begin(job_id=job_id, reason=f"{type(error).__name__}: {str(error)[:300]}")
+        return None
+    return None if version is None else version.pk
 
 
 @shared_task(

@@ -18,7 +18,7 @@ from institutions.models import Institution
 from institutions.services import institution_create
 from studies.models import Study
 from training.models import Job
-from training.services import job_create, job_start
+from training.services import job_begin, job_create, job_start
 
 MakeClient = Callable[..., Client]
 
@@ -108,4 +108,7 @@ def draft_job(study_ab: Study) -> Job:
 def running_job(draft_job: Job, isolated_model_storage: Path) -> Job:
     """``draft_job`` approved by both sites and started: round 1 open, model 0 written."""
     approve_all(draft_job.study)
-    return job_start(job_id=draft_job.pk, actor="user:setup")
+    job_start(job_id=draft_job.pk, actor="user:setup")
+    job_begin(job_id=draft_job.pk)  # the worker's part: initial model, round 1
+    draft_job.refresh_from_db()
+    return draft_job

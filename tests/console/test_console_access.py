@@ -199,7 +199,7 @@ def test_data_owner_cannot_see_another_institution(
 def test_data_owner_cannot_reach_another_institutions_job(
     owner_b: Client, study_a: Study, isolated_model_storage: object
 ) -> None:
-    from training.services import job_create, job_start
+    from training.services import job_begin, job_create, job_start
 
     job = job_create(
         study=study_a,
@@ -211,6 +211,7 @@ def test_data_owner_cannot_reach_another_institutions_job(
     )
     approve_all(study_a)
     job_start(job_id=job.pk, actor="user:setup")
+    job_begin(job_id=job.pk)
     version = ModelVersion.objects.get(job=job)
     assert owner_b.get(f"/jobs/{job.pk}/").status_code == 404
     live = owner_b.get(f"/jobs/{job.pk}/live.json")

@@ -15,7 +15,7 @@ from federation.wire import deserialize_weights, serialize_weights
 from institutions.models import Institution
 from training.blobs import blob_store
 from training.models import Job, JobState, ModelVersion, RoundState
-from training.services import UpdateMeta, model_spec, round_aggregate, update_submit
+from training.services import UpdateMeta, job_begin, model_spec, round_aggregate, update_submit
 
 pytestmark = pytest.mark.django_db
 
@@ -42,6 +42,9 @@ def test_start_is_refused_until_every_site_approved(
     assert f"Job {draft_job.pk} started" in html
     draft_job.refresh_from_db()
     assert draft_job.state == JobState.RUNNING
+    assert not ModelVersion.objects.filter(job=draft_job).exists()  # a worker builds it
+    job_begin(job_id=draft_job.pk)
+    html = coordinator.get(f"/jobs/{draft_job.pk}/").content.decode()
     assert ModelVersion.objects.filter(job=draft_job, number=0).exists()
     assert 'data-testid="job-state" data-state="running"' in html
     assert 'data-testid="round-row" data-round="1"' in html

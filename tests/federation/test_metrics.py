@@ -5,7 +5,8 @@ import pytest
 from sklearn import metrics as skm
 
 from federation.errors import ConfigurationError
-from federation.metrics import combine_metrics, compute_metrics
+from federation.metric_reports import combine_metrics
+from federation.metrics import compute_metrics
 from federation.types import Task
 
 

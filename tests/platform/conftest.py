@@ -23,7 +23,7 @@ from institutions.services import institution_create
 from studies.models import Study
 from studies.services import study_create, study_decide
 from training.models import Job
-from training.services import job_create, job_start
+from training.services import job_begin, job_create, job_start
 
 #: A small valid study: logistic regression on three numeric features, two classes.
 STUDY_MODEL = {
@@ -172,7 +172,10 @@ def running_job(
     """``draft_job`` after both hospitals approved and it started (round 1 open, model 0 written)."""
     for institution in (hospital_a, hospital_b):
         study_decide(study=draft_job.study, institution=institution, approve=True, actor="user:setup")
-    return job_start(job_id=draft_job.pk, actor="user:setup")
+    job_start(job_id=draft_job.pk, actor="user:setup")
+    job_begin(job_id=draft_job.pk)  # the worker's part: initial model, round 1
+    draft_job.refresh_from_db()
+    return draft_job
 
 
 @pytest.fixture

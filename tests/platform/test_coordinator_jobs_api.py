@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts.models import Role
@@ -131,14 +133,22 @@ def test_start_after_every_site_approved(
     hospital_a: Institution,
     hospital_b: Institution,
     isolated_model_storage: Path,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     _approve(draft_job.study, hospital_a, hospital_b)
-    response = coordinator_client.post(f"/api/v1/jobs/{draft_job.pk}/start/")
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = coordinator_client.post(f"/api/v1/jobs/{draft_job.pk}/start/")
     assert response.status_code == 200, response.content
     body = response.json()
-    assert (body["state"], body["current_round"]) == ("running", 1)
+    assert body["state"] == "running"
     assert body["started_at"] is not None
+    # The request built no model: a worker task does, then opens round 1.
+    assert not ModelVersion.objects.filter(job=draft_job).exists()
+    assert len(callbacks) == 1
+    with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
+        callbacks[0]()
     assert draft_job.rounds.get().state == RoundState.OPEN
+    assert ModelVersion.objects.filter(job=draft_job, number=0).exists()
     assert AuditEvent.objects.filter(kind="job.started", actor="user:carol", job=draft_job).exists()
     again = coordinator_client.post(f"/api/v1/jobs/{draft_job.pk}/start/")
     assert again.status_code == 409

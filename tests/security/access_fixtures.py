@@ -30,7 +30,7 @@ from studies.models import Study
 from studies.services import study_create, study_decide
 from training.blobs import blob_store
 from training.models import Job, ModelVersion, Round, Update
-from training.services import UpdateMeta, job_create, job_start, round_aggregate, update_submit
+from training.services import UpdateMeta, job_begin, job_create, job_start, round_aggregate, update_submit
 
 MISSING_ID = 987_654
 SIDES = ("A", "B")
@@ -249,7 +249,8 @@ def _running_job(study: Study, min_updates: int) -> tuple[Job, Round, ModelVersi
         max_deadline_extensions=1,
         actor="user:setup",
     )
-    job = job_start(job_id=job.pk, actor="user:setup")
+    job_start(job_id=job.pk, actor="user:setup")
+    job_begin(job_id=job.pk)
     return job, job.rounds.get(number=1), job.model_versions.get(number=0)
 
 

@@ -137,6 +137,7 @@ def auth_headers(
         actor="user:test",
     )
     training_services.job_start(job_id=job.pk, actor="user:test")
+    training_services.job_begin(job_id=job.pk)
     return {"coordinator": {"Authorization": f"Token {token}"}, "agent": {"Authorization": f"Agent {key}"}}
 
 

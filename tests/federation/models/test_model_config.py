@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from federation.errors import ConfigurationError
 from federation.models import (
@@ -164,3 +166,36 @@ def test_importing_the_config_types_loads_neither_torch_nor_sklearn() -> None:
         "assert 'torch' not in sys.modules and 'sklearn' not in sys.modules, 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(list(ModelKind)),
+    task=st.sampled_from(list(Task)),
+    num_features=st.integers(1, 40),
+    num_classes=st.integers(3, 6),
+    hidden_sizes=st.lists(st.integers(1, 20), min_size=0, max_size=3),
+    image_size=st.integers(4, 9),
+)
+def test_num_parameters_counts_what_the_built_model_holds(
+    kind: ModelKind,
+    task: Task,
+    num_features: int,
+    num_classes: int,
+    hidden_sizes: list[int],
+    image_size: int,
+) -> None:
+    """The count from the config alone equals the size of the weights torch or sklearn builds."""
+    assume(not (kind is ModelKind.SKLEARN_LOGISTIC and task is Task.REGRESSION))
+    classes = {Task.BINARY: 2, Task.MULTICLASS: num_classes, Task.REGRESSION: 1}[task]
+    cnn = kind is ModelKind.CNN
+    config = ModelConfig(
+        kind,
+        task,
+        num_features=image_size**2 if cnn else num_features,
+        num_classes=classes,
+        hidden_sizes=tuple(hidden_sizes),
+        image_size=image_size if cnn else None,
+    )
+    built = build_model(config, seed=0).get_weights()
+    assert config.num_parameters == sum(array.size for array in built.values())
