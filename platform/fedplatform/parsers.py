@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from django.conf import settings
-from rest_framework.exceptions import ParseError
+from django.utils.http import parse_header_parameters
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
 
 from fedplatform.errors import TooLarge
@@ -37,7 +38,9 @@ def json_body_limit() -> int:
 def loads_checked(raw: str | bytes, *, what: str = "JSON") -> object:
     """``json.loads`` for untrusted text, raising ``ParseError`` with a clear message."""
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(
+            raw, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+        )
     except RecursionError:
         raise ParseError(f"{what} is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
     except ValueError as error:  # JSONDecodeError, bad UTF-8, integers of thousands of digits
@@ -77,6 +80,15 @@ def _storable(text: str) -> bool:
     return True
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An object whose keys are all distinct: with a repeated key, which one counts is ambiguous."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        repeated = sorted({key for key, _ in pairs if sum(1 for other, _ in pairs if other == key) > 1})
+        raise ValueError(f"the key {repeated[0][:100]!r} appears more than once in one object")
+    return document
+
+
 def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -100,6 +112,7 @@ class BoundedJSONParser(JSONParser):
         media_type: str | None = None,
         parser_context: Mapping[str, object] | None = None,
     ) -> dict[str, Any]:
+        _check_charset(media_type)
         limit = json_body_limit()
         raw = stream.read(limit + 1)
         if len(raw) > limit:
@@ -113,6 +126,16 @@ class BoundedJSONParser(JSONParser):
         if not isinstance(document, dict):
             raise ParseError("the JSON body must be an object")
         return document
+
+
+def _check_charset(media_type: str | None) -> None:
+    """JSON is UTF-8 (RFC 8259): a body that declares another or an unknown charset is refused."""
+    _, params = parse_header_parameters(media_type or "")
+    charset = params.get("charset")
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(
+            media_type or "", detail=f"JSON bodies must be UTF-8; charset {charset[:40]!r} is not accepted"
+        )
 
 
 #: What the APIs parse: JSON only (docs/api.md), so another content type gets 415.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +23,10 @@ from fedplatform.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from institutions.models import AgentCredential, EnrollmentToken, Institution
 
 CREDENTIAL_PREFIX = "fha"
+#: ``fha_<id>_<secret>``: the id in canonical decimal (``01`` is refused), the secret URL-safe base64.
+CREDENTIAL_PATTERN = re.compile(
+    rf"{CREDENTIAL_PREFIX}_(?P<id>[1-9][0-9]{{0,18}})_(?P<secret>[A-Za-z0-9_-]{{1,200}})"
+)
 
 
 def _hash(secret: str) -> str:
@@ -101,10 +106,11 @@ def agent_enroll(*, token: str, agent_version: str, hostname: str) -> Enrollment
 
 def credential_authenticate(*, key: str) -> AgentCredential:
     """The active credential for ``key``, or :class:`Unauthenticated`."""
-    prefix, _, rest = key.partition("_")
-    identifier, _, secret = rest.partition("_")
-    if prefix != CREDENTIAL_PREFIX or not identifier.isdigit() or not secret:
+    # One spelling per credential: no leading zeros, no other digits than ASCII ones.
+    parsed = CREDENTIAL_PATTERN.fullmatch(key)
+    if parsed is None:
         raise Unauthenticated("malformed agent credential", code="invalid_credential")
+    identifier, secret = parsed.group("id"), parsed.group("secret")
     credential = AgentCredential.objects.select_related("institution").filter(pk=int(identifier)).first()
     expected = credential.secret_hash if credential else _hash("")
     if not hmac.compare_digest(expected, _hash(secret)) or credential is None:
