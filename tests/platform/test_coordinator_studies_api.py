@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
@@ -76,6 +77,19 @@ def test_optional_study_parts_take_defaults(
         ({"strategy_params": {"no_such_param": 1}}, "no parameters"),
         ({"feature_scaling": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}}, "feature_scaling must have 3"),
         ({"institutions": [999]}, "existing institutions"),
+        # About 10^18 parameters: counted from the config, never allocated, then refused.
+        (
+            {
+                "model": {
+                    "kind": "mlp",
+                    "task": "binary",
+                    "num_features": 3,
+                    "num_classes": 2,
+                    "hidden_sizes": [10**9, 10**9],
+                }
+            },
+            "1,000,000,006,000,000,001 parameters",
+        ),
     ],
 )
 def test_study_parts_that_do_not_fit_are_refused_with_a_clear_message(
@@ -243,3 +257,17 @@ def test_unknown_decision_is_a_field_error(
     )
     assert response.status_code == 400
     assert "decision" in response.json()["error"]["fields"]
+
+
+def test_the_model_size_bound_is_a_setting(
+    coordinator_client: APIClient, study_payload: dict[str, object], settings: Settings
+) -> None:
+    mlp = {"kind": "mlp", "task": "binary", "num_features": 3, "num_classes": 2, "hidden_sizes": [64]}
+    settings.FEDHEALTH_MAX_MODEL_PARAMETERS = 320  # (3 + 1) * 64 + (64 + 1) * 1 = 321
+    refused = coordinator_client.post("/api/v1/studies/", {**study_payload, "model": mlp}, format="json")
+    assert refused.status_code == 400
+    assert "321 parameters" in refused.json()["error"]["message"]
+    assert "at most 320" in refused.json()["error"]["message"]
+    settings.FEDHEALTH_MAX_MODEL_PARAMETERS = 321
+    accepted = coordinator_client.post("/api/v1/studies/", {**study_payload, "model": mlp}, format="json")
+    assert accepted.status_code == 201, accepted.content

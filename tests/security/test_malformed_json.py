@@ -117,6 +117,11 @@ def malformed_bodies() -> Iterator[Body]:
         "an escaped NUL in a nested value": b'{"privacy": {"note": "a\\u0000b"}, "metrics": {"a\\u0000": 1}}',
         "NUL bytes only": b"\x00" * 16,
         "a trailing NUL": b'{"name": "x"}\x00',
+        # ambiguous: which of two values counts?
+        "a repeated key": b'{"name": "x", "name": "y", "token": "t", "token": "u", '
+        b'"reason": "r", "reason": "s"}',
+        "a repeated nested key": b'{"metrics": {"accuracy": 0.5, "accuracy": 0.9}, '
+        b'"model": {"kind": 1, "kind": 2}}',
         # larger than the body cap
         "larger than DATA_UPLOAD_MAX_MEMORY_SIZE": b'{"name": "'
         + b"x" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE
@@ -131,6 +136,8 @@ def malformed_bodies() -> Iterator[Body]:
         "application/xml",
         "multipart/form-data",
         "application/json; charset=utf-16",
+        "application/json; charset=bogus",
+        "application/json; charset=latin-1",
     ):
         yield Body(f"a JSON document sent as {content_type}", document, content_type)
     yield Body(

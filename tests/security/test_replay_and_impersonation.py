@@ -94,6 +94,24 @@ def test_a_key_with_a_valid_id_and_a_wrong_secret_is_refused(sites: list[Site]) 
     assert response.json()["error"]["code"] == "invalid_credential"
 
 
+def test_a_key_has_one_spelling(sites: list[Site]) -> None:
+    """``fha_01_…`` is not credential 1: leading zeros, other digits and padding are refused."""
+    prefix, identifier, secret = sites[0].key.split("_", 2)
+    assert APIClient().get("/api/agent/v1/me", HTTP_AUTHORIZATION=f"Agent {sites[0].key}").status_code == 200
+    # Other digits, as a WSGI server hands over the UTF-8 bytes of a header: decoded as latin-1.
+    arabic_indic = "".join(chr(0x0660 + int(digit)) for digit in identifier).encode().decode("latin-1")
+    for spelling in (
+        f"{prefix}_0{identifier}_{secret}",
+        f"{prefix}_00{identifier}_{secret}",
+        f"{prefix}_+{identifier}_{secret}",
+        f"{prefix}_{arabic_indic}_{secret}",
+        f"{prefix}_{identifier}_{secret}=",
+        f"{prefix.upper()}_{identifier}_{secret}",
+    ):
+        response = APIClient().get("/api/agent/v1/me", HTTP_AUTHORIZATION=f"Agent {spelling}")
+        assert response.status_code == 401, spelling
+
+
 def test_enrollment_tokens_expire_and_are_stored_only_as_hashes() -> None:
     from institutions.models import EnrollmentToken, Institution
 
