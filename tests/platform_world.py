@@ -108,6 +108,7 @@ def start_job(
     round_deadline_seconds: int = 60,
     privacy: dict[str, object] | None = None,
     training: dict[str, object] = TRAINING,
+    update_norm_bound: dict[str, object] | None = None,
 ) -> Job:
     """A started job of a new study that every institution approved: round 1 is open."""
     study = study_services.study_create(
@@ -120,6 +121,7 @@ def start_job(
         training=training,
         feature_scaling=None,
         privacy=privacy or {},
+        update_norm_bound=update_norm_bound,
         validation_fraction=0.2,
         seed=0,
         institution_ids=[institution.pk for institution in institutions],

@@ -76,6 +76,7 @@ class StudyArguments(TypedDict):
     training: dict[str, object]
     feature_scaling: dict[str, object] | None
     privacy: dict[str, object]
+    update_norm_bound: dict[str, object]
     validation_fraction: float
     seed: int
     institution_ids: list[int]
@@ -197,6 +198,16 @@ class StudyForm(forms.Form):
         initial="fedavg",
         label="Aggregation strategy",
     )
+    update_norm_bound = JsonObjectField(
+        required=False,
+        rows=2,
+        initial={},
+        label="Update norm bound",
+        help_text=(
+            'Leave {} for none. {"max_ratio": 10, "action": "refuse"} refuses an update that changes the '
+            'model by more than 10 times its norm; "clip" scales it down instead (docs/threat-model.md).'
+        ),
+    )
     # 5. local training, validation, privacy
     epochs = forms.IntegerField(
         min_value=1, initial=1, label="Local epochs", help_text="Passes over local data per round."
@@ -280,7 +291,7 @@ class StudyForm(forms.Form):
                 "strategy",
                 "Aggregation strategy",
                 "How the sites' updates are combined each round.",
-                bound("strategy"),
+                bound("strategy", "update_norm_bound"),
                 groups,
             ),
             Section(
@@ -331,6 +342,9 @@ class StudyForm(forms.Form):
 
     def clean_privacy(self) -> dict[str, object]:
         return self.cleaned_data.get("privacy") or {}
+
+    def clean_update_norm_bound(self) -> dict[str, object]:
+        return self.cleaned_data.get("update_norm_bound") or {}
 
     def clean(self) -> dict[str, object]:
         cleaned = super().clean() or {}
@@ -427,6 +441,7 @@ class StudyForm(forms.Form):
                 training=self.cleaned_data["training"],
                 feature_scaling=self.cleaned_data["feature_scaling"],
                 privacy=self.cleaned_data.get("privacy") or {},
+                update_norm_bound=self.cleaned_data.get("update_norm_bound") or {},
                 num_participants=len(self.cleaned_data.get("institutions") or []),
             )
         except ServiceError as error:
@@ -445,6 +460,7 @@ class StudyForm(forms.Form):
             "training": data["training"],
             "feature_scaling": data["feature_scaling"],
             "privacy": data["privacy"],
+            "update_norm_bound": data["update_norm_bound"],
             "validation_fraction": data["validation_fraction"],
             "seed": data["seed"],
             "institution_ids": [institution.pk for institution in data["institutions"]],

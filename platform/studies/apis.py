@@ -55,6 +55,7 @@ class StudyOutputSerializer(StudySummaryOutputSerializer):
     training = serializers.DictField()
     feature_scaling = serializers.DictField(allow_null=True)
     privacy = serializers.DictField()
+    update_norm_bound = serializers.DictField()
     validation_fraction = serializers.FloatField()
     seed = serializers.IntegerField()
 
@@ -89,6 +90,11 @@ class StudyCreateApi(ApiView):
             allow_null=True, default=None, help_text='{"mean": [], "std": []}'
         )
         privacy = serializers.DictField(default=dict)
+        update_norm_bound = serializers.DictField(
+            default=dict,
+            help_text='{"max_ratio": 10, "action": "refuse" or "clip"}: an update may change the model by '
+            "at most max_ratio times its norm (at least 1); {} for no bound",
+        )
         validation_fraction = serializers.FloatField(default=0.2, help_text="strictly between 0 and 1")
         seed = serializers.IntegerField(min_value=0, max_value=MAX_SEED, default=0)
         institutions = serializers.ListField(
@@ -123,6 +129,7 @@ class StudyCreateApi(ApiView):
             training=data["training"],
             feature_scaling=data["feature_scaling"],
             privacy=data["privacy"],
+            update_norm_bound=data["update_norm_bound"],
             validation_fraction=data["validation_fraction"],
             seed=data["seed"],
             institution_ids=data["institutions"],

@@ -12,6 +12,9 @@ class Study(models.Model):
     strategy = models.CharField(max_length=40)
     strategy_params = models.JSONField(default=dict, blank=True)
     privacy = models.JSONField(default=dict, blank=True)
+    update_norm_bound = models.JSONField(
+        default=dict, blank=True, help_text='{"max_ratio": 10, "action": "refuse" or "clip"}; {} for none'
+    )
     training = models.JSONField(help_text="local epochs, batch size, learning rate, proximal mu")
     validation_fraction = models.FloatField(default=0.2)
     seed = models.PositiveIntegerField(default=0)

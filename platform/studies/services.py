@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from federation.aggregation.strategies import StrategyName, build_strategy
+from federation.aggregation.update_bound import UpdateNormBound
 from federation.data import DataSchema, Standardizer
 from federation.errors import FederationError
 from federation.models import ModelConfig, TrainConfig
@@ -32,6 +33,7 @@ def study_validate(
     feature_scaling: Mapping[str, object] | None,
     privacy: Mapping[str, object] | None = None,
     num_participants: int | None = None,
+    update_norm_bound: Mapping[str, object] | None = None,
 ) -> None:
     """Check that the parts of a study fit together; raise :class:`InvalidInput` if not."""
     try:
@@ -39,6 +41,7 @@ def study_validate(
         schema = DataSchema.from_json(dict(data_schema))
         build_strategy(strategy, dict(strategy_params))  # type: ignore[arg-type]
         privacy_settings = PrivacySettings.from_json(dict(privacy or {}))
+        norm_bound = UpdateNormBound.from_json(update_norm_bound)
         unknown = set(training) - TRAINING_KEYS
         if unknown:
             raise InvalidInput(
@@ -50,6 +53,11 @@ def study_validate(
     except (FederationError, TypeError, ValueError) as error:
         raise InvalidInput(str(error)) from error
     _check_model_size(model)
+    if norm_bound is not None and privacy_settings.secure_aggregation:
+        raise InvalidInput(
+            "update_norm_bound needs to see each update; under secure aggregation the server sees "
+            "only the sum (each site's agent can clip its own update: clip_update_norm in its policy)"
+        )
     _check_model_fits_schema(model, schema, feature_scaling)
     _check_privacy_fits(privacy_settings, strategy, strategy_params, model, training, num_participants)
 
@@ -140,6 +148,7 @@ def study_create(
     seed: int,
     institution_ids: Sequence[int],
     actor: str,
+    update_norm_bound: Mapping[str, object] | None = None,
 ) -> Study:
     study_validate(
         model_config=model_config,
@@ -150,6 +159,7 @@ def study_create(
         feature_scaling=feature_scaling,
         privacy=privacy,
         num_participants=len(set(institution_ids)),
+        update_norm_bound=update_norm_bound,
     )
     institutions = list(Institution.objects.filter(pk__in=set(institution_ids)))
     if len(institutions) != len(set(institution_ids)) or not institutions:
@@ -166,6 +176,7 @@ def study_create(
                 training=dict(training),
                 feature_scaling=dict(feature_scaling) if feature_scaling is not None else None,
                 privacy=dict(privacy),
+                update_norm_bound=dict(update_norm_bound or {}),
                 validation_fraction=validation_fraction,
                 seed=seed,
                 created_by=actor,

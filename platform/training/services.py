@@ -26,6 +26,7 @@ from safetensors.numpy import load as safetensors_load
 from audit.services import audit_record
 from federation.aggregation.strategies import Details, Strategy, build_strategy
 from federation.aggregation.streaming import StoredUpdate
+from federation.aggregation.update_bound import UpdateNormBound
 from federation.errors import ConfigurationError, FederationError, UpdateTooLargeError
 from federation.metric_reports import check_num_examples, check_reported_metrics, combine_metrics
 from federation.models import ModelConfig, build_model
@@ -697,9 +698,9 @@ def _existing(round_: Round, credential: AgentCredential, sha256: str) -> Submit
     return SubmitResult(existing, duplicate=True)
 
 
-def _check_tensors(round_: Round, data: bytes) -> None:
+def _check_tensors(round_: Round, data: bytes) -> Weights:
     try:
-        deserialize_weights(data, spec=model_spec(round_.base_version))
+        return deserialize_weights(data, spec=model_spec(round_.base_version))
     except UpdateTooLargeError as error:
         raise TooLarge(str(error)) from error
     except FederationError as error:
@@ -717,12 +718,49 @@ def update_submit(
     """
     round_ = _round_for_site(round_id, credential)
     _check_not_secure(round_)
-    _check_tensors(round_, data)
+    data = _within_norm_bound(round_, credential, _check_tensors(round_, data), data)
     sha256 = sha256_hex(data)
     if _existing(round_, credential, sha256) is None:  # a retry gets its first answer below
         _check_update_acceptable(round_, credential, meta)
     blob_store().put(data)
     return _update_accept(round_id, credential, meta, sha256, len(data))
+
+
+def _within_norm_bound(round_: Round, credential: AgentCredential, weights: Weights, data: bytes) -> bytes:
+    """The update's bytes within the study's norm bound: as sent, clipped, or refused (audited).
+
+    Clipping is deterministic, so a retry of the same bytes is stored as the same blob and
+    counted once.
+    """
+    bound = UpdateNormBound.from_json(round_.job.study.update_norm_bound)
+    if bound is None:
+        return data
+    spec = model_spec(round_.base_version)
+    check = bound.apply(
+        weights, deserialize_weights(blob_store().read(round_.base_version.sha256), spec=spec)
+    )
+    if check.within:
+        return data
+    details: dict[str, object] = {
+        "round": round_.number,
+        "change_norm": check.change_norm,
+        "limit": check.limit,
+    }
+    kind = "update.clipped" if check.clipped else "update.refused_norm"
+    audit_record(
+        actor=f"agent:{credential.pk}",
+        kind=kind,
+        institution=credential.institution,
+        job=round_.job,
+        details=details,
+    )
+    if not check.clipped:
+        raise InvalidInput(
+            f"the update changes the model by {check.change_norm:.4g}; this study allows at most "
+            f"{check.limit:.4g} (update_norm_bound)",
+            code="update_norm_exceeded",
+        )
+    return serialize_weights(check.weights, spec=spec)
 
 
 def _check_not_secure(round_: Round) -> None:

@@ -138,6 +138,7 @@ def test_coordinator_creates_a_study(
         ({"feature_scaling": '{"mean": [0, 0], "std": [1, 1]}'}, "feature_scaling", "4 means"),
         ({"feature_scaling": '{"mean": [0, 0, 0, 0], "std": [1, 1, 0, 1]}'}, "feature_scaling", "positive"),
         ({"privacy": '"none"'}, "privacy", "JSON object"),
+        ({"update_norm_bound": '{"max_ratio": 0}'}, "update_norm_bound", "above 0"),
     ],
 )
 def test_invalid_input_is_explained_next_to_its_field(
@@ -250,3 +251,13 @@ def test_job_form_fields_are_validated(coordinator: Client, study_ab: Study) -> 
     response = coordinator.post(f"/studies/{study_ab.pk}/jobs/", body)
     assert "greater than or equal to 1" in _field_error(response.content.decode(), "num_rounds")
     assert not Job.objects.exists()
+
+
+def test_a_study_with_an_update_norm_bound_shows_it(
+    coordinator: Client, hospital_a: Institution, hospital_b: Institution
+) -> None:
+    form = _study_form([hospital_a, hospital_b], update_norm_bound='{"max_ratio": 10, "action": "clip"}')
+    response = coordinator.post("/studies/new/", form, follow=True)
+    study = Study.objects.get(name="Readmission risk")
+    assert study.update_norm_bound == {"max_ratio": 10, "action": "clip"}
+    assert "clip beyond 10 × the model" in response.content.decode()

@@ -77,6 +77,12 @@ def test_optional_study_parts_take_defaults(
         ({"strategy_params": {"no_such_param": 1}}, "no parameters"),
         ({"feature_scaling": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}}, "feature_scaling must have 3"),
         ({"institutions": [999]}, "existing institutions"),
+        ({"update_norm_bound": {"max_ratio": -1}}, "max_ratio must be a number above 0"),
+        ({"update_norm_bound": {"max_ratio": 5, "action": "ignore"}}, "must be refuse or clip"),
+        (
+            {"update_norm_bound": {"max_ratio": 5}, "privacy": {"secure_aggregation": True}},
+            "update_norm_bound needs to see each update",
+        ),
         # About 10^18 parameters: counted from the config, never allocated, then refused.
         (
             {
@@ -271,3 +277,15 @@ def test_the_model_size_bound_is_a_setting(
     settings.FEDHEALTH_MAX_MODEL_PARAMETERS = 321
     accepted = coordinator_client.post("/api/v1/studies/", {**study_payload, "model": mlp}, format="json")
     assert accepted.status_code == 201, accepted.content
+
+
+def test_a_study_keeps_its_update_norm_bound(
+    coordinator_client: APIClient, study_payload: dict[str, object]
+) -> None:
+    bound = {"max_ratio": 10.0, "action": "clip"}
+    created = coordinator_client.post(
+        "/api/v1/studies/", {**study_payload, "update_norm_bound": bound}, format="json"
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["update_norm_bound"] == bound
+    assert Study.objects.get().update_norm_bound == bound

@@ -13,11 +13,15 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.core.cache import cache
 from django.utils import timezone
-from platform_world import Site, make_job, trained
+from platform_world import Site, make_job, spec_of, start_job, trained
+from safetensors.numpy import load as safetensors_load
 
+from audit.models import AuditEvent
+from federation.wire import deserialize_weights, serialize_weights
 from training import services as training_services
 from training.blobs import blob_store
 from training.models import Job, JobState, Round, RoundKind, RoundState, Update
@@ -253,3 +257,72 @@ def test_an_aggregation_that_raises_an_unexpected_error_fails_its_round_with_the
     assert "internal error" in round_.failure_reason
     job.refresh_from_db()
     assert job.state == JobState.FAILED
+
+
+# --- updates of absurd magnitude: the study's update norm bound --------------------------
+
+
+def _absurd(blob: bytes) -> bytes:
+    """Every value at the float32 limit: finite, so the wire format lets it through."""
+    weights = deserialize_weights(blob, spec=spec_of(blob))
+    return serialize_weights({name: np.full_like(array, 3.4e38) for name, array in weights.items()})
+
+
+def _norm_bound_job(sites: list[Site], action: str) -> Job:
+    return start_job(
+        [site.institution for site in sites],
+        name=f"bounded-{action}",
+        rounds=2,
+        update_norm_bound={"max_ratio": 2.0, "action": action},
+    )
+
+
+def test_without_a_bound_an_absurd_update_is_taken_as_it_is(sites: list[Site]) -> None:
+    """What the bound is for: the wire format takes finite values of any size."""
+    make_job(sites)
+    task = sites[1].work()
+    assert sites[1].upload(task, _absurd(sites[1].model(task))).status_code == 201
+
+
+def test_an_update_beyond_the_refuse_bound_is_refused_and_audited(sites: list[Site]) -> None:
+    _norm_bound_job(sites, "refuse")
+    task = sites[1].work()
+    base = sites[1].model(task)
+    response = sites[1].upload(task, _absurd(base))
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "update_norm_exceeded"
+    assert not Update.objects.exists()
+    event = AuditEvent.objects.get(kind="update.refused_norm")
+    global_norm = float(np.linalg.norm(_flat(base)))
+    assert event.details["limit"] == pytest.approx(2.0 * max(global_norm, 1.0))
+    assert event.details["change_norm"] > 1e38
+    honest = sites[0].work()
+    assert sites[0].upload(honest, trained(sites[0].model(honest), 0.01)).status_code == 201
+
+
+def test_an_update_beyond_the_clip_bound_is_clipped_onto_it_and_audited(
+    sites: list[Site], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    job = _norm_bound_job(sites, "clip")
+    task = sites[1].work()
+    base = sites[1].model(task)
+    absurd = _absurd(base)
+    first = sites[1].upload(task, absurd)
+    assert first.status_code == 201, first.content
+    assert sites[1].upload(task, absurd).status_code == 200  # a retry: the same clipped blob, once
+    stored = blob_store().read(Update.objects.get().sha256)
+    change = _flat(stored).astype(np.float64) - _flat(base)
+    limit = 2.0 * max(float(np.linalg.norm(_flat(base))), 1.0)
+    assert np.linalg.norm(change) == pytest.approx(limit, rel=1e-4)
+    assert AuditEvent.objects.filter(kind="update.clipped").count() == 2
+    honest = sites[0].work()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sites[0].upload(honest, trained(sites[0].model(honest), 0.01)).status_code == 201
+    version = job.model_versions.get(number=1)
+    assert np.all(np.isfinite(_flat(blob_store().read(version.sha256))))
+    assert np.max(np.abs(_flat(blob_store().read(version.sha256)))) < 1e3
+
+
+def _flat(blob: bytes) -> np.ndarray:
+    weights = safetensors_load(blob)
+    return np.concatenate([weights[name].ravel() for name in sorted(weights)]).astype(np.float64)
