@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterator
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.base import BaseCache
 
 from agentapi import selectors
 from fedplatform.errors import TooManyRequests, Unauthenticated
@@ -67,25 +68,42 @@ def _count_ttl() -> int:
     return int(settings.FEDHEALTH_LONG_POLL_MAX_SECONDS) + COUNT_TTL_MARGIN_SECONDS
 
 
-def credential_slot_acquire(*, credential_id: int) -> bool:
-    """Count one more waiting poll for the credential, unless it already has its share.
+def _count_add(key: str, delta: int, ttl: int) -> int:
+    """The count at ``key`` moved by ``delta``; ValueError when it has expired.
 
-    ``cache.incr`` is atomic on Redis (and within a process on the local-memory cache).
+    A backend with its own ``incr`` (Redis, local memory) adds atomically and keeps the
+    expiry. Django's generic one (files, database) reads and writes back with its default
+    timeout, so here the write sets the count's own.
     """
+    backend = caches["default"]
+    if type(backend).incr is not BaseCache.incr:
+        return backend.incr(key, delta)
+    value = backend.get(key)
+    if value is None:
+        raise ValueError(f"{key} has expired")
+    backend.set(key, value + delta, timeout=ttl)
+    return int(value) + delta
+
+
+def credential_slot_acquire(*, credential_id: int) -> bool:
+    """Count one more waiting poll for the credential, unless it already has its share."""
     key, ttl = credential_count_key(credential_id), _count_ttl()
+    limit = settings.FEDHEALTH_LONG_POLL_PER_CREDENTIAL
+    # Refused without a write: a count left behind by a dead process still expires while
+    # its credential keeps asking.
+    if (cache.get(key) or 0) >= limit:
+        return False
     if cache.add(key, 1, timeout=ttl):
         count = 1
     else:
         try:
-            count = cache.incr(key)
+            count = _count_add(key, 1, ttl)
         except ValueError:  # expired between the two calls
             cache.set(key, 1, timeout=ttl)
             count = 1
-    if count > settings.FEDHEALTH_LONG_POLL_PER_CREDENTIAL:
+    if count > limit:  # another poll came in meanwhile
         credential_slot_release(credential_id=credential_id)
         return False
-    # Only an admitted poll extends the count's life: a count left behind by a dead process
-    # still expires while the credential is refused.
     cache.touch(key, ttl)
     return True
 
@@ -93,7 +111,7 @@ def credential_slot_acquire(*, credential_id: int) -> bool:
 def credential_slot_release(*, credential_id: int) -> None:
     # A count that expired meanwhile has nothing left to give back.
     with contextlib.suppress(ValueError):
-        cache.decr(credential_count_key(credential_id))
+        _count_add(credential_count_key(credential_id), -1, _count_ttl())
 
 
 @contextlib.contextmanager
