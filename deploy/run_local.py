@@ -175,6 +175,7 @@ def reset_database(settings: Settings) -> None:
 
 def start_control_plane(processes: Processes, settings: Settings, workers: int) -> None:
     celery = [str(BIN / "celery"), "--workdir", str(REPO / "platform"), "-A", "fedplatform"]
+    threads = max(16, 2 * workers)
     processes.start(
         "web",
         [
@@ -189,13 +190,14 @@ def start_control_plane(processes: Processes, settings: Settings, workers: int) 
             "--workers",
             "2",
             "--threads",
-            str(max(16, 2 * workers)),
+            str(threads),
             "--timeout",
             "60",
             "--graceful-timeout",
             "5",
         ],
-        settings.env,
+        # The control plane lets half of them wait in long polls (FEDHEALTH_LONG_POLL_PER_PROCESS).
+        {**settings.env, "FEDHEALTH_WEB_THREADS": str(threads)},
     )
     # Threads, not prefork: a forked child of a parent that ran torch can deadlock.
     processes.start(

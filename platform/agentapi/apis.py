@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -17,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from agentapi import selectors
+from agentapi import long_poll, selectors
 from agentapi.authentication import AgentAuthentication, IsAgent, credential_of
 from federation.errors import ConfigurationError
 from federation.metric_reports import MAX_NUM_EXAMPLES, check_num_examples, check_reported_metrics
@@ -130,19 +129,22 @@ class WorkApi(AgentView):
                 description="seconds to wait for work (default 0: answer at once)",
             )
         ],
-        responses={200: AgentWorkOutputSerializer, **ERRORS},
+        responses={
+            200: AgentWorkOutputSerializer,
+            **ERRORS,
+            429: OpenApiResponse(
+                ErrorResponseSerializer,
+                description="too many long polls waiting (this credential's, or this server's): "
+                "ask again after Retry-After seconds",
+            ),
+        },
         tags=["agent"],
     )
     def get(self, request: Request) -> Response:
         wait = _bounded_wait(request.query_params.get("wait", "0"))
         credential = credential_of(request)
         institution_services.credential_touch(credential=credential)
-        deadline = time.monotonic() + wait
-        while True:
-            task = selectors.work_for(credential=credential)
-            if task is not None or time.monotonic() >= deadline:
-                return Response({"task": task})
-            time.sleep(settings.FEDHEALTH_LONG_POLL_INTERVAL_SECONDS)
+        return Response({"task": long_poll.work_wait(credential=credential, wait=wait)})
 
 
 def _bounded_wait(raw: str) -> float:

@@ -12,6 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -31,6 +32,10 @@ class Environment:
     csrf_trusted_origins: list[str]
     behind_tls_proxy: bool
     log_level: str
+    cache_url: str
+    num_proxies: int
+    long_poll_per_credential: int
+    long_poll_per_process: int
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -47,6 +52,53 @@ def _flag(name: str, default: bool) -> bool:
 def _list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name, "")
     return [item.strip() for item in raw.split(",") if item.strip()] or default
+
+
+def _count(name: str, default: int, *, minimum: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be a whole number of at least {minimum}, got {raw!r}")
+    return value
+
+
+#: Threads of each gunicorn worker (deploy/gunicorn.conf.py reads the same variable).
+DEFAULT_WEB_THREADS = 16
+CACHE_SCHEMES = ("redis://", "rediss://", "file://")
+
+
+def _cache_url(data_dir: Path) -> str:
+    """The shared cache: Redis, or by default files under the data folder (one machine)."""
+    raw = os.environ.get("FEDHEALTH_CACHE_URL", "").strip()
+    if not raw:
+        return (data_dir / "cache").as_uri()
+    if not raw.startswith(CACHE_SCHEMES) or (raw.startswith("file://") and not raw.startswith("file:///")):
+        raise ImproperlyConfigured(
+            f"FEDHEALTH_CACHE_URL must be redis://, rediss:// or file:///<absolute folder>, got {raw!r}"
+        )
+    return raw
+
+
+def cache_settings(url: str) -> dict[str, object]:
+    """Django's ``CACHES["default"]`` for a validated ``FEDHEALTH_CACHE_URL``."""
+    if url.startswith("file://"):
+        return {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": unquote(urlsplit(url).path),
+            "KEY_PREFIX": "fedhealth",
+            # Past this many entries a third is dropped at random: far above what is kept here.
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
+        }
+    return {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": url,
+        "KEY_PREFIX": "fedhealth",
+    }
 
 
 def _required(name: str) -> str:
@@ -93,4 +145,13 @@ def load() -> Environment:
         csrf_trusted_origins=_list("CSRF_TRUSTED_ORIGINS", []),
         behind_tls_proxy=_flag("FEDHEALTH_BEHIND_TLS_PROXY", default=production),
         log_level=os.environ.get("FEDHEALTH_LOG_LEVEL", "INFO").upper(),
+        cache_url=_cache_url(data_dir),
+        num_proxies=_count("FEDHEALTH_NUM_PROXIES", 0, minimum=0),
+        long_poll_per_credential=_count("FEDHEALTH_LONG_POLL_PER_CREDENTIAL", 2, minimum=1),
+        # Half the threads of a worker at most wait in long polls: the rest serve everybody else.
+        long_poll_per_process=_count(
+            "FEDHEALTH_LONG_POLL_PER_PROCESS",
+            max(1, _count("FEDHEALTH_WEB_THREADS", DEFAULT_WEB_THREADS, minimum=1) // 2),
+            minimum=1,
+        ),
     )

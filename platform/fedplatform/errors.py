@@ -15,7 +15,7 @@ from django.core.exceptions import (
     TooManyFieldsSent,
     TooManyFilesSent,
 )
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, JsonResponse, UnreadablePostError
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -63,6 +63,17 @@ class Unauthenticated(ServiceError):
     default_code = "not_authenticated"
 
 
+class TooManyRequests(ServiceError):
+    """Refused for now: the client may try again after ``retry_after`` seconds."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 def error_body(code: str, message: str, fields: dict[str, list[str]] | None = None) -> dict[str, object]:
     error: dict[str, object] = {"code": code, "message": message}
     if fields:
@@ -80,6 +91,8 @@ def _service_error_response(error: ServiceError) -> Response:
     response = Response(error_body(error.code, error.message), status=error.status_code)
     if isinstance(error, Unauthenticated):
         response["WWW-Authenticate"] = "Agent"
+    if isinstance(error, TooManyRequests):
+        response["Retry-After"] = str(error.retry_after)
     return response
 
 
@@ -95,6 +108,8 @@ def _suspicious_request_error(error: SuspiciousOperation) -> ServiceError:
 def api_exception_handler(error: Exception, context: dict[str, object]) -> Response | None:
     if isinstance(error, SuspiciousOperation):
         error = _suspicious_request_error(error)
+    if isinstance(error, UnreadablePostError):  # the client stopped sending its body
+        error = InvalidInput("the request body ended before its Content-Length", code="incomplete_body")
     if isinstance(error, ServiceError):
         return _service_error_response(error)
     if isinstance(error, Http404):

@@ -89,6 +89,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# One cache shared by every web process (long-poll counts, enrollment throttling): Redis in
+# production, by default files under the data folder (shared by the processes of one machine).
+CACHES = {"default": environment.cache_settings(ENV.cache_url)}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
@@ -130,6 +134,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_THROTTLE_RATES": {"enroll": "30/minute"},
+    # Proxies in front whose X-Forwarded-For is trusted: throttling counts per client address,
+    # so with 0 (gunicorn reached directly) a client cannot choose its address by a header.
+    "NUM_PROXIES": ENV.num_proxies,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -182,6 +189,12 @@ FEDHEALTH_ENROLLMENT_TOKEN_HOURS = 24
 FEDHEALTH_MAX_MODEL_PARAMETERS = int(os.environ.get("FEDHEALTH_MAX_MODEL_PARAMETERS", 50_000_000))
 FEDHEALTH_API_TOKEN_DAYS = int(os.environ.get("FEDHEALTH_API_TOKEN_DAYS", 30))
 FEDHEALTH_LONG_POLL_MAX_SECONDS = 30
+# Long polls that may wait at once: per agent credential (across all web processes, counted
+# in the cache), and per web process (its other threads keep serving everybody else).
+FEDHEALTH_LONG_POLL_PER_CREDENTIAL = ENV.long_poll_per_credential
+FEDHEALTH_LONG_POLL_PER_PROCESS = ENV.long_poll_per_process
+# What a refused long poll is told: come back after this many seconds.
+FEDHEALTH_LONG_POLL_RETRY_AFTER_SECONDS = 5
 # How often a waiting long poll looks for work: the floor of the round-to-round latency.
 FEDHEALTH_LONG_POLL_INTERVAL_SECONDS = float(os.environ.get("FEDHEALTH_LONG_POLL_INTERVAL_SECONDS", 0.05))
 # An aggregation that started this long ago and has not finished is started again (its

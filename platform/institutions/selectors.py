@@ -23,6 +23,11 @@ def is_online(last_seen_at: datetime | None, *, now: datetime | None = None) -> 
     return (now or timezone.now()) - last_seen_at <= ONLINE_WINDOW
 
 
+def credential_is_active(*, credential_id: int) -> bool:
+    """Whether the credential exists and is not revoked, read afresh from the database."""
+    return AgentCredential.objects.filter(pk=credential_id, revoked_at__isnull=True).exists()
+
+
 def institution_list(*, scope: Scope) -> QuerySet[Institution]:
     """Institutions with ``active_credentials`` and ``agent_last_seen_at`` annotated."""
     queryset = Institution.objects.annotate(

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -137,6 +138,65 @@ def test_gunicorn_config_uses_threads_and_outlasts_the_long_poll(monkeypatch, se
     assert config["preload_app"] is False
     assert config["bind"] == ["127.0.0.1:8000"]
     assert config["forwarded_allow_ips"]
+
+
+def test_gunicorn_keepalive_stays_short_and_above_nginxs(monkeypatch):
+    monkeypatch.delenv("FEDHEALTH_BODY_TIMEOUT_SECONDS", raising=False)
+    config = load_gunicorn_config()
+    upstream_keepalive = nginx_directives()["keepalive_timeout"]
+    assert len(upstream_keepalive) == 1
+    assert int(upstream_keepalive[0].rstrip("s")) < int(config["keepalive"]) <= 10
+    assert config["BODY_TIMEOUT_SECONDS"] == 15
+    assert callable(config["pre_request"])
+
+
+def test_gunicorn_frees_a_thread_whose_request_body_stalls(tmp_path):
+    """A body shorter than its Content-Length, sent to gunicorn directly: a JSON 400 once
+    nothing more arrives for FEDHEALTH_BODY_TIMEOUT_SECONDS, not a thread held until the
+    client hangs up (without the hook the read below would wait out its 60 s and fail)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "FEDHEALTH_DATA_DIR": str(tmp_path),
+        "FEDHEALTH_ENV": "development",
+        "FEDHEALTH_BIND": f"127.0.0.1:{port}",
+        "FEDHEALTH_WEB_WORKERS": "1",
+        "FEDHEALTH_WEB_THREADS": "2",
+        "FEDHEALTH_BODY_TIMEOUT_SECONDS": "2",
+    }
+    with (tmp_path / "gunicorn.log").open("wb") as log:
+        server = subprocess.Popen(
+            [str(VENV_BIN / "gunicorn"), "--config", "deploy/gunicorn.conf.py"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (tmp_path / "gunicorn.log").read_text()[-2000:]
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=60)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not start listening"
+                time.sleep(0.2)
+        with client:
+            client.sendall(
+                b"POST /api/agent/v1/enroll HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"token": '
+            )
+            answer = b""
+            while chunk := client.recv(65536):  # until gunicorn closes the connection
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:500]
+        assert b"incomplete_body" in answer
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_gunicorn_config_changes_into_platform_and_names_the_wsgi_module():
@@ -340,6 +400,49 @@ def test_env_example_fails_validation_until_filled_in(monkeypatch, tmp_path):
     assert loaded.log_level == "INFO"
 
 
+def test_the_cache_is_shared_by_processes_and_chosen_by_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDHEALTH_DATA_DIR", str(tmp_path / "data dir"))
+    monkeypatch.delenv("FEDHEALTH_CACHE_URL", raising=False)
+    embedded = environment.cache_settings(environment.load().cache_url)
+    assert embedded["BACKEND"] == "django.core.cache.backends.filebased.FileBasedCache"
+    assert embedded["LOCATION"] == str(tmp_path / "data dir" / "cache")
+    monkeypatch.setenv("FEDHEALTH_CACHE_URL", "redis://127.0.0.1:6379/1")
+    redis = environment.cache_settings(environment.load().cache_url)
+    assert redis == {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:6379/1",
+        "KEY_PREFIX": "fedhealth",
+    }
+    for wrong in ("memcached://127.0.0.1:11211", "file://relative/folder", "locmem://"):
+        monkeypatch.setenv("FEDHEALTH_CACHE_URL", wrong)
+        with pytest.raises(ImproperlyConfigured, match="FEDHEALTH_CACHE_URL"):
+            environment.load()
+
+
+def test_proxy_count_and_long_poll_shares_are_validated(monkeypatch):
+    for name in (
+        "FEDHEALTH_NUM_PROXIES",
+        "FEDHEALTH_LONG_POLL_PER_CREDENTIAL",
+        "FEDHEALTH_LONG_POLL_PER_PROCESS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FEDHEALTH_WEB_THREADS", "12")
+    loaded = environment.load()
+    assert (loaded.num_proxies, loaded.long_poll_per_credential, loaded.long_poll_per_process) == (0, 2, 6)
+    monkeypatch.setenv("FEDHEALTH_NUM_PROXIES", "1")
+    assert environment.load().num_proxies == 1
+    for name, wrong in (
+        ("FEDHEALTH_NUM_PROXIES", "-1"),
+        ("FEDHEALTH_NUM_PROXIES", "one"),
+        ("FEDHEALTH_LONG_POLL_PER_CREDENTIAL", "0"),
+        ("FEDHEALTH_LONG_POLL_PER_PROCESS", "0"),
+    ):
+        monkeypatch.setenv(name, wrong)
+        with pytest.raises(ImproperlyConfigured, match=name):
+            environment.load()
+        monkeypatch.delenv(name)
+
+
 # --- nginx -------------------------------------------------------------------------------------
 
 
@@ -372,6 +475,31 @@ def test_nginx_allows_model_uploads_and_long_polls(settings):
     assert any("Strict-Transport-Security" in value for value in directives["add_header"])
     assert "X-Forwarded-Proto https" in [" ".join(v.split()) for v in directives["proxy_set_header"]]
     assert any(value.startswith("443 ssl") for value in directives["listen"])
+
+
+def test_nginx_limits_connections_per_address_and_long_polls_per_address():
+    directives = nginx_directives()
+    zones = {
+        value.split()[1].removeprefix("zone=").split(":")[0]: value.split()[0]
+        for value in directives["limit_conn_zone"]
+    }
+    assert zones == {
+        "fedhealth_per_address": "$binary_remote_addr",
+        "fedhealth_long_polls": "$binary_remote_addr",
+    }
+    assert directives["limit_conn_status"] == ["429"]
+    text = (DEPLOY / "nginx" / "fedhealth.conf").read_text()
+    server = text[text.index("listen 443") :]
+    # The server-wide limit, and the long-poll route repeating it (limit_conn is not inherited
+    # by a block with one of its own) beside its own, smaller one.
+    assert re.search(r"\n    limit_conn fedhealth_per_address \d+;", server)
+    work = re.search(r"location = /api/agent/v1/work \{(.*?)\n    \}", server, re.DOTALL)
+    assert work, "no location for the agent's long poll"
+    limits = dict(re.findall(r"limit_conn (\w+) (\d+);", work.group(1)))
+    assert set(limits) == {"fedhealth_per_address", "fedhealth_long_polls"}
+    assert int(limits["fedhealth_long_polls"]) < int(limits["fedhealth_per_address"])
+    assert "proxy_set_header X-Forwarded-For   $remote_addr;" in work.group(1)
+    assert "proxy_pass http://fedhealth_web;" in work.group(1)
 
 
 def test_nginx_serves_static_from_static_root_and_proxies_to_gunicorn():

@@ -99,7 +99,7 @@ def auth_headers(
     """A coordinator's token, an agent's key, and a running job the agent's site takes part in."""
     settings.ENV = dataclasses.replace(settings.ENV, model_storage_dir=tmp_path / "models")
     settings.CELERY_TASK_ALWAYS_EAGER = True
-    monkeypatch.setattr("agentapi.apis.time", SimulatedClock())
+    monkeypatch.setattr("agentapi.long_poll.time", SimulatedClock())
     cache.clear()  # enrollment throttling counts live in the cache
     token = user_create(
         username="fuzz-coordinator",
