@@ -31,6 +31,9 @@ class Environment:
     csrf_trusted_origins: list[str]
     behind_tls_proxy: bool
     log_level: str
+    trusted_proxy_count: int
+    login_failure_limit: int
+    login_cool_off_minutes: int
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -47,6 +50,19 @@ def _flag(name: str, default: bool) -> bool:
 def _list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name, "")
     return [item.strip() for item in raw.split(",") if item.strip()] or default
+
+
+def _integer(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
 
 
 def _required(name: str) -> str:
@@ -93,4 +109,8 @@ def load() -> Environment:
         csrf_trusted_origins=_list("CSRF_TRUSTED_ORIGINS", []),
         behind_tls_proxy=_flag("FEDHEALTH_BEHIND_TLS_PROXY", default=production),
         log_level=os.environ.get("FEDHEALTH_LOG_LEVEL", "INFO").upper(),
+        # How many proxies in front append to X-Forwarded-For; 0: the header is ignored.
+        trusted_proxy_count=_integer("FEDHEALTH_TRUSTED_PROXY_COUNT", default=0, minimum=0),
+        login_failure_limit=_integer("FEDHEALTH_LOGIN_FAILURE_LIMIT", default=10, minimum=1),
+        login_cool_off_minutes=_integer("FEDHEALTH_LOGIN_COOLOFF_MINUTES", default=15, minimum=1),
     )

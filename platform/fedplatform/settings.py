@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -27,6 +28,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -50,6 +52,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "console.middleware.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes asks: turns a refused sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "fedplatform.urls"
@@ -59,6 +63,27 @@ WSGI_APPLICATION = "fedplatform.wsgi.application"
 LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "console:overview"
 LOGOUT_REDIRECT_URL = "console:login"
+
+# --- Sign-in throttling (django-axes), for the console's and the admin's sign-in pages ------
+# The first backend refuses a locked-out user name or address before any password is
+# checked; the second one checks passwords.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = True
+# Failures are counted per user name and, separately, per client address; either count
+# reaching the limit locks that user name (from everywhere) or that address (for every name).
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_FAILURE_LIMIT = ENV.login_failure_limit
+# Failures older than this (counted from the latest one) no longer count: the lockout ends.
+AXES_COOLOFF_TIME = timedelta(minutes=ENV.login_cool_off_minutes)
+# A success must not wipe the counts: an attacker's own account, signed in from the address
+# the attack comes from, would otherwise clear every failure counted against that address.
+AXES_RESET_ON_SUCCESS = False
+AXES_CLIENT_IP_CALLABLE = "fedplatform.client_address.client_address"
+AXES_LOCKOUT_CALLABLE = "console.views.signin.lockout_response"
+FEDHEALTH_TRUSTED_PROXY_COUNT = ENV.trusted_proxy_count
 
 TEMPLATES = [
     {

@@ -382,6 +382,50 @@ def test_nginx_serves_static_from_static_root_and_proxies_to_gunicorn():
     assert f"{bind}" in directives["server"]
 
 
+def nginx_locations() -> dict[str, list[str]]:
+    """Each ``location`` block (by its match, e.g. ``= /login/``): its statements, in order,
+    with their spacing normalized. The HTTPS server comes last, so its blocks win."""
+    locations: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in (DEPLOY / "nginx" / "fedhealth.conf").read_text().splitlines():
+        statement = " ".join(line.split("#", 1)[0].split())
+        opening = re.fullmatch(r"location (.+) \{", statement)
+        if opening:
+            assert current is None, "nested location blocks"
+            current = locations[opening.group(1)] = []
+        elif statement == "}":
+            current = None
+        elif current is not None and statement:
+            current.append(statement.rstrip(";"))
+    return locations
+
+
+def test_nginx_throttles_both_sign_in_pages_per_address():
+    (zone_definition,) = nginx_directives()["limit_req_zone"]
+    key, zone, rate = zone_definition.split()
+    assert key == "$binary_remote_addr"  # per client address
+    zone_name = zone.removeprefix("zone=").split(":")[0]
+    assert re.fullmatch(r"rate=\d+r/m", rate)
+    locations = nginx_locations()
+    main = locations["/"]
+    proxying = [s for s in main if s.startswith(("proxy_pass", "proxy_http_version", "proxy_set_header"))]
+    assert len([s for s in proxying if s.startswith("proxy_set_header")]) >= 5
+    for page in ("/login/", "/admin/login/"):
+        block = locations[f"= {page}"]
+        limits = [s for s in block if s.startswith("limit_req ")]
+        assert limits, f"{page} is not throttled"
+        assert all(f"zone={zone_name}" in limit.split() for limit in limits)
+        assert "limit_req_status 429" in block
+        # proxy_set_header is not inherited into a block that has its own: the same headers
+        assert [s for s in block if s in proxying] == proxying, page
+        assert [s for s in block if s.startswith("proxy_set_header")] == [
+            s for s in main if s.startswith("proxy_set_header")
+        ]
+        # an add_header here would drop the server's HSTS header (not inherited either)
+        assert not any(s.startswith("add_header") for s in block), page
+    assert not any(s.startswith("limit_req") for s in main), "the throttle is for the sign-in pages only"
+
+
 @pytest.mark.skipif(
     not (shutil.which("nginx") and shutil.which("openssl")), reason="nginx or openssl not installed"
 )
