@@ -34,6 +34,7 @@ class Environment:
     trusted_proxy_count: int
     login_failure_limit: int
     login_cool_off_minutes: int
+    public_api_schema: bool
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -113,4 +114,5 @@ def load() -> Environment:
         trusted_proxy_count=_integer("FEDHEALTH_TRUSTED_PROXY_COUNT", default=0, minimum=0),
         login_failure_limit=_integer("FEDHEALTH_LOGIN_FAILURE_LIMIT", default=10, minimum=1),
         login_cool_off_minutes=_integer("FEDHEALTH_LOGIN_COOLOFF_MINUTES", default=15, minimum=1),
+        public_api_schema=_flag("FEDHEALTH_PUBLIC_API_SCHEMA", default=not production),
     )

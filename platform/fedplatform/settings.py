@@ -85,6 +85,10 @@ AXES_CLIENT_IP_CALLABLE = "fedplatform.client_address.client_address"
 AXES_LOCKOUT_CALLABLE = "console.views.signin.lockout_response"
 FEDHEALTH_TRUSTED_PROXY_COUNT = ENV.trusted_proxy_count
 
+# The API schema and its viewers (/api/schema/, /api/docs/, /api/redoc/): open to anyone, or
+# (false, the default in production) to signed-in people only: API token or console session.
+FEDHEALTH_PUBLIC_API_SCHEMA = ENV.public_api_schema
+
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
