@@ -35,6 +35,8 @@ class Environment:
     login_failure_limit: int
     login_cool_off_minutes: int
     public_api_schema: bool
+    session_idle_minutes: int
+    session_max_hours: int
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -115,4 +117,6 @@ def load() -> Environment:
         login_failure_limit=_integer("FEDHEALTH_LOGIN_FAILURE_LIMIT", default=10, minimum=1),
         login_cool_off_minutes=_integer("FEDHEALTH_LOGIN_COOLOFF_MINUTES", default=15, minimum=1),
         public_api_schema=_flag("FEDHEALTH_PUBLIC_API_SCHEMA", default=not production),
+        session_idle_minutes=_integer("FEDHEALTH_SESSION_IDLE_MINUTES", default=60, minimum=1),
+        session_max_hours=_integer("FEDHEALTH_SESSION_MAX_HOURS", default=12, minimum=1),
     )

@@ -52,6 +52,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "console.middleware.ContentSecurityPolicyMiddleware",
+    "accounts.sessions.SessionTimeoutMiddleware",
     # Last, as django-axes asks: turns a refused sign-in into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -88,6 +89,11 @@ FEDHEALTH_TRUSTED_PROXY_COUNT = ENV.trusted_proxy_count
 # The API schema and its viewers (/api/schema/, /api/docs/, /api/redoc/): open to anyone, or
 # (false, the default in production) to signed-in people only: API token or console session.
 FEDHEALTH_PUBLIC_API_SCHEMA = ENV.public_api_schema
+
+# --- Sessions: they end after an idle time, and in any case some hours after sign-in --------
+FEDHEALTH_SESSION_IDLE_SECONDS = ENV.session_idle_minutes * 60
+FEDHEALTH_SESSION_MAX_SECONDS = ENV.session_max_hours * 3600
+SESSION_COOKIE_AGE = FEDHEALTH_SESSION_MAX_SECONDS
 
 TEMPLATES = [
     {
