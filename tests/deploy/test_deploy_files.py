@@ -567,3 +567,38 @@ def test_healthcheck_picks_an_allowed_host_and_refuses_unknown_roles(monkeypatch
     monkeypatch.setenv("FEDHEALTH_BIND", "127.0.0.1:1")  # nothing listens on port 1
     assert healthcheck.main(["healthcheck.py", "web"]) == 1
     assert healthcheck.main(["healthcheck.py", "nonsense"]) == 2
+
+
+# --- the local runner (make demo) --------------------------------------------------------------
+
+
+def load_run_local() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("run_local_under_test", DEPLOY / "run_local.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_local_runner_never_turns_debug_on(monkeypatch, tmp_path):
+    runner = load_run_local()
+    monkeypatch.setenv("FEDHEALTH_DEBUG", "true")  # even when the shell says otherwise
+    assert runner.control_plane_env(tmp_path, None, None)["FEDHEALTH_DEBUG"] == "false"
+
+
+def test_the_local_runner_collects_static_files_before_gunicorn_starts(monkeypatch, tmp_path):
+    """Without DEBUG, WhiteNoise serves only what collectstatic put in STATIC_ROOT."""
+    runner = load_run_local()
+    steps: list[str] = []
+    monkeypatch.setattr(runner, "manage", lambda settings, *arguments: steps.append(" ".join(arguments)))
+    monkeypatch.setattr(runner, "wait_until_healthy", lambda processes, settings: None)
+
+    class Processes:
+        def start(self, name: str, command: list[str], env: dict[str, str], **options: object) -> None:
+            steps.append(f"start {name}")
+
+    settings = runner.Settings(tmp_path, 8999, runner.control_plane_env(tmp_path, None, None))
+    runner.start_control_plane(Processes(), settings, 3)
+    assert steps.index("collectstatic --noinput") < steps.index("start web")
