@@ -3,7 +3,7 @@
 Runs behind a TLS-terminating proxy (deploy/nginx/fedhealth.conf) and must only be reached
 through it: nginx receives whole request bodies first (``client_body_timeout``), bounds
 connections per client (``limit_conn``) and overwrites ``X-Forwarded-For``, on which the
-enrollment throttle relies (``FEDHEALTH_NUM_PROXIES=1``).
+enrollment throttle relies (``FEDHEALTH_TRUSTED_PROXY_COUNT=1``).
 
 The agent API long-polls (``GET /api/agent/v1/work?wait=30`` holds a request open for up to
 ``FEDHEALTH_LONG_POLL_MAX_SECONDS``, 30 s), so each worker process serves many requests at

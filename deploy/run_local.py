@@ -147,6 +147,9 @@ class Settings:
 def control_plane_env(data_dir: Path, database_url: str | None, broker_url: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_BROKER_URL"))}
     env.update({"FEDHEALTH_DATA_DIR": str(data_dir), "FEDHEALTH_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+    # Never Django's debug pages, even on this machine: they show settings and tracebacks to
+    # whoever triggers an error. WhiteNoise serves the collected static files without it.
+    env["FEDHEALTH_DEBUG"] = "false"
     if database_url:
         env["DATABASE_URL"] = database_url
     if broker_url:
@@ -176,6 +179,8 @@ def reset_database(settings: Settings) -> None:
 def start_control_plane(processes: Processes, settings: Settings, workers: int) -> None:
     celery = [str(BIN / "celery"), "--workdir", str(REPO / "platform"), "-A", "fedplatform"]
     threads = max(16, 2 * workers)
+    # Without DEBUG, WhiteNoise serves STATIC_ROOT only (not the apps' folders): fill it first.
+    manage(settings, "collectstatic", "--noinput")
     processes.start(
         "web",
         [

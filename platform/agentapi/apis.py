@@ -20,6 +20,7 @@ from agentapi import long_poll, selectors
 from agentapi.authentication import AgentAuthentication, IsAgent, credential_of
 from federation.errors import ConfigurationError
 from federation.metric_reports import MAX_NUM_EXAMPLES, check_num_examples, check_reported_metrics
+from fedplatform.client_address import client_address
 from fedplatform.errors import InvalidInput, NotFound, TooLarge
 from fedplatform.parsers import BoundedJSONParser, loads_checked
 from fedplatform.serializers import MAX_ID, ErrorResponseSerializer
@@ -41,11 +42,18 @@ class AgentView(APIView):
     parser_classes = [BoundedJSONParser]
 
 
+class ClientAddressThrottle(ScopedRateThrottle):
+    """Counts per client address as the sign-in throttle does (``fedplatform.client_address``)."""
+
+    def get_ident(self, request: Request) -> str:
+        return client_address(request) or "unknown"
+
+
 class EnrollApi(APIView):
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
     parser_classes = [BoundedJSONParser]
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [ClientAddressThrottle]
     throttle_scope = "enroll"
 
     class AgentEnrollInputSerializer(serializers.Serializer):

@@ -33,9 +33,14 @@ class Environment:
     behind_tls_proxy: bool
     log_level: str
     cache_url: str
-    num_proxies: int
     long_poll_per_credential: int
     long_poll_per_process: int
+    trusted_proxy_count: int
+    login_failure_limit: int
+    login_cool_off_minutes: int
+    public_api_schema: bool
+    session_idle_minutes: int
+    session_max_hours: int
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -146,7 +151,13 @@ def load() -> Environment:
         behind_tls_proxy=_flag("FEDHEALTH_BEHIND_TLS_PROXY", default=production),
         log_level=os.environ.get("FEDHEALTH_LOG_LEVEL", "INFO").upper(),
         cache_url=_cache_url(data_dir),
-        num_proxies=_count("FEDHEALTH_NUM_PROXIES", 0, minimum=0),
+        # How many proxies in front append to X-Forwarded-For; 0: the header is ignored.
+        trusted_proxy_count=_count("FEDHEALTH_TRUSTED_PROXY_COUNT", 0, minimum=0),
+        login_failure_limit=_count("FEDHEALTH_LOGIN_FAILURE_LIMIT", 10, minimum=1),
+        login_cool_off_minutes=_count("FEDHEALTH_LOGIN_COOLOFF_MINUTES", 15, minimum=1),
+        public_api_schema=_flag("FEDHEALTH_PUBLIC_API_SCHEMA", default=not production),
+        session_idle_minutes=_count("FEDHEALTH_SESSION_IDLE_MINUTES", 60, minimum=1),
+        session_max_hours=_count("FEDHEALTH_SESSION_MAX_HOURS", 12, minimum=1),
         long_poll_per_credential=_count("FEDHEALTH_LONG_POLL_PER_CREDENTIAL", 2, minimum=1),
         # Half the threads of a worker at most wait in long polls: the rest serve everybody else.
         long_poll_per_process=_count(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -27,6 +28,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -50,6 +52,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "console.middleware.ContentSecurityPolicyMiddleware",
+    "accounts.sessions.SessionTimeoutMiddleware",
+    # Last, as django-axes asks: turns a refused sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "fedplatform.urls"
@@ -59,6 +64,36 @@ WSGI_APPLICATION = "fedplatform.wsgi.application"
 LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "console:overview"
 LOGOUT_REDIRECT_URL = "console:login"
+
+# --- Sign-in throttling (django-axes), for the console's and the admin's sign-in pages ------
+# The first backend refuses a locked-out user name or address before any password is
+# checked; the second one checks passwords.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = True
+# Failures are counted per user name and, separately, per client address; either count
+# reaching the limit locks that user name (from everywhere) or that address (for every name).
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_FAILURE_LIMIT = ENV.login_failure_limit
+# Failures older than this (counted from the latest one) no longer count: the lockout ends.
+AXES_COOLOFF_TIME = timedelta(minutes=ENV.login_cool_off_minutes)
+# A success must not wipe the counts: an attacker's own account, signed in from the address
+# the attack comes from, would otherwise clear every failure counted against that address.
+AXES_RESET_ON_SUCCESS = False
+AXES_CLIENT_IP_CALLABLE = "fedplatform.client_address.client_address"
+AXES_LOCKOUT_CALLABLE = "console.views.signin.lockout_response"
+FEDHEALTH_TRUSTED_PROXY_COUNT = ENV.trusted_proxy_count
+
+# The API schema and its viewers (/api/schema/, /api/docs/, /api/redoc/): open to anyone, or
+# (false, the default in production) to signed-in people only: API token or console session.
+FEDHEALTH_PUBLIC_API_SCHEMA = ENV.public_api_schema
+
+# --- Sessions: they end after an idle time, and in any case some hours after sign-in --------
+FEDHEALTH_SESSION_IDLE_SECONDS = ENV.session_idle_minutes * 60
+FEDHEALTH_SESSION_MAX_SECONDS = ENV.session_max_hours * 3600
+SESSION_COOKIE_AGE = FEDHEALTH_SESSION_MAX_SECONDS
 
 TEMPLATES = [
     {
@@ -136,7 +171,6 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {"enroll": "30/minute"},
     # Proxies in front whose X-Forwarded-For is trusted: throttling counts per client address,
     # so with 0 (gunicorn reached directly) a client cannot choose its address by a header.
-    "NUM_PROXIES": ENV.num_proxies,
 }
 
 SPECTACULAR_SETTINGS = {

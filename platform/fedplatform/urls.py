@@ -2,17 +2,17 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from fedplatform.errors import api_not_found
 from fedplatform.health import health
+from fedplatform.schema import RedocView, SchemaView, SwaggerView
 
 urlpatterns = [
     path("healthz", health, name="health"),
     path("admin/", admin.site.urls),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", SwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", RedocView.as_view(url_name="schema"), name="redoc"),
     path("api/agent/v1/", include("agentapi.urls")),
     path("api/v1/", include("institutions.urls")),
     path("api/v1/", include("studies.urls")),

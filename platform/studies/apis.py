@@ -10,7 +10,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api_base import ApiView, error_responses, request_actor, request_scope
+from accounts.models import Role
 from accounts.permissions import IsDataOwner
+from accounts.selectors import Scope
 from federation.aggregation.strategies import StrategyName
 from federation.models.base import MAX_SEED
 from fedplatform.errors import Forbidden
@@ -18,7 +20,7 @@ from fedplatform.serializers import MAX_ID
 from institutions.apis import InstitutionRefSerializer
 from institutions.selectors import institution_get
 from studies import selectors, services
-from studies.models import Decision
+from studies.models import Decision, StudyParticipant
 
 TAGS = ["studies"]
 
@@ -27,10 +29,19 @@ class ParticipantOutputSerializer(serializers.Serializer):
     institution = InstitutionRefSerializer()
     decision = serializers.ChoiceField(choices=Decision.choices)
     decided_at = serializers.DateTimeField(allow_null=True)
-    decided_by = serializers.CharField(help_text="who decided, e.g. `user:alice`; empty while pending")
+    decided_by = serializers.SerializerMethodField(
+        help_text="who decided, empty while pending: for coordinators the account (`user:alice`), "
+        "for everyone else the role and institution (`data owner of Hospital A`)"
+    )
 
     class Meta:
         ref_name = "StudyParticipant"
+
+    @extend_schema_field(serializers.CharField())
+    def get_decided_by(self, participant: StudyParticipant) -> str:
+        # Without the reader's scope, the form that names no one.
+        scope = self.context.get("scope") or Scope(role=Role.OBSERVER)
+        return selectors.participant_decided_by(participant=participant, scope=scope)
 
 
 class StudySummaryOutputSerializer(serializers.Serializer):
@@ -69,8 +80,11 @@ class StudyListApi(ApiView):
     )
     def get(self, request: Request) -> Response:
         """The studies this account may see (a data owner: those their institution takes part in)."""
-        queryset = selectors.study_list(scope=request_scope(request))
-        return self.paginated_response(queryset=queryset, serializer_class=StudySummaryOutputSerializer)
+        scope = request_scope(request)
+        queryset = selectors.study_list(scope=scope)
+        return self.paginated_response(
+            queryset=queryset, serializer_class=StudySummaryOutputSerializer, context={"scope": scope}
+        )
 
 
 class StudyCreateApi(ApiView):
@@ -135,8 +149,11 @@ class StudyCreateApi(ApiView):
             institution_ids=data["institutions"],
             actor=request_actor(request),
         )
-        study = selectors.study_get(scope=request_scope(request), study_id=study.pk)
-        return Response(StudyOutputSerializer(study).data, status=status.HTTP_201_CREATED)
+        scope = request_scope(request)
+        study = selectors.study_get(scope=scope, study_id=study.pk)
+        return Response(
+            StudyOutputSerializer(study, context={"scope": scope}).data, status=status.HTTP_201_CREATED
+        )
 
 
 class StudyListCreateApi(StudyListApi, StudyCreateApi):
@@ -147,8 +164,9 @@ class StudyDetailApi(ApiView):
     @extend_schema(tags=TAGS, responses={200: StudyOutputSerializer, **error_responses(401, 404)})
     def get(self, request: Request, study_id: int) -> Response:
         """One study in full, with each participant's decision."""
-        study = selectors.study_get(scope=request_scope(request), study_id=study_id)
-        return Response(StudyOutputSerializer(study).data)
+        scope = request_scope(request)
+        study = selectors.study_get(scope=scope, study_id=study_id)
+        return Response(StudyOutputSerializer(study, context={"scope": scope}).data)
 
 
 class DecisionChoice(enum.StrEnum):
@@ -200,4 +218,4 @@ class StudyDecideApi(ApiView):
             actor=request_actor(request),
             approve=serializer.validated_data["decision"] == DecisionChoice.APPROVE,
         )
-        return Response(ParticipantOutputSerializer(participant).data)
+        return Response(ParticipantOutputSerializer(participant, context={"scope": scope}).data)

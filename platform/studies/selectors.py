@@ -6,7 +6,7 @@ from django.db.models import QuerySet
 
 from accounts.selectors import Scope, scope_queryset
 from fedplatform.errors import NotFound
-from studies.models import Decision, Study
+from studies.models import Decision, Study, StudyParticipant
 
 
 def study_list(*, scope: Scope) -> QuerySet[Study]:
@@ -29,3 +29,17 @@ def study_awaiting_decision_list(*, scope: Scope) -> QuerySet[Study]:
     if scope.is_data_owner:
         pending["participants__institution"] = scope.institution_id  # the same participant row
     return study_list(scope=scope).filter(**pending).distinct()
+
+
+def participant_decided_by(*, participant: StudyParticipant, scope: Scope) -> str:
+    """Who took a site's decision, as ``scope`` may see it; empty while pending.
+
+    Coordinators administer the accounts and see the account itself (``user:alice``).
+    Everyone else sees the role and the institution ("data owner of Hospital A"): a data
+    owner never learns the user names of another institution's people.
+    """
+    if not participant.decided_by:
+        return ""
+    if scope.is_coordinator:
+        return participant.decided_by
+    return f"data owner of {participant.institution.name}"

@@ -169,12 +169,29 @@ def test_study_page_shows_who_decided_what(
     html = observer.get(f"/studies/{study_ab.pk}/").content.decode()
     rows = dict(re.findall(r'data-institution="(\d+)">(.*?)</tr>', html, re.S))
     assert 'data-state="approved"' in rows[str(hospital_a.pk)]
-    assert "user:alice" in rows[str(hospital_a.pk)]
+    assert "data owner of Hospital A" in rows[str(hospital_a.pk)]  # an observer: no user name
+    assert "alice" not in html
     assert 'data-state="pending"' in rows[str(hospital_b.pk)]
     assert "1 / 2" in html
     for feature in STUDY_SCHEMA["features"]:  # type: ignore[attr-defined]
         assert feature["name"] in html
     assert ">none<" in html  # privacy
+
+
+def test_a_data_owner_never_sees_another_institution_s_user_names(
+    owner_a: Client, owner_b: Client, coordinator: Client, study_ab: Study, hospital_a: Institution
+) -> None:
+    assert owner_a.post(f"/studies/{study_ab.pk}/decision/", {"decision": "approve"}).status_code == 302
+    for path in (f"/studies/{study_ab.pk}/", "/studies/", "/", "/audit/"):
+        response = owner_b.get(path)
+        assert response.status_code == 200
+        # (the audit page's actor filter shows "user:alice" as an example: not a user's name)
+        assert b"alice" not in response.content.replace(b'placeholder="user:alice', b""), path
+    html = owner_b.get(f"/studies/{study_ab.pk}/").content.decode()
+    rows = dict(re.findall(r'data-institution="(\d+)">(.*?)</tr>', html, re.S))
+    assert "data owner of Hospital A" in rows[str(hospital_a.pk)]
+    # Coordinators administer the accounts: they see which one decided.
+    assert "user:alice" in coordinator.get(f"/studies/{study_ab.pk}/").content.decode()
 
 
 def test_data_owner_approves_then_declines(owner_a: Client, study_ab: Study, hospital_a: Institution) -> None:

@@ -421,19 +421,23 @@ def test_the_cache_is_shared_by_processes_and_chosen_by_the_environment(monkeypa
 
 def test_proxy_count_and_long_poll_shares_are_validated(monkeypatch):
     for name in (
-        "FEDHEALTH_NUM_PROXIES",
+        "FEDHEALTH_TRUSTED_PROXY_COUNT",
         "FEDHEALTH_LONG_POLL_PER_CREDENTIAL",
         "FEDHEALTH_LONG_POLL_PER_PROCESS",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FEDHEALTH_WEB_THREADS", "12")
     loaded = environment.load()
-    assert (loaded.num_proxies, loaded.long_poll_per_credential, loaded.long_poll_per_process) == (0, 2, 6)
-    monkeypatch.setenv("FEDHEALTH_NUM_PROXIES", "1")
-    assert environment.load().num_proxies == 1
+    assert (loaded.trusted_proxy_count, loaded.long_poll_per_credential, loaded.long_poll_per_process) == (
+        0,
+        2,
+        6,
+    )
+    monkeypatch.setenv("FEDHEALTH_TRUSTED_PROXY_COUNT", "1")
+    assert environment.load().trusted_proxy_count == 1
     for name, wrong in (
-        ("FEDHEALTH_NUM_PROXIES", "-1"),
-        ("FEDHEALTH_NUM_PROXIES", "one"),
+        ("FEDHEALTH_TRUSTED_PROXY_COUNT", "-1"),
+        ("FEDHEALTH_TRUSTED_PROXY_COUNT", "one"),
         ("FEDHEALTH_LONG_POLL_PER_CREDENTIAL", "0"),
         ("FEDHEALTH_LONG_POLL_PER_PROCESS", "0"),
     ):
@@ -508,6 +512,50 @@ def test_nginx_serves_static_from_static_root_and_proxies_to_gunicorn():
     assert directives["alias"] == [f"{data_dir}/static/"]  # STATIC_ROOT = DATA_DIR / "static"
     bind = env_file_entries(ENV_EXAMPLE)["FEDHEALTH_BIND"]
     assert f"{bind}" in directives["server"]
+
+
+def nginx_locations() -> dict[str, list[str]]:
+    """Each ``location`` block (by its match, e.g. ``= /login/``): its statements, in order,
+    with their spacing normalized. The HTTPS server comes last, so its blocks win."""
+    locations: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in (DEPLOY / "nginx" / "fedhealth.conf").read_text().splitlines():
+        statement = " ".join(line.split("#", 1)[0].split())
+        opening = re.fullmatch(r"location (.+) \{", statement)
+        if opening:
+            assert current is None, "nested location blocks"
+            current = locations[opening.group(1)] = []
+        elif statement == "}":
+            current = None
+        elif current is not None and statement:
+            current.append(statement.rstrip(";"))
+    return locations
+
+
+def test_nginx_throttles_both_sign_in_pages_per_address():
+    (zone_definition,) = nginx_directives()["limit_req_zone"]
+    key, zone, rate = zone_definition.split()
+    assert key == "$binary_remote_addr"  # per client address
+    zone_name = zone.removeprefix("zone=").split(":")[0]
+    assert re.fullmatch(r"rate=\d+r/m", rate)
+    locations = nginx_locations()
+    main = locations["/"]
+    proxying = [s for s in main if s.startswith(("proxy_pass", "proxy_http_version", "proxy_set_header"))]
+    assert len([s for s in proxying if s.startswith("proxy_set_header")]) >= 5
+    for page in ("/login/", "/admin/login/"):
+        block = locations[f"= {page}"]
+        limits = [s for s in block if s.startswith("limit_req ")]
+        assert limits, f"{page} is not throttled"
+        assert all(f"zone={zone_name}" in limit.split() for limit in limits)
+        assert "limit_req_status 429" in block
+        # proxy_set_header is not inherited into a block that has its own: the same headers
+        assert [s for s in block if s in proxying] == proxying, page
+        assert [s for s in block if s.startswith("proxy_set_header")] == [
+            s for s in main if s.startswith("proxy_set_header")
+        ]
+        # an add_header here would drop the server's HSTS header (not inherited either)
+        assert not any(s.startswith("add_header") for s in block), page
+    assert not any(s.startswith("limit_req") for s in main), "the throttle is for the sign-in pages only"
 
 
 @pytest.mark.skipif(
@@ -651,3 +699,38 @@ def test_healthcheck_picks_an_allowed_host_and_refuses_unknown_roles(monkeypatch
     monkeypatch.setenv("FEDHEALTH_BIND", "127.0.0.1:1")  # nothing listens on port 1
     assert healthcheck.main(["healthcheck.py", "web"]) == 1
     assert healthcheck.main(["healthcheck.py", "nonsense"]) == 2
+
+
+# --- the local runner (make demo) --------------------------------------------------------------
+
+
+def load_run_local() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("run_local_under_test", DEPLOY / "run_local.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_local_runner_never_turns_debug_on(monkeypatch, tmp_path):
+    runner = load_run_local()
+    monkeypatch.setenv("FEDHEALTH_DEBUG", "true")  # even when the shell says otherwise
+    assert runner.control_plane_env(tmp_path, None, None)["FEDHEALTH_DEBUG"] == "false"
+
+
+def test_the_local_runner_collects_static_files_before_gunicorn_starts(monkeypatch, tmp_path):
+    """Without DEBUG, WhiteNoise serves only what collectstatic put in STATIC_ROOT."""
+    runner = load_run_local()
+    steps: list[str] = []
+    monkeypatch.setattr(runner, "manage", lambda settings, *arguments: steps.append(" ".join(arguments)))
+    monkeypatch.setattr(runner, "wait_until_healthy", lambda processes, settings: None)
+
+    class Processes:
+        def start(self, name: str, command: list[str], env: dict[str, str], **options: object) -> None:
+            steps.append(f"start {name}")
+
+    settings = runner.Settings(tmp_path, 8999, runner.control_plane_env(tmp_path, None, None))
+    runner.start_control_plane(Processes(), settings, 3)
+    assert steps.index("collectstatic --noinput") < steps.index("start web")

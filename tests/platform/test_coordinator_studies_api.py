@@ -176,8 +176,35 @@ def test_study_detail_with_participants_and_decisions(
     assert body["model"]["num_features"] == 3
     assert [(p["institution"]["name"], p["decision"], p["decided_by"]) for p in body["participants"]] == [
         ("Hospital A", "pending", ""),
-        ("Hospital B", "declined", "user:bob"),
+        ("Hospital B", "declined", "data owner of Hospital B"),  # no user name of another site
     ]
+
+
+def test_a_data_owner_never_sees_another_institution_s_user_names(
+    owner_a_client: APIClient,
+    owner_b_client: APIClient,
+    observer_client: APIClient,
+    coordinator_client: APIClient,
+    study_ab: Study,
+    hospital_a: Institution,
+) -> None:
+    decided = owner_a_client.post(
+        f"/api/v1/studies/{study_ab.pk}/decision/",
+        {"institution": hospital_a.pk, "decision": "approve"},
+        format="json",
+    )
+    assert decided.status_code == 200
+    paths = ("/api/v1/studies/", f"/api/v1/studies/{study_ab.pk}/")
+    for reader in (owner_b_client, observer_client):
+        for path in paths:
+            response = reader.get(path)
+            assert response.status_code == 200
+            assert b"alice" not in response.content, path
+        detail = reader.get(f"/api/v1/studies/{study_ab.pk}/").json()
+        assert [p["decided_by"] for p in detail["participants"]] == ["data owner of Hospital A", ""]
+    # Coordinators administer the accounts: they see which one decided.
+    detail = coordinator_client.get(f"/api/v1/studies/{study_ab.pk}/").json()
+    assert [p["decided_by"] for p in detail["participants"]] == ["user:alice", ""]
 
 
 def test_study_of_other_institutions_is_404_for_a_data_owner(
@@ -200,7 +227,7 @@ def test_data_owner_approves_for_their_institution(
     )
     assert response.status_code == 200, response.content
     assert response.json()["decision"] == "approved"
-    assert response.json()["decided_by"] == "user:alice"
+    assert response.json()["decided_by"] == "data owner of Hospital A"
     assert _decision_of(study_ab, hospital_a) == Decision.APPROVED
     assert AuditEvent.objects.filter(kind="study.approved", institution=hospital_a).exists()
 

@@ -1,5 +1,5 @@
 """The enrollment throttle counts per client address in the shared cache, and trusts
-X-Forwarded-For only from as many proxies as ``FEDHEALTH_NUM_PROXIES`` says (docs/api.md)."""
+X-Forwarded-For only from as many proxies as ``FEDHEALTH_TRUSTED_PROXY_COUNT`` says (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def statuses_of_guesses(headers_of: list[dict[str, str]]) -> list[int]:
 
 def test_the_rate_is_the_documented_one(settings: Settings) -> None:
     assert settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["enroll"] == f"{RATE}/minute"
-    assert settings.REST_FRAMEWORK["NUM_PROXIES"] == 0  # gunicorn reached directly by default
+    assert settings.FEDHEALTH_TRUSTED_PROXY_COUNT == 0  # gunicorn reached directly by default
 
 
 def test_guesses_with_varying_forwarded_for_are_throttled_after_the_rate(agent_world: None) -> None:
@@ -42,7 +42,7 @@ def test_guesses_with_varying_forwarded_for_are_throttled_after_the_rate(agent_w
 def test_behind_one_proxy_the_address_it_forwards_is_the_client(
     agent_world: None, settings: Settings
 ) -> None:
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    settings.FEDHEALTH_TRUSTED_PROXY_COUNT = 1
     cache.clear()
     # The proxy (nginx) overwrites X-Forwarded-For with the address it saw: distinct clients.
     many_clients = statuses_of_guesses([{"HTTP_X_FORWARDED_FOR": f"198.51.100.{n}"} for n in range(RATE + 5)])

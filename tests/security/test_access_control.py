@@ -42,8 +42,9 @@ Decisions about the routes Django and drf-spectacular bring:
 
 * ``/admin/``: the Django admin is for staff (superusers) only; coordinators are not staff.
   Every admin route but its sign-in page redirects everyone here to that page.
-* ``/api/schema/``, ``/api/docs/``, ``/api/redoc/``: public, as configured (drf-spectacular's
-  ``SERVE_PERMISSIONS`` default, AllowAny): the schema describes the API, never its data.
+* ``/api/schema/``, ``/api/docs/``, ``/api/redoc/``: for signed-in people, as in production
+  (``FEDHEALTH_PUBLIC_API_SCHEMA`` false, its default there; the walk sets it so). With it
+  true (the development default) they are public: ``tests/security/test_api_schema_access.py``.
 * ``/healthz``: public, GET only.
 """
 
@@ -171,6 +172,9 @@ def admin(*, sample: str | None = None, deny_location: str = ADMIN_SIGN_IN) -> R
 ADMIN_MODELS = (
     "auth/group",
     "auth/user",
+    "axes/accessattempt",  # django-axes: failed sign-ins; a superuser lifts a lock here
+    "axes/accesslog",
+    "axes/accessfailurelog",
     "authtoken/tokenproxy",
     "accounts/profile",
     "audit/auditevent",
@@ -196,7 +200,7 @@ ADMIN_MODEL_ROUTES = (
     "<path:object_id>/change/",
     "<path:object_id>/",
 )
-ADMIN_APP_LIST = "admin/(?P<app_label>auth|authtoken|accounts|audit|institutions|studies|training)/$"
+ADMIN_APP_LIST = "admin/(?P<app_label>auth|axes|authtoken|accounts|audit|institutions|studies|training)/$"
 
 
 def _admin_routes() -> dict[str, Rule]:
@@ -229,9 +233,9 @@ AUDIT_QUERIES = (
 #: ``test_every_route_is_classified`` until it is added here.
 ROUTES: dict[str, Rule] = {
     "healthz": public("GET"),
-    "api/schema/": public("GET"),
-    "api/docs/": public("GET"),
-    "api/redoc/": public("GET"),
+    "api/schema/": api("GET", gate=Gate.SIGNED_IN),
+    "api/docs/": api("GET", gate=Gate.SIGNED_IN),
+    "api/redoc/": api("GET", gate=Gate.SIGNED_IN),
     # --- the agent API: Authorization: Agent <key>; its own institution's objects only ---
     "api/agent/v1/enroll": public("POST"),  # the enrollment token is the credential
     "api/agent/v1/heartbeat": agent("POST"),
@@ -647,6 +651,7 @@ def test_every_route_is_classified() -> None:
 @pytest.fixture
 def world(tmp_path: Path, settings: Settings) -> World:
     settings.ENV = type(settings.ENV)(**{**settings.ENV.__dict__, "model_storage_dir": tmp_path / "models"})
+    settings.FEDHEALTH_PUBLIC_API_SCHEMA = False  # the production default
     return build_world()
 
 

@@ -16,7 +16,7 @@ from console.study_form import StudyForm
 from fedplatform.errors import Conflict, ServiceError
 from institutions.selectors import institution_get, institution_list
 from studies.models import Decision, Study
-from studies.selectors import study_get, study_list
+from studies.selectors import participant_decided_by, study_get, study_list
 from studies.services import study_create, study_decide
 from training.selectors import job_list
 from training.services import job_create
@@ -58,6 +58,10 @@ def _study_page(request: HttpRequest, scope: Scope, study: Study, job_form: JobF
     context = {
         "study": study,
         "participants": participants,
+        "participant_rows": [
+            (participant, participant_decided_by(participant=participant, scope=scope))
+            for participant in participants
+        ],
         "approved": approved,
         "all_approved": approved == len(participants),
         "jobs": job_list(scope=scope, study_id=study.pk),
