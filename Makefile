@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench simulate figures clean browser-deps
+.PHONY: demo test lint bench simulate figures clean test-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,17 +21,18 @@ CODE := federation silo_agent platform tests bench deploy manage.py
 demo: $(STAMP)
 	$(BIN)/python deploy/run_local.py
 
-## Debian's Chromium and its driver, for the console's browser tests.
-browser-deps:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+## Debian's Chromium and its driver, for the console's browser tests; nginx and openssl, to
+## check the shipped nginx file with `nginx -t`.
+test-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v nginx >/dev/null || ! command -v openssl >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver nginx openssl; \
 	fi
 
 ## The whole test suite, with lint, type and import-rule checks. The control plane's tests
 ## run once more on PostgreSQL where it runs (on CI it must).
-test: $(STAMP) browser-deps lint
+test: $(STAMP) test-deps lint
 	@$(BIN)/python tests/service_support.py postgres; status=$$?; \
 	if [ $$status -eq 0 ]; then \
 		DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q -p no:cacheprovider tests/platform tests/audit tests/console; \

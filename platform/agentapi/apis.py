@@ -20,6 +20,8 @@ from agentapi import long_poll, selectors
 from agentapi.authentication import AgentAuthentication, IsAgent, credential_of
 from federation.errors import ConfigurationError
 from federation.metric_reports import MAX_NUM_EXAMPLES, check_num_examples, check_reported_metrics
+from federation.types import ModelSpec
+from federation.wire import max_update_bytes
 from fedplatform.client_address import client_address
 from fedplatform.errors import InvalidInput, NotFound, TooLarge
 from fedplatform.parsers import BoundedJSONParser, loads_checked
@@ -247,9 +249,27 @@ UPLOAD_RESPONSES = {
 }
 
 
-class UpdateUploadApi(AgentView):
-    parser_classes = [MultiPartParser]
+class UploadView(AgentView):
+    """A multipart upload of tensors whose size follows from the round's model."""
 
+    parser_classes = [MultiPartParser]
+    #: The largest upload is ``size_factor`` times the model's largest update plus ``extra_bytes``.
+    size_factor = 1
+    extra_bytes = 0
+
+    @classmethod
+    def tensors_limit(cls, update_bytes: int) -> int:
+        """The largest tensors file for a model whose largest update is ``update_bytes``."""
+        return cls.size_factor * update_bytes + cls.extra_bytes
+
+    @classmethod
+    def largest_body(cls, spec: ModelSpec) -> int:
+        """The largest request body this route takes for a model of ``spec``, envelope included
+        (the figure deploy/nginx/fedhealth.conf must allow on this route)."""
+        return cls.tensors_limit(max_update_bytes(spec)) + MULTIPART_ALLOWANCE
+
+
+class UpdateUploadApi(UploadView):
     class AgentUpdateUploadInputSerializer(serializers.Serializer):
         meta = serializers.CharField(
             help_text="JSON object: num_examples, metrics, base_model_sha256, job_id, round_number, dp_steps",
@@ -263,7 +283,7 @@ class UpdateUploadApi(AgentView):
         tags=["agent"],
     )
     def post(self, request: Request, round_id: int) -> Response:
-        upload = _received_upload(request, round_id, self.AgentUpdateUploadInputSerializer, size_factor=1)
+        upload = _received_upload(request, round_id, self, self.AgentUpdateUploadInputSerializer)
         result = training_services.update_submit(
             round_id=round_id, credential=upload.credential, meta=_parse_meta(upload.meta), data=upload.data
         )
@@ -278,19 +298,14 @@ class _Upload:
 
 
 def _received_upload(
-    request: Request,
-    round_id: int,
-    serializer: type[serializers.Serializer],
-    *,
-    size_factor: int,
-    extra_bytes: int = 0,
+    request: Request, round_id: int, view: UploadView, serializer: type[serializers.Serializer]
 ) -> _Upload:
     """A multipart upload's meta and bytes, every size checked before the body is read:
-    the round's limit is ``size_factor`` times its model's largest update plus ``extra_bytes``."""
+    the round's limit is the view's ``size_factor`` times its model's largest update plus
+    its ``extra_bytes``."""
     _refuse_oversized(request, settings.FEDHEALTH_MAX_UPLOAD_BYTES)
     credential = credential_of(request)
-    limit = size_factor * training_services.update_size_limit(round_id=round_id, credential=credential)
-    limit += extra_bytes
+    limit = view.tensors_limit(training_services.update_size_limit(round_id=round_id, credential=credential))
     _refuse_oversized(request, limit + MULTIPART_ALLOWANCE)  # before the body is parsed
     data = serializer(data=request.data)
     data.is_valid(raise_exception=True)
@@ -408,10 +423,12 @@ class MaskedMetaSerializer(UpdateMetaSerializer):
     num_examples = None  # type: ignore[assignment]
 
 
-class SecAggMaskedUploadApi(AgentView):
+class SecAggMaskedUploadApi(UploadView):
     """Secure aggregation, mask phase: the site's masked update (one uint64 tensor)."""
 
-    parser_classes = [MultiPartParser]
+    # A masked update holds one uint64 per parameter: twice a float32 update.
+    size_factor = 2
+    extra_bytes = 4096
 
     class AgentSecAggMaskedInputSerializer(serializers.Serializer):
         meta = serializers.CharField(
@@ -426,10 +443,7 @@ class SecAggMaskedUploadApi(AgentView):
         tags=["agent"],
     )
     def post(self, request: Request, round_id: int) -> Response:
-        # A masked update holds one uint64 per parameter: twice a float32 update.
-        upload = _received_upload(
-            request, round_id, self.AgentSecAggMaskedInputSerializer, size_factor=2, extra_bytes=4096
-        )
+        upload = _received_upload(request, round_id, self, self.AgentSecAggMaskedInputSerializer)
         meta = _parse_meta(upload.meta, serializer=MaskedMetaSerializer, num_examples=1)
         result = secure_services.secagg_masked_submit(
             round_id=round_id, credential=upload.credential, meta=meta, data=upload.data

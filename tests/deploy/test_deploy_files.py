@@ -24,6 +24,7 @@ from types import ModuleType
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from service_support import missing_on_this_machine
 
 from fedplatform import env as environment
 
@@ -471,7 +472,7 @@ def test_nginx_allows_model_uploads_and_long_polls(settings):
     default_size, upload_size = directives["client_max_body_size"]
     assert nginx_size(default_size) < settings.FEDHEALTH_MAX_UPLOAD_BYTES
     assert nginx_size(upload_size) >= settings.FEDHEALTH_MAX_UPLOAD_BYTES
-    assert "rounds/[0-9]+/update" in (DEPLOY / "nginx" / "fedhealth.conf").read_text()
+    assert "rounds/[0-9]+/(update|secagg/masked)" in (DEPLOY / "nginx" / "fedhealth.conf").read_text()
     assert all(
         int(t.rstrip("s")) > settings.FEDHEALTH_LONG_POLL_MAX_SECONDS
         for t in directives["proxy_read_timeout"]
@@ -479,6 +480,39 @@ def test_nginx_allows_model_uploads_and_long_polls(settings):
     assert any("Strict-Transport-Security" in value for value in directives["add_header"])
     assert "X-Forwarded-Proto https" in [" ".join(v.split()) for v in directives["proxy_set_header"]]
     assert any(value.startswith("443 ssl") for value in directives["listen"])
+
+
+def upload_routes() -> dict[str, type]:
+    """Every route of the agent API that takes a multipart upload, with a sample path."""
+    from django.urls import get_resolver
+
+    from agentapi.apis import UploadView
+
+    routes = {}
+    for pattern in get_resolver().url_patterns:
+        for inner in getattr(pattern, "url_patterns", []):
+            view = getattr(inner.callback, "view_class", None)
+            if view is not None and issubclass(view, UploadView):
+                path = f"/{pattern.pattern}{inner.pattern}".replace("<int:round_id>", "17")
+                routes[path] = view
+    return routes
+
+
+def test_every_upload_route_takes_the_largest_model_in_nginx(settings):
+    """nginx sizes each upload route from the largest model a study may use: a masked update
+    under secure aggregation is twice a plain one (it was 413 above 1.3M parameters)."""
+    from federation.types import ModelSpec, TensorSpec
+
+    largest_model = ModelSpec((TensorSpec("w", (settings.FEDHEALTH_MAX_MODEL_PARAMETERS,), "F32"),))
+    routes = upload_routes()
+    assert set(routes) == {"/api/agent/v1/rounds/17/update", "/api/agent/v1/rounds/17/secagg/masked"}
+    regex_blocks = {match: block for match, block in nginx_locations().items() if match.startswith("~ ")}
+    for path, view in routes.items():
+        matching = [block for match, block in regex_blocks.items() if re.search(match[2:], path)]
+        assert len(matching) == 1, f"no nginx location of its own for {path}"
+        (size,) = [s.split()[1] for s in matching[0] if s.startswith("client_max_body_size")]
+        assert nginx_size(size) >= view.largest_body(largest_model), path
+        assert view.tensors_limit(largest_model.nbytes) <= settings.FEDHEALTH_MAX_UPLOAD_BYTES, path
 
 
 def test_nginx_limits_connections_per_address_and_long_polls_per_address():
@@ -558,10 +592,9 @@ def test_nginx_throttles_both_sign_in_pages_per_address():
     assert not any(s.startswith("limit_req") for s in main), "the throttle is for the sign-in pages only"
 
 
-@pytest.mark.skipif(
-    not (shutil.which("nginx") and shutil.which("openssl")), reason="nginx or openssl not installed"
-)
 def test_nginx_config_passes_nginx_t(tmp_path):
+    if not (shutil.which("nginx") and shutil.which("openssl")):
+        missing_on_this_machine("needs nginx and openssl (make test-deps installs them)")
     subprocess.run(
         [
             *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=t"),
