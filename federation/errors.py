@@ -31,3 +31,7 @@ class DataSchemaError(FederationError):
 
 class SecureAggregationError(FederationError):
     """A secure-aggregation round cannot go on safely: bad input, a broken rule, too few sites."""
+
+
+class ProtocolError(FederationError):
+    """A message between the control plane and an agent does not follow the protocol."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.db.models import Exists, OuterRef
 
+from federation.models import TrainConfig
+from federation.protocol import ModelVersionRef, StudySettings, TaskKind, TrainingSettings, WorkTask
 from institutions.models import AgentCredential
 from studies.models import Decision, StudyParticipant
 from training import secure_rounds
@@ -45,31 +47,45 @@ def work_for(*, credential: AgentCredential) -> dict[str, object] | None:
 
 
 def task_for(round_: Round, institution_id: int) -> dict[str, object]:
+    """The task message for one site in one round (``federation.protocol``)."""
     job, study, version = round_.job, round_.job.study, round_.base_version
-    task: dict[str, object] = {
-        "kind": round_.kind,
-        "job_id": job.pk,
-        "round_id": round_.pk,
-        "round_number": round_.number,
-        "total_rounds": job.num_rounds,
-        "deadline_at": round_.deadline_at.isoformat(),
-        "model_version": {"id": version.pk, "sha256": version.sha256, "size": version.size},
-        "study": {
-            "id": study.pk,
-            "name": study.name,
-            "model": study.model_config,
-            "data_schema": study.data_schema,
-            "feature_scaling": study.feature_scaling,
-            "strategy": {"name": study.strategy, "params": study.strategy_params},
-            "privacy": study.privacy,
-            "training": study.training,
-            "validation_fraction": study.validation_fraction,
-            "seed": study.seed,
-        },
-    }
-    if secure_rounds.is_secure(round_):
-        task["secure_aggregation"] = secure_rounds.task_view(round_, institution_id)
-    return task
+    task = WorkTask(
+        kind=TaskKind(round_.kind),
+        job_id=job.pk,
+        round_id=round_.pk,
+        round_number=round_.number,
+        total_rounds=job.num_rounds,
+        deadline_at=round_.deadline_at.isoformat(),
+        model_version=ModelVersionRef(id=version.pk, sha256=version.sha256, size=version.size),
+        study=StudySettings(
+            id=study.pk,
+            name=study.name,
+            model=study.model_config,
+            data_schema=study.data_schema,
+            feature_scaling=study.feature_scaling,
+            strategy_name=study.strategy,
+            strategy_params=study.strategy_params,
+            privacy=study.privacy,
+            training=_training_settings(study.training),
+            validation_fraction=study.validation_fraction,
+            seed=study.seed,
+        ),
+        secure_aggregation=(
+            secure_rounds.task_view(round_, institution_id) if secure_rounds.is_secure(round_) else None
+        ),
+    )
+    return task.to_json()
+
+
+def _training_settings(training: dict[str, object]) -> TrainingSettings:
+    """A study's training settings with the defaults the study left out filled in."""
+    config = TrainConfig(**training)  # type: ignore[arg-type]  # checked when the study was made
+    return TrainingSettings(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        proximal_mu=config.proximal_mu,
+    )
 
 
 def model_version_for_agent(*, credential: AgentCredential, version_id: int) -> ModelVersion | None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from federation.data import Standardizer, load_builtin
 from federation.models import ModelConfig, build_model
+from federation.protocol import ModelVersionRef, StudySettings, TaskKind, TrainingSettings, WorkTask
 from federation.wire import deserialize_weights, serialize_weights, sha256_hex
 from silo_agent.client import AgentClient, RetryPolicy
 from silo_agent.config import load_config
@@ -64,21 +65,24 @@ def breast_cancer_scaling() -> dict[str, list[float]]:
 _SCALING = breast_cancer_scaling()
 
 
+def default_study() -> StudySettings:
+    return StudySettings(
+        id=1,
+        name="breast-cancer-pilot",
+        model=MODEL_CONFIG.to_json(),
+        data_schema=None,
+        feature_scaling=_SCALING,
+        strategy_name="fedavg",
+        privacy={},
+        training=TrainingSettings(epochs=1, batch_size=16, learning_rate=0.1, proximal_mu=0.0),
+        validation_fraction=0.25,
+        seed=0,
+    )
+
+
 def study_json(**overrides: object) -> dict[str, object]:
-    study: dict[str, object] = {
-        "id": 1,
-        "name": "breast-cancer-pilot",
-        "model": MODEL_CONFIG.to_json(),
-        "data_schema": None,
-        "feature_scaling": _SCALING,
-        "strategy": {"name": "fedavg", "params": {}},
-        "privacy": {},
-        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.1, "proximal_mu": 0.0},
-        "validation_fraction": 0.25,
-        "seed": 0,
-    }
-    study.update(overrides)
-    return study
+    """A study as the task message carries it (``federation.protocol``), with raw overrides."""
+    return {**default_study().to_json(), **overrides}
 
 
 def make_task(
@@ -93,16 +97,18 @@ def make_task(
     model_id: int = 12,
     **study_overrides: object,
 ) -> dict[str, object]:
-    return {
-        "kind": kind,
-        "job_id": job_id,
-        "round_id": round_id,
-        "round_number": round_number,
-        "total_rounds": total_rounds,
-        "deadline_at": "2026-11-25T03:00:00Z",
-        "model_version": {"id": model_id, "sha256": sha256_hex(model_bytes), "size": len(model_bytes)},
-        "study": study_json(**study_overrides),
-    }
+    """A task message as the control plane writes it; study fields may be overridden raw."""
+    task = WorkTask(
+        kind=TaskKind(kind),
+        job_id=job_id,
+        round_id=round_id,
+        round_number=round_number,
+        total_rounds=total_rounds,
+        deadline_at="2026-11-25T03:00:00Z",
+        model_version=ModelVersionRef(id=model_id, sha256=sha256_hex(model_bytes), size=len(model_bytes)),
+        study=default_study(),
+    )
+    return {**task.to_json(), "study": study_json(**study_overrides)}
 
 
 @dataclass

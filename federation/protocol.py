@@ -1,0 +1,220 @@
+"""The task message: the work the control plane hands an agent (``GET work``), one contract.
+
+The control plane builds a :class:`WorkTask` and sends :meth:`WorkTask.to_json`; the agent
+checks what it receives with :func:`parse_task`, which raises :class:`ProtocolError` naming
+the field that is wrong. Both sides, and the tests' fake server, use these definitions, so
+the two ends cannot drift apart (docs/api.md shows the message).
+
+The model configuration, data schema and privacy settings stay raw JSON here: the agent's
+policy check looks at the model kind before anything else, so a study using a model the
+agent does not know is refused by policy rather than failing to parse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from federation.errors import ProtocolError
+
+JsonObject = Mapping[str, object]
+
+#: The version of the task message this code writes and reads. A message without one is
+#: version 1 (servers before the field existed); any other version is refused.
+PROTOCOL_VERSION = 1
+
+
+class TaskKind(enum.StrEnum):
+    """What a task asks: train one round, or evaluate the final model."""
+
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """The global model a round starts from."""
+
+    id: int
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How each site trains locally in one round."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    proximal_mu: float
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The part of a study the agent needs."""
+
+    id: int
+    name: str
+    model: JsonObject
+    data_schema: JsonObject | None
+    feature_scaling: JsonObject | None
+    strategy_name: str
+    privacy: JsonObject
+    training: TrainingSettings
+    validation_fraction: float
+    seed: int
+    strategy_params: JsonObject = dataclasses.field(default_factory=dict)
+
+    @property
+    def model_kind(self) -> str:
+        return str(self.model.get("kind", ""))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "model": dict(self.model),
+            "data_schema": None if self.data_schema is None else dict(self.data_schema),
+            "feature_scaling": None if self.feature_scaling is None else dict(self.feature_scaling),
+            "strategy": {"name": self.strategy_name, "params": dict(self.strategy_params)},
+            "privacy": dict(self.privacy),
+            "training": dataclasses.asdict(self.training),
+            "validation_fraction": self.validation_fraction,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class WorkTask:
+    """One task: train a round or evaluate the final model."""
+
+    kind: TaskKind
+    job_id: int
+    round_id: int
+    round_number: int
+    total_rounds: int
+    deadline_at: str
+    model_version: ModelVersionRef
+    study: StudySettings
+    #: The secure-aggregation protocol's state for this site (phase, config, roster, ...);
+    #: None in a round without it. Checked by the agent's ``silo_agent.secure_round``.
+    secure_aggregation: JsonObject | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The message as the control plane sends it."""
+        message: dict[str, object] = {
+            "protocol_version": PROTOCOL_VERSION,
+            "kind": self.kind.value,
+            "job_id": self.job_id,
+            "round_id": self.round_id,
+            "round_number": self.round_number,
+            "total_rounds": self.total_rounds,
+            "deadline_at": self.deadline_at,
+            "model_version": dataclasses.asdict(self.model_version),
+            "study": self.study.to_json(),
+        }
+        if self.secure_aggregation is not None:
+            message["secure_aggregation"] = dict(self.secure_aggregation)
+        return message
+
+
+def parse_task(data: JsonObject) -> WorkTask:
+    """Check and parse a task; raises :class:`ProtocolError` saying which field is wrong."""
+    version = data.get("protocol_version", 1)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"the server speaks task protocol version {version!r}; this code speaks {PROTOCOL_VERSION}"
+        )
+    kind_name = _text(data, "kind")
+    try:
+        kind = TaskKind(kind_name)
+    except ValueError:
+        raise ProtocolError(f"malformed task: unknown kind {kind_name!r}") from None
+    return WorkTask(
+        kind=kind,
+        job_id=_integer(data, "job_id"),
+        round_id=_integer(data, "round_id"),
+        round_number=_integer(data, "round_number"),
+        total_rounds=_integer(data, "total_rounds"),
+        deadline_at=str(data.get("deadline_at", "")),
+        model_version=_model_version(_object(data, "model_version")),
+        study=_study(_object(data, "study")),
+        secure_aggregation=_optional_object(data, "secure_aggregation", where=""),
+    )
+
+
+def _model_version(data: JsonObject) -> ModelVersionRef:
+    digest = _text(data, "sha256", where="model_version.").lower()
+    if len(digest) != 64 or any(char not in "0123456789abcdef" for char in digest):
+        raise ProtocolError("malformed task: model_version.sha256 is not a hex SHA-256 digest")
+    return ModelVersionRef(
+        id=_integer(data, "id", where="model_version."),
+        sha256=digest,
+        size=_integer(data, "size", where="model_version.", minimum=1),
+    )
+
+
+def _study(data: JsonObject) -> StudySettings:
+    fraction = _number(data, "validation_fraction", where="study.")
+    if not 0.0 < fraction < 1.0:
+        raise ProtocolError("malformed task: study.validation_fraction must lie strictly between 0 and 1")
+    strategy = _object(data, "strategy", where="study.")
+    return StudySettings(
+        id=_integer(data, "id", where="study."),
+        name=_text(data, "name", where="study."),
+        model=_object(data, "model", where="study."),
+        data_schema=_optional_object(data, "data_schema", where="study."),
+        feature_scaling=_optional_object(data, "feature_scaling", where="study."),
+        strategy_name=_text(strategy, "name", where="study.strategy."),
+        strategy_params=_optional_object(strategy, "params", where="study.strategy.") or {},
+        privacy=_optional_object(data, "privacy", where="study.") or {},
+        training=_training(_object(data, "training", where="study.")),
+        validation_fraction=fraction,
+        seed=_integer(data, "seed", where="study."),
+    )
+
+
+def _training(data: JsonObject) -> TrainingSettings:
+    where = "study.training."
+    return TrainingSettings(
+        epochs=_integer(data, "epochs", where=where, minimum=1),
+        batch_size=_integer(data, "batch_size", where=where, minimum=1),
+        learning_rate=_number(data, "learning_rate", where=where),
+        proximal_mu=_number(data, "proximal_mu", where=where, default=0.0),
+    )
+
+
+def _object(data: JsonObject, key: str, *, where: str = "") -> JsonObject:
+    value = data.get(key)
+    if not isinstance(value, Mapping):
+        raise ProtocolError(f"malformed task: {where}{key} must be an object")
+    return value
+
+
+def _optional_object(data: JsonObject, key: str, *, where: str) -> JsonObject | None:
+    return None if data.get(key) is None else _object(data, key, where=where)
+
+
+def _text(data: JsonObject, key: str, *, where: str = "") -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"malformed task: {where}{key} must be a non-empty string")
+    return value
+
+
+def _integer(data: JsonObject, key: str, *, where: str = "", minimum: int = 0) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ProtocolError(f"malformed task: {where}{key} must be an integer >= {minimum}")
+    return value
+
+
+def _number(data: JsonObject, key: str, *, where: str = "", default: float | None = None) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError(f"malformed task: {where}{key} must be a finite number")
+    return float(value)
