@@ -1,9 +1,10 @@
 """Small public data sets for simulations and tests.
 
 They ship inside scikit-learn (``sklearn.datasets``), so loading them never touches the
-network. scikit-learn is imported only when a data set is loaded, so importing
-:mod:`federation.data` (as the control plane does for the schema) does not load it. They stand in for hospital data when the simulator splits one data set into
-synthetic silos with :mod:`federation.data.partition`.
+network. They stand in for hospital data when the simulator splits one data set into
+synthetic silos with :mod:`federation.data.partition`. scikit-learn is imported only when
+a data set is loaded, so importing :mod:`federation.data` (as the control plane does for
+the schema) does not load it.
 
 * ``breast_cancer``: Wisconsin diagnostic breast cancer, 569 x 30, binary
   (class 1 = benign, class 0 = malignant, as scikit-learn encodes it).
