@@ -5,6 +5,11 @@ rounds (momentum, second moments) goes in and out explicitly as a ``state`` of n
 arrays, because each round may be aggregated by a different worker process. State tensor
 names are ``"<slot>/<tensor name>"`` so the state can be stored as safetensors too.
 
+A strategy's traits live on its class: ``name``, ``label`` (how a person reads it),
+``robust`` (whether it looks at each update on its own) and :meth:`Strategy.parameters`.
+Adding a strategy means one class here, listed in :data:`STRATEGIES`, and its tests; the
+console and the privacy checks read the traits from the class.
+
 Each strategy is a plain call on in-memory updates (or stored files)::
 
     >>> import numpy as np
@@ -24,7 +29,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import ClassVar
+from typing import ClassVar, get_args, get_type_hints
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,13 +59,20 @@ class StrategyName(enum.StrEnum):
 
     @property
     def sees_single_updates(self) -> bool:
-        """Whether the rule needs each update on its own (so secure aggregation cannot apply)."""
-        return self in {
-            StrategyName.MEDIAN,
-            StrategyName.TRIMMED_MEAN,
-            StrategyName.KRUM,
-            StrategyName.MULTI_KRUM,
-        }
+        """Whether the rule needs each update on its own (so secure aggregation cannot apply):
+        the ``robust`` trait of its class."""
+        return STRATEGIES[self].robust
+
+
+@dataclass(frozen=True)
+class StrategyParameter:
+    """One hyper-parameter of a strategy: its name, its default, whether it is a whole
+    number, and whether it may be left as ``None``."""
+
+    name: str
+    default: float | int | None
+    is_integer: bool
+    optional: bool
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,25 @@ class Strategy(ABC):
     """Base of every strategy: a frozen dataclass of hyper-parameters."""
 
     name: ClassVar[StrategyName]
+    #: How a person reads the rule, e.g. in the console's list of strategies.
+    label: ClassVar[str]
+    #: Robust to hostile silos: the rule looks at each update on its own (order statistics,
+    #: distances), so secure aggregation and client-level noise on the sum cannot apply.
+    robust: ClassVar[bool] = False
+
+    @classmethod
+    def parameters(cls) -> tuple[StrategyParameter, ...]:
+        """The hyper-parameters a study may set, with their defaults, from the dataclass."""
+        hints = get_type_hints(cls)
+        return tuple(
+            StrategyParameter(
+                name=parameter.name,
+                default=parameter.default,  # type: ignore[arg-type]
+                is_integer=hints[parameter.name] is int,
+                optional=type(None) in get_args(hints[parameter.name]),
+            )
+            for parameter in fields(cls)
+        )
 
     @abstractmethod
     def aggregate(
@@ -113,6 +144,7 @@ class FedAvg(Strategy):
     """
 
     name: ClassVar[StrategyName] = StrategyName.FEDAVG
+    label: ClassVar[str] = "FedAvg: weighted mean"
     server_learning_rate: float = 1.0
     max_weight_share: float | None = None
 
@@ -154,6 +186,7 @@ class FedProx(FedAvg):
     acts in each silo's local training (``TrainConfig.proximal_mu``)."""
 
     name: ClassVar[StrategyName] = StrategyName.FEDPROX
+    label: ClassVar[str] = "FedProx: FedAvg with a proximal term"
     proximal_mu: float = 0.01
 
     def __post_init__(self) -> None:
@@ -206,6 +239,7 @@ class FedAvgM(_ServerOptimizer):
     """FedAvg with server momentum ``beta``: ``v = beta v + delta; x = x + eta v``."""
 
     name: ClassVar[StrategyName] = StrategyName.FEDAVGM
+    label: ClassVar[str] = "FedAvgM: server momentum"
     slots: ClassVar[tuple[str, ...]] = ("momentum",)
     server_learning_rate: float = 1.0
     server_momentum: float = 0.9
@@ -255,6 +289,7 @@ class _Adaptive(_ServerOptimizer, ABC):
 @dataclass(frozen=True)
 class FedAdagrad(_Adaptive):
     name: ClassVar[StrategyName] = StrategyName.FEDADAGRAD
+    label: ClassVar[str] = "FedAdagrad: adaptive server step"
 
     def _adaptive_step(
         self, params: Array, delta: Array, m: Array | None, v: Array | None
@@ -267,6 +302,7 @@ class FedAdagrad(_Adaptive):
 @dataclass(frozen=True)
 class FedAdam(_Adaptive):
     name: ClassVar[StrategyName] = StrategyName.FEDADAM
+    label: ClassVar[str] = "FedAdam: adaptive server step"
 
     def _adaptive_step(
         self, params: Array, delta: Array, m: Array | None, v: Array | None
@@ -286,6 +322,7 @@ class FedAdam(_Adaptive):
 @dataclass(frozen=True)
 class FedYogi(_Adaptive):
     name: ClassVar[StrategyName] = StrategyName.FEDYOGI
+    label: ClassVar[str] = "FedYogi: adaptive server step"
 
     def _adaptive_step(
         self, params: Array, delta: Array, m: Array | None, v: Array | None
@@ -307,6 +344,8 @@ class CoordinateMedian(Strategy):
     """The coordinate-wise median of the silos' weights (unweighted, as in Yin et al.)."""
 
     name: ClassVar[StrategyName] = StrategyName.MEDIAN
+    label: ClassVar[str] = "Coordinate-wise median"
+    robust: ClassVar[bool] = True
 
     def aggregate(
         self,
@@ -325,6 +364,8 @@ class TrimmedMean(Strategy):
     """The coordinate-wise mean after dropping the ``beta`` fraction at each end."""
 
     name: ClassVar[StrategyName] = StrategyName.TRIMMED_MEAN
+    label: ClassVar[str] = "Trimmed mean"
+    robust: ClassVar[bool] = True
     beta: float = 0.1
 
     def __post_init__(self) -> None:
@@ -352,6 +393,8 @@ class MultiKrum(Strategy):
     Krum itself."""
 
     name: ClassVar[StrategyName] = StrategyName.MULTI_KRUM
+    label: ClassVar[str] = "Multi-Krum"
+    robust: ClassVar[bool] = True
     num_byzantine: int = 1
     num_selected: int = 2
 
@@ -383,6 +426,7 @@ class Krum(MultiKrum):
     """Krum: the single update with the lowest score."""
 
     name: ClassVar[StrategyName] = StrategyName.KRUM
+    label: ClassVar[str] = "Krum"
     num_selected: int = 1
 
     def __post_init__(self) -> None:
@@ -390,21 +434,37 @@ class Krum(MultiKrum):
         _require(self.num_selected == 1, "Krum selects exactly one update; use multi_krum for more")
 
 
-STRATEGIES: dict[StrategyName, type[Strategy]] = {
-    cls.name: cls
-    for cls in (
-        FedAvg,
-        FedProx,
-        FedAvgM,
-        FedAdagrad,
-        FedAdam,
-        FedYogi,
-        CoordinateMedian,
-        TrimmedMean,
-        Krum,
-        MultiKrum,
-    )
-}
+def _registry(*strategy_classes: type[Strategy]) -> dict[StrategyName, type[Strategy]]:
+    """Every strategy by name; a class without its own name or label fails here, at import,
+    rather than where a form or a study first asks for it."""
+    registry: dict[StrategyName, type[Strategy]] = {}
+    labels: set[str] = set()
+    for strategy_class in strategy_classes:
+        own = vars(strategy_class)
+        if "name" not in own or not own.get("label"):
+            raise TypeError(f"strategy {strategy_class.__name__} must set its own name and label")
+        if strategy_class.name in registry or strategy_class.label in labels:
+            raise TypeError(f"strategy {strategy_class.__name__} repeats a name or a label")
+        registry[strategy_class.name] = strategy_class
+        labels.add(strategy_class.label)
+    missing = sorted(set(StrategyName) - set(registry))
+    if missing:
+        raise TypeError(f"strategy names without a class: {missing}")
+    return registry
+
+
+STRATEGIES: dict[StrategyName, type[Strategy]] = _registry(
+    FedAvg,
+    FedProx,
+    FedAvgM,
+    FedAdagrad,
+    FedAdam,
+    FedYogi,
+    CoordinateMedian,
+    TrimmedMean,
+    Krum,
+    MultiKrum,
+)
 
 
 def build_strategy(name: str, params: Mapping[str, float | int | None] | None = None) -> Strategy:

@@ -2,7 +2,9 @@
 
 They ship inside scikit-learn (``sklearn.datasets``), so loading them never touches the
 network. They stand in for hospital data when the simulator splits one data set into
-synthetic silos with :mod:`federation.data.partition`.
+synthetic silos with :mod:`federation.data.partition`. scikit-learn is imported only when
+a data set is loaded, so importing :mod:`federation.data` (as the control plane does for
+the schema) does not load it.
 
 * ``breast_cancer``: Wisconsin diagnostic breast cancer, 569 x 30, binary
   (class 1 = benign, class 0 = malignant, as scikit-learn encodes it).
@@ -17,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn import datasets
 
 from federation.data.schema import Dataset
 from federation.errors import ConfigurationError
@@ -38,7 +39,9 @@ def load_builtin(name: str) -> Dataset:
 
 
 def _breast_cancer() -> Dataset:
-    bunch = datasets.load_breast_cancer()
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
     return Dataset(
         features=np.asarray(bunch.data, dtype=np.float32),
         labels=np.asarray(bunch.target, dtype=np.int64),
@@ -49,7 +52,9 @@ def _breast_cancer() -> Dataset:
 
 
 def _diabetes() -> Dataset:
-    bunch = datasets.load_diabetes()
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes()
     return Dataset(
         features=np.asarray(bunch.data, dtype=np.float32),
         labels=np.asarray(bunch.target, dtype=np.float32),
@@ -60,7 +65,9 @@ def _diabetes() -> Dataset:
 
 
 def _digits() -> Dataset:
-    bunch = datasets.load_digits()
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
     return Dataset(
         features=np.asarray(bunch.data, dtype=np.float32) / np.float32(16.0),
         labels=np.asarray(bunch.target, dtype=np.int64),

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
-from typing import TypedDict, get_type_hints
+from dataclasses import dataclass, field
+from typing import TypedDict
 
 from django import forms
 from django.db.models import QuerySet
 
 from console.forms import add_service_error
-from federation.aggregation.strategies import STRATEGIES, StrategyName, build_strategy
+from federation.aggregation.strategies import STRATEGIES, StrategyName, StrategyParameter, build_strategy
 from federation.data import DataSchema, Standardizer
 from federation.errors import ConfigurationError, FederationError
 from federation.models import ModelConfig, ModelKind, TrainConfig
@@ -48,18 +48,12 @@ MODEL_KIND_LABELS = {
     ModelKind.SKLEARN_LOGISTIC: "Logistic regression (scikit-learn)",
 }
 
-STRATEGY_LABELS = {
-    StrategyName.FEDAVG: "FedAvg: weighted mean",
-    StrategyName.FEDPROX: "FedProx: FedAvg with a proximal term",
-    StrategyName.FEDAVGM: "FedAvgM: server momentum",
-    StrategyName.FEDADAGRAD: "FedAdagrad: adaptive server step",
-    StrategyName.FEDADAM: "FedAdam: adaptive server step",
-    StrategyName.FEDYOGI: "FedYogi: adaptive server step",
-    StrategyName.MEDIAN: "Coordinate-wise median (robust)",
-    StrategyName.TRIMMED_MEAN: "Trimmed mean (robust)",
-    StrategyName.KRUM: "Krum (robust)",
-    StrategyName.MULTI_KRUM: "Multi-Krum (robust)",
-}
+
+def strategy_label(strategy: StrategyName) -> str:
+    """The strategy's own label, marked when the rule is robust to hostile sites."""
+    strategy_class = STRATEGIES[strategy]
+    return f"{strategy_class.label} (robust)" if strategy_class.robust else strategy_class.label
+
 
 TRAINING_FIELDS = ("epochs", "batch_size", "learning_rate", "proximal_mu")
 
@@ -117,12 +111,12 @@ class JsonObjectField(forms.CharField):
         return json.dumps(value, indent=2) if isinstance(value, dict) else value
 
 
-def _strategy_param_field(default: object, hint: object) -> forms.Field:
+def _strategy_param_field(parameter: StrategyParameter) -> forms.Field:
     """A number field for one strategy parameter; left empty, the strategy's default applies."""
-    is_integer = hint is int
+    default = parameter.default
     help_text = "default: none" if default is None else f"default: {default}"
     attrs = {"placeholder": "" if default is None else str(default)}
-    if is_integer:
+    if parameter.is_integer:
         return forms.IntegerField(
             required=False, initial=default, help_text=help_text, widget=forms.NumberInput(attrs=attrs)
         )
@@ -131,11 +125,10 @@ def _strategy_param_field(default: object, hint: object) -> forms.Field:
 
 
 def strategy_param_fields() -> Iterator[tuple[StrategyName, str, forms.Field]]:
-    """Every strategy's parameters, from the strategy dataclasses themselves."""
+    """Every strategy's parameters, as the strategy classes declare them."""
     for strategy, strategy_class in STRATEGIES.items():
-        hints = get_type_hints(strategy_class)
-        for parameter in fields(strategy_class):
-            yield strategy, parameter.name, _strategy_param_field(parameter.default, hints[parameter.name])
+        for parameter in strategy_class.parameters():
+            yield strategy, parameter.name, _strategy_param_field(parameter)
 
 
 @dataclass
@@ -194,7 +187,7 @@ class StudyForm(forms.Form):
     )
     # 4. strategy (its parameters are added in __init__)
     strategy = forms.ChoiceField(
-        choices=[(name.value, STRATEGY_LABELS[name]) for name in StrategyName],
+        choices=[(name.value, strategy_label(name)) for name in StrategyName],
         initial="fedavg",
         label="Aggregation strategy",
     )
@@ -267,7 +260,7 @@ class StudyForm(forms.Form):
         groups = []
         for strategy in StrategyName:
             names = [name for name in self.fields if name.startswith(f"param_{strategy.value}_")]
-            groups.append((strategy.value, STRATEGY_LABELS[strategy], bound(*names)))
+            groups.append((strategy.value, strategy_label(strategy), bound(*names)))
         return [
             Section(
                 1,

@@ -234,6 +234,16 @@ FEDHEALTH_LONG_POLL_INTERVAL_SECONDS = float(os.environ.get("FEDHEALTH_LONG_POLL
 # An aggregation that started this long ago and has not finished is started again (its
 # message was lost); a repeat is harmless, since the result is written only once.
 FEDHEALTH_STUCK_AGGREGATION_SECONDS = int(os.environ.get("FEDHEALTH_STUCK_AGGREGATION_SECONDS", 300))
+# The crash drills' pause point (tests/faults): an aggregation waits this long between its
+# claim and its maths, so that a kill timed from the claim lands before the commit. 0, no
+# pause, everywhere else; it must stay well under the stuck-aggregation delay above.
+FEDHEALTH_DRILL_PAUSE_AFTER_CLAIM_SECONDS = float(
+    os.environ.get("FEDHEALTH_DRILL_PAUSE_AFTER_CLAIM_SECONDS", 0)
+)
+if not 0 <= FEDHEALTH_DRILL_PAUSE_AFTER_CLAIM_SECONDS < FEDHEALTH_STUCK_AGGREGATION_SECONDS:
+    raise ImproperlyConfigured(
+        "FEDHEALTH_DRILL_PAUSE_AFTER_CLAIM_SECONDS must lie in [0, FEDHEALTH_STUCK_AGGREGATION_SECONDS)"
+    )
 
 if ENV.behind_tls_proxy:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -482,6 +483,7 @@ def round_aggregate(*, round_id: int) -> AggregationOutcome:
     work = _aggregation_claim(round_id)
     if work is None:
         return AggregationOutcome(round_id, None)  # done already, never ready, or given up
+    _drill_pause_point()
     spec = model_spec(work.base)
     strategy = build_strategy(work.job.study.strategy, work.job.study.strategy_params)
     weights, state, details = _aggregate(work, strategy, spec)
@@ -497,6 +499,14 @@ def round_aggregate(*, round_id: int) -> AggregationOutcome:
         "details": details,
     }
     return _aggregation_commit(work, spec, weights, state, provenance)
+
+
+def _drill_pause_point() -> None:
+    """The crash drills' pause point, between the claim (committed) and the commit: with
+    ``FEDHEALTH_DRILL_PAUSE_AFTER_CLAIM_SECONDS`` set (only tests/faults sets it), a kill
+    timed from the claim lands in the window by construction rather than by luck."""
+    if settings.FEDHEALTH_DRILL_PAUSE_AFTER_CLAIM_SECONDS:
+        time.sleep(settings.FEDHEALTH_DRILL_PAUSE_AFTER_CLAIM_SECONDS)
 
 
 def _aggregate(

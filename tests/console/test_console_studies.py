@@ -9,6 +9,7 @@ import pytest
 from console_support import STUDY_SCHEMA
 from django.test import Client
 
+from federation.aggregation.strategies import FedAvg
 from institutions.models import Institution
 from studies.models import Decision, Study
 from training.models import Job
@@ -71,6 +72,18 @@ def test_new_study_form_renders_five_numbered_steps(coordinator: Client, hospita
     assert 'id="id_param_fedadam_beta_1"' in html
     assert 'id="id_param_multi_krum_num_selected"' in html
     assert "Leave {} for none" in html  # privacy
+
+
+def test_the_form_reads_each_strategy_s_label_and_parameters_from_its_class(
+    coordinator: Client, hospital_a: Institution, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FedAvg, "label", "Plain weighted mean")
+    html = coordinator.get("/studies/new/").content.decode()
+    assert "Plain weighted mean" in html
+    assert "Multi-Krum (robust)" in html  # the robust trait, from the class
+    assert "FedAvgM: server momentum" in html
+    assert 'id="id_param_fedavgm_server_momentum"' in html
+    assert 'placeholder="0.9"' in html  # the default, from the dataclass
 
 
 def test_coordinator_creates_a_study(

@@ -13,11 +13,27 @@ from service_support import POSTGRES_URL, REDIS_URL, require_services
 pytestmark = pytest.mark.e2e
 
 
+#: What run_local prints for its defaults (seed 0, breast cancer, FedAvg, logistic regression)
+#: with 3 sites and 3 rounds: 114 held-out patients, one patient is 0.88 points. Every
+#: step is seeded, so a run repeats these exactly, on either stack; other library versions
+#: may move them by a patient or so (measure again, as the README's figures).
+DEMO_FIGURES = {
+    "rounds": 3,
+    "sites": 3,
+    "test_rows": 114,
+    "federated_accuracy": 0.9561,  # 109 of 114
+    "centralized_accuracy": 0.9825,  # 112 of 114: three rounds leave FedAvg 3 patients behind
+    "local_accuracy": [0.9561, 0.9474, 0.9649],
+}
+#: The control plane's median latency per round (last update in to next round out) was
+#: 110 ms on the loaded 2-core machine; more than this is a regression, not noise.
+MAX_ROUND_LATENCY_MS = 2000
+
+
 def check_figures(figures: dict) -> None:
-    assert figures["rounds"] == 3
-    assert len(figures["local_accuracy"]) == 3
-    assert figures["federated_accuracy"] > 0.9
-    assert figures["round_latency_median_ms"] is not None
+    assert {name: figures[name] for name in DEMO_FIGURES} == DEMO_FIGURES
+    assert 0 < figures["round_latency_median_ms"] < MAX_ROUND_LATENCY_MS
+    assert 0 < figures["round_seconds_median"] < figures["seconds"]
 
 
 def test_a_federation_on_the_embedded_default(tmp_path: Path) -> None:

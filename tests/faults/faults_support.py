@@ -60,6 +60,11 @@ NUM_SITES = 3
 #: An aggregation that has not finished after this many seconds is enqueued again by the
 #: sweep (beat runs it every 2 s); production keeps the default of 300 s.
 STUCK_AGGREGATION_SECONDS = 3
+#: The control plane's pause point for the drills: each aggregation waits this long after
+#: its claim is committed, so a kill up to :data:`CLAIM_KILL_DELAY_MAX` after the claim is
+#: seen lands before the commit, on a loaded machine too (the watcher polls every 0.5 ms).
+PAUSE_AFTER_CLAIM_SECONDS = 0.5
+CLAIM_KILL_DELAY_MAX = 0.008
 JOB_TIMEOUT = 900.0 if FULL_DRILLS else 300.0
 #: Keep each drill's folder (logs, database, blobs) instead of deleting it at the end.
 KEEP_FOLDERS = os.environ.get("FEDHEALTH_DRILL_KEEP", "") == "1"
@@ -202,6 +207,7 @@ class Federation:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         env = run.control_plane_env(self.data_dir, self.database_url, self.broker_url)
         env["FEDHEALTH_STUCK_AGGREGATION_SECONDS"] = str(STUCK_AGGREGATION_SECONDS)
+        env["FEDHEALTH_DRILL_PAUSE_AFTER_CLAIM_SECONDS"] = str(PAUSE_AFTER_CLAIM_SECONDS)
         self.settings = run.Settings(self.data_dir, run.free_port(), env)
         self.processes = run.Processes(self.data_dir / "logs")
         if self.redis_port is not None:

@@ -5,8 +5,12 @@ exactly one model version, that every stored file matches its checksum, that the
 chain holds, and that the job ends with the same models as an undisturbed job of the same
 study.
 
-The kills fall at random moments drawn from a seeded generator (``FEDHEALTH_DRILL_SEED``);
-each drill prints where its kills landed and how long recovery took (``pytest -s``).
+The kills fall at random moments drawn from a seeded generator (``FEDHEALTH_DRILL_SEED``).
+The worker's kills alternate between two triggers: the round was enqueued (the kill lands
+wherever the delay puts it), and the round was claimed. For the second, the control plane
+pauses after each claim (``FEDHEALTH_DRILL_PAUSE_AFTER_CLAIM_SECONDS``, set by the drills
+only), so the kill lands between the claim and the commit every time. Each drill prints
+where its kills landed and how long recovery took (``pytest -s``).
 ``FEDHEALTH_FULL_DRILLS=1`` kills the worker 20 times instead of 3.
 """
 
@@ -22,6 +26,7 @@ from datetime import datetime
 import pytest
 from faults_support import (
     AGENT_KILLS,
+    CLAIM_KILL_DELAY_MAX,
     DRILL_SEED,
     MAX_KILLS_PER_ROUND,
     NUM_ROUNDS,
@@ -79,9 +84,10 @@ def _figures(values: list[float]) -> dict[str, float | int]:
 
 class AggregationKills:
     """Kills the aggregation worker at random moments of aggregations, starting it again each
-    time. The moment is a random delay after an event seen in the round's row: the round was
-    enqueued (it became AGGREGATING, or the sweep enqueued it again) or claimed (its
-    ``aggregation_attempts`` went up; the maths and the commit are then under way)."""
+    time. The moment is a random delay after an event seen in the round's row, the two
+    events in turn, the claim first: the round was claimed (its ``aggregation_attempts`` went
+    up; the worker is then in its pause point, before the maths and the commit) or enqueued
+    (it became AGGREGATING, or the sweep enqueued it again)."""
 
     def __init__(self, fed: Federation, job_id: int, rng: random.Random) -> None:
         assert fed.watcher is not None
@@ -93,8 +99,8 @@ class AggregationKills:
 
     def run(self, count: int) -> list[Row]:
         while len(self.kills) < count:
-            trigger = self.rng.choice(["enqueued", "claimed"])
-            delay = self.rng.uniform(0, 0.06) if trigger == "enqueued" else self.rng.uniform(0, 0.008)
+            trigger = ("claimed", "enqueued")[len(self.kills) % 2]
+            delay = self.rng.uniform(0, 0.06 if trigger == "enqueued" else CLAIM_KILL_DELAY_MAX)
             row, event = self._next_event(trigger)
             self._kill(row, trigger, event, delay)
         return self.kills
@@ -180,7 +186,9 @@ def test_the_worker_killed_during_aggregations_loses_nothing(stack: tuple[Federa
         },
     )
     assert len(kills) == WORKER_KILLS
-    assert landed["during the aggregation (claimed, not committed)"] >= 1, landed
+    after_claims = [k["landed"] for k in kills if k["trigger"] == "claimed"]
+    assert after_claims, "no kill was timed from a claim"
+    assert set(after_claims) == {"during the aggregation (claimed, not committed)"}, kills
 
 
 # --- the control plane during uploads --------------------------------------------------------

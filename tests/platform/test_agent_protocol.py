@@ -49,7 +49,13 @@ def test_a_whole_job_runs_round_by_round_to_an_evaluated_final_model(
                     task, trained(site.model(task), shift=index + 1), num_examples=10 * (index + 1)
                 )
             assert response.status_code == 201, response.content
-            assert site.work() is None or index == len(sites) - 1  # answered: no more work this round
+            following = site.work()
+            if index < len(sites) - 1:
+                assert following is None  # answered: no more work this round
+            else:  # the last update closes the round: the next one opens, or the evaluation
+                assert following is not None
+                expected = ("train", 2) if round_number == 1 else ("evaluate", 3)
+                assert (following["kind"], following["round_number"]) == expected
     version = ModelVersion.objects.get(job=job, number=2)
     parent = ModelVersion.objects.get(job=job, number=1)
     assert version.parent == parent

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
 from django.core.cache import cache
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, find, settings
 from pytest_django.fixtures import Settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -60,7 +61,7 @@ CONFIG = schemathesis.Config.from_dict(
 )
 schema = schemathesis.openapi.from_wsgi("/api/schema/", application, config=CONFIG)
 
-#: Cases sent per operation, reported by the last test of the module.
+#: Cases sent per operation, reported when the module's tests are done.
 CASES: Counter[str] = Counter()
 
 MODEL = {
@@ -151,10 +152,20 @@ def test_every_operation_answers_without_server_errors_and_as_documented(
     case.call_and_validate(headers=auth_headers[audience], checks=CHECKS)
 
 
-def test_zz_every_operation_was_fuzzed() -> None:
-    """Runs last: every operation of the schema got cases (the count is printed with ``-s``)."""
-    operations = {result.ok().label for result in schema.get_all_operations()}
-    if not CASES:
-        pytest.skip(reason="the fuzzing tests did not run in this session")
-    assert set(CASES) == operations
-    print(f"\nschemathesis: {sum(CASES.values())} cases over {len(CASES)} operations, 0 failures")
+def test_every_operation_of_the_schema_gets_cases() -> None:
+    """The fuzzing test is parametrized over every operation the schema holds; each of them
+    is read without error and its strategy yields a case for it, run alone or in any order."""
+    operations = [result.ok() for result in schema.get_all_operations()]  # ok() raises on a bad one
+    assert len(operations) >= 20, [operation.label for operation in operations]
+    first_case = settings(database=None, phases=[Phase.generate])  # no shrinking: any case will do
+    for operation in operations:
+        case = find(operation.as_strategy(), lambda _: True, settings=first_case)
+        assert case.operation.label == operation.label
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_cases() -> Iterator[None]:
+    """Prints how many cases the fuzzing sent (shown with ``-s``)."""
+    yield
+    if CASES:
+        print(f"\nschemathesis: {sum(CASES.values())} cases over {len(CASES)} operations, 0 failures")

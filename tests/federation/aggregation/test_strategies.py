@@ -1,6 +1,8 @@
 """Strategies orchestrate the maths correctly, in memory and over stored files."""
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -18,7 +20,9 @@ from federation.aggregation.strategies import (
     Krum,
     MultiKrum,
     StrategyName,
+    StrategyParameter,
     TrimmedMean,
+    _registry,
     build_strategy,
 )
 from federation.aggregation.streaming import StoredUpdate
@@ -229,10 +233,41 @@ def test_build_strategy_knows_every_rule_and_explains_mistakes() -> None:
 
 
 def test_only_robust_rules_need_single_updates() -> None:
-    robust = {s for s in StrategyName if s.sees_single_updates}
+    robust = {name for name, strategy_class in STRATEGIES.items() if strategy_class.robust}
     assert robust == {
         StrategyName.MEDIAN,
         StrategyName.TRIMMED_MEAN,
         StrategyName.KRUM,
         StrategyName.MULTI_KRUM,
     }
+    assert {name for name in StrategyName if name.sees_single_updates} == robust
+
+
+def test_each_strategy_carries_its_own_label_and_parameters() -> None:
+    labels = {name: strategy_class.label for name, strategy_class in STRATEGIES.items()}
+    assert len(set(labels.values())) == len(labels)
+    assert labels[StrategyName.FEDAVG] == "FedAvg: weighted mean"
+    assert labels[StrategyName.KRUM] == "Krum"
+    for name, strategy_class in STRATEGIES.items():
+        assert "label" in vars(strategy_class), f"{name} inherits its label"
+        defaults = {parameter.name: parameter.default for parameter in strategy_class.parameters()}
+        assert defaults == strategy_class().params()
+    krum = {parameter.name: parameter for parameter in Krum.parameters()}
+    assert krum["num_selected"] == StrategyParameter("num_selected", 1, is_integer=True, optional=False)
+    fedavg = {parameter.name: parameter for parameter in FedAvg.parameters()}
+    assert fedavg["max_weight_share"] == StrategyParameter(
+        "max_weight_share", None, is_integer=False, optional=True
+    )
+
+
+def test_a_strategy_without_its_own_label_is_refused_when_registered() -> None:
+    @dataclass(frozen=True)
+    class Unlabelled(FedAvg):
+        name: ClassVar[StrategyName] = StrategyName.FEDAVG
+
+    with pytest.raises(TypeError, match="Unlabelled must set its own name and label"):
+        _registry(Unlabelled)
+    with pytest.raises(TypeError, match="strategy names without a class"):
+        _registry(FedAvg)
+    with pytest.raises(TypeError, match="repeats"):
+        _registry(*STRATEGIES.values(), FedAvg)

@@ -28,6 +28,9 @@ from federation.privacy.accounting import (
 pytestmark = pytest.mark.privacy
 
 DELTA = 1e-5
+#: Opacus tries other Renyi orders and drops those whose series does not converge, so its
+#: epsilon for subsampled Gaussians differs from dp-accounting's, by at most 0.11 % below.
+OPACUS_RTOL = 2e-3
 
 
 def direct_epsilon(events: list[tuple[float, float, int]], delta: float = DELTA) -> float:
@@ -61,16 +64,17 @@ def test_the_known_value_of_fifty_gaussian_rounds() -> None:
     ("noise", "rate", "steps"),
     [(1.0, 1.0, 10), (4.7, 1.0, 10), (1.1, 0.2, 50), (2.4, 0.0667, 150), (0.9, 0.01, 1000)],
 )
-def test_our_epsilon_is_dp_accountings_and_opacuss_within_one_percent(
-    noise: float, rate: float, steps: int
-) -> None:
+def test_our_epsilon_is_dp_accountings_and_close_to_opacuss(noise: float, rate: float, steps: int) -> None:
     ours = (
         client_level_epsilon(noise_multiplier=noise, rounds=steps, delta=DELTA)
         if rate == 1.0
         else sample_level_epsilon(noise_multiplier=noise, sampling_rate=rate, steps=steps, delta=DELTA)
     )
-    assert ours == pytest.approx(direct_epsilon([(noise, rate, steps)]), rel=0.01)
-    assert ours == pytest.approx(opacus_epsilon([(noise, rate, steps)]), rel=0.01)
+    # The same accountant (dp-accounting's RDP) on the same events: the same number.
+    assert ours == pytest.approx(direct_epsilon([(noise, rate, steps)]), rel=1e-12)
+    # Opacus: the same for the plain Gaussian, within OPACUS_RTOL for the subsampled one.
+    opacus_rtol = 1e-12 if rate == 1.0 else OPACUS_RTOL
+    assert ours == pytest.approx(opacus_epsilon([(noise, rate, steps)]), rel=opacus_rtol)
 
 
 def test_a_ledger_of_mixed_events_matches_one_direct_composition() -> None:
@@ -80,8 +84,8 @@ def test_a_ledger_of_mixed_events_matches_one_direct_composition() -> None:
         ledger = ledger.spend(PrivacyEvent(*event))
     assert len(ledger.events) == 3  # the first two merged
     assert ledger.total_steps == 93
-    assert ledger.epsilon(DELTA) == pytest.approx(direct_epsilon(events), rel=1e-9)
-    assert ledger.epsilon(DELTA) == pytest.approx(opacus_epsilon(events), rel=0.01)
+    assert ledger.epsilon(DELTA) == pytest.approx(direct_epsilon(events), rel=1e-12)
+    assert ledger.epsilon(DELTA) == pytest.approx(opacus_epsilon(events), rel=OPACUS_RTOL)
 
 
 def test_a_restarted_ledger_spends_what_an_uninterrupted_one_does() -> None:
@@ -144,7 +148,7 @@ def test_noise_for_a_dp_sgd_job_meets_its_budget_and_no_less_noise_does() -> Non
         return sample_level_epsilon(noise_multiplier=z, sampling_rate=0.2, steps=50, delta=DELTA)
 
     assert epsilon(noise) <= 3.0 < epsilon(noise * (1 - NOISE_TOLERANCE))
-    assert opacus_epsilon([(noise, 0.2, 50)]) == pytest.approx(epsilon(noise), rel=0.01)
+    assert opacus_epsilon([(noise, 0.2, 50)]) == pytest.approx(epsilon(noise), rel=OPACUS_RTOL)
 
 
 events = st.builds(
