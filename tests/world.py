@@ -84,15 +84,16 @@ def job_make(
     num_rounds: int = 2,
     min_updates: int = 2,
     round_deadline_seconds: int = 600,
+    max_deadline_extensions: int = 1,
     actor: str = SETUP_ACTOR,
 ) -> Job:
-    """A draft job of ``study`` (one deadline extension allowed)."""
+    """A draft job of ``study``."""
     return job_create(
         study=study,
         num_rounds=num_rounds,
         min_updates=min_updates,
         round_deadline_seconds=round_deadline_seconds,
-        max_deadline_extensions=1,
+        max_deadline_extensions=max_deadline_extensions,
         actor=actor,
     )
 
