@@ -1,4 +1,5 @@
-"""A small federation for tests: sites with enrolled agents and a running job.
+"""A small federation for tests: sites with agents enrolled over the agent API, and a
+running job (studies and jobs made with :mod:`world`'s builders).
 
 Used by the control plane's protocol tests and by the security tests.
 """
@@ -11,30 +12,20 @@ import json
 
 import numpy as np
 from rest_framework.test import APIClient
+from world import (
+    STUDY_MODEL,
+    STUDY_TRAINING,
+    job_make,
+    job_run,
+    study_approve_all,
+    study_make,
+)
 
 from federation.types import ModelSpec
 from federation.wire import deserialize_weights, serialize_weights
 from institutions import services as institution_services
 from institutions.models import Institution
-from studies import services as study_services
-from training import services as training_services
 from training.models import Job
-
-MODEL = {
-    "kind": "logistic",
-    "task": "binary",
-    "num_features": 3,
-    "num_classes": 2,
-    "hidden_sizes": [64],
-    "image_size": None,
-}
-SCHEMA = {
-    "features": [{"name": n, "kind": "numeric"} for n in ("age", "bmi", "glucose")],
-    "label": "outcome",
-    "task": "binary",
-    "classes": ["no", "yes"],
-}
-TRAINING = {"epochs": 1, "batch_size": 16, "learning_rate": 0.1}
 
 
 class Site:
@@ -101,46 +92,33 @@ def start_job(
     institutions: list[Institution],
     *,
     name: str,
-    model: dict[str, object] = MODEL,
+    model: dict[str, object] = STUDY_MODEL,
     strategy: str = "fedavg",
     rounds: int = 2,
     min_updates: int | None = None,
     round_deadline_seconds: int = 60,
     privacy: dict[str, object] | None = None,
-    training: dict[str, object] = TRAINING,
+    training: dict[str, object] = STUDY_TRAINING,
     update_norm_bound: dict[str, object] | None = None,
 ) -> Job:
     """A started job of a new study that every institution approved: round 1 is open."""
-    study = study_services.study_create(
-        name=name,
-        description="",
-        model_config=model,
-        data_schema=SCHEMA,
+    study = study_make(
+        name,
+        institutions,
         strategy=strategy,
-        strategy_params={},
+        model=model,
         training=training,
-        feature_scaling=None,
-        privacy=privacy or {},
+        privacy=privacy,
         update_norm_bound=update_norm_bound,
-        validation_fraction=0.2,
-        seed=0,
-        institution_ids=[institution.pk for institution in institutions],
-        actor="user:test",
     )
-    for institution in institutions:
-        study_services.study_decide(study=study, institution=institution, approve=True, actor="user:owner")
-    job = training_services.job_create(
-        study=study,
+    study_approve_all(study)
+    job = job_make(
+        study,
         num_rounds=rounds,
         min_updates=min_updates or len(institutions),
         round_deadline_seconds=round_deadline_seconds,
-        max_deadline_extensions=1,
-        actor="user:test",
     )
-    training_services.job_start(job_id=job.pk, actor="user:test")
-    training_services.job_begin(job_id=job.pk)  # the worker's part: initial model, round 1
-    job.refresh_from_db()
-    return job
+    return job_run(job)
 
 
 def make_job(

@@ -21,6 +21,7 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, connections, transaction
 from django.db.migrations.loader import MigrationLoader
 from django.test import RequestFactory
+from world import STUDY_MODEL, job_make, study_make
 
 from audit.chain import GENESIS_HASH, event_hash
 from audit.models import AppendOnlyError, AuditChainHead, AuditEvent
@@ -28,23 +29,12 @@ from audit.selectors import audit_chain_verify
 from audit.services import audit_record
 from institutions.models import Institution
 from institutions.services import institution_create
-from studies.services import study_create
 from training.models import Job
-from training.services import job_create
 
 pytestmark = pytest.mark.security
 
 
 TABLE = AuditEvent._meta.db_table
-STUDY_MODEL = {"kind": "logistic", "task": "binary", "num_features": 3, "num_classes": 2}
-STUDY_SCHEMA = {
-    "features": [{"name": name, "kind": "numeric"} for name in ("age", "bmi", "glucose")],
-    "label": "outcome",
-    "task": "binary",
-    "classes": ["no", "yes"],
-    "site_column": None,
-}
-
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -106,29 +96,8 @@ def hospital(db: None) -> Institution:
 
 @pytest.fixture
 def job(hospital: Institution) -> Job:
-    study = study_create(
-        name="Chained study",
-        description="",
-        model_config=STUDY_MODEL | {"hidden_sizes": [8], "image_size": None},
-        data_schema=STUDY_SCHEMA,
-        strategy="fedavg",
-        strategy_params={},
-        training={"epochs": 1, "batch_size": 16, "learning_rate": 0.1},
-        feature_scaling=None,
-        privacy={},
-        validation_fraction=0.2,
-        seed=0,
-        institution_ids=[hospital.pk],
-        actor="user:setup",
-    )
-    return job_create(
-        study=study,
-        num_rounds=1,
-        min_updates=1,
-        round_deadline_seconds=600,
-        max_deadline_extensions=0,
-        actor="user:setup",
-    )
+    study = study_make("Chained study", [hospital], model=STUDY_MODEL | {"hidden_sizes": [8]})
+    return job_make(study, num_rounds=1, min_updates=1, max_deadline_extensions=0)
 
 
 # --- the chain as written ----------------------------------------------------------------

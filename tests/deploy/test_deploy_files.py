@@ -756,9 +756,10 @@ def test_the_local_runner_never_turns_debug_on(monkeypatch, tmp_path):
 def test_the_local_runner_collects_static_files_before_gunicorn_starts(monkeypatch, tmp_path):
     """Without DEBUG, WhiteNoise serves only what collectstatic put in STATIC_ROOT."""
     runner = load_run_local()
+    processes = sys.modules[runner.start_control_plane.__module__]  # deploy/local/processes.py
     steps: list[str] = []
-    monkeypatch.setattr(runner, "manage", lambda settings, *arguments: steps.append(" ".join(arguments)))
-    monkeypatch.setattr(runner, "wait_until_healthy", lambda processes, settings: None)
+    monkeypatch.setattr(processes, "manage", lambda settings, *arguments: steps.append(" ".join(arguments)))
+    monkeypatch.setattr(processes, "wait_until_healthy", lambda processes, settings: None)
 
     class Processes:
         def start(self, name: str, command: list[str], env: dict[str, str], **options: object) -> None:

@@ -80,7 +80,8 @@ def log(message: str) -> None:
 
 
 def runner_module() -> ModuleType:
-    """deploy/run_local.py, imported by path (deploy/ is not a package)."""
+    """deploy/run_local.py, imported by path: the pieces of deploy/local/ (the processes'
+    command lines, the coordinator's setup) as ``make demo`` uses them."""
     if "run_local" in sys.modules:
         return sys.modules["run_local"]
     spec = importlib.util.spec_from_file_location("run_local", REPO / "deploy" / "run_local.py")
@@ -217,11 +218,7 @@ class Federation:
         self.start_web()
         self.start_worker("sweeper", "celery")
         self.start_worker("aggregator", "aggregation")
-        self.processes.start(
-            "beat",
-            [*self._celery(), "beat", "--loglevel", "INFO", "--schedule", str(self.data_dir / "celerybeat")],
-            self.settings.env,
-        )
+        self.processes.start("beat", run.beat_command(self.data_dir / "celerybeat"), self.settings.env)
         self.watcher = RoundWatcher(self.data_dir, self.database_url)
 
     def close(self) -> None:
@@ -229,9 +226,6 @@ class Federation:
             self.watcher.close()
         if self.processes is not None:
             self.processes.stop(timeout=10)
-
-    def _celery(self) -> list[str]:
-        return [str(self.runner.BIN / "celery"), "--workdir", str(REPO / "platform"), "-A", "fedplatform"]
 
     def start_redis(self) -> None:
         """A redis-server of this federation's own, keeping nothing on disk, on ``redis_port``."""
@@ -251,24 +245,7 @@ class Federation:
 
     def start_web(self) -> None:
         """gunicorn as run_local starts it, on this federation's port (the same after a kill)."""
-        command = [
-            str(self.runner.BIN / "gunicorn"),
-            "--chdir",
-            str(REPO / "platform"),
-            "fedplatform.wsgi",
-            "--bind",
-            f"127.0.0.1:{self.settings.port}",
-            "--worker-class",
-            "gthread",
-            "--workers",
-            "2",
-            "--threads",
-            "16",
-            "--timeout",
-            "60",
-            "--graceful-timeout",
-            "5",
-        ]
+        command = self.runner.web_command(self.settings.port, threads=16)
         self.processes.start("web", command, self.settings.env)
         self.runner.wait_until_healthy(self.processes, self.settings)
 
@@ -276,22 +253,7 @@ class Federation:
         """A Celery worker (threads pool, as run_local's) for ``queues``; waits until it consumes."""
         log_file = self.log_path(name)
         offset = log_file.stat().st_size if log_file.exists() else 0
-        command = [
-            *self._celery(),
-            "worker",
-            "--queues",
-            queues,
-            "--pool",
-            "threads",
-            "--concurrency",
-            "4",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--hostname",
-            f"{name}-{self.settings.port}@%h",
-        ]
+        command = self.runner.worker_command(name, self.settings.port, queues)
         child = self.processes.start(name, command, self.settings.env)
         if wait:
 
@@ -329,35 +291,14 @@ class Federation:
         dataset = run.load_builtin(args.dataset)
         shares, _ = run.split_data(dataset, NUM_SITES, seed)
         self.api = run.Api(self.settings.url, run.create_user(self.settings, "coordinator", "coordinator"))
-        owners = []
-        for index, rows in enumerate(shares):
-            site = run.write_site(
-                self.data_dir / f"site-{index + 1}",
-                f"Hospital {chr(65 + index)}",
-                rows,
-                args.dataset,
-                self.settings.url,
-            )
-            institution = self.api.call("POST", "institutions/", json={"name": site.name})
-            token = self.api.call("POST", f"institutions/{institution['id']}/enrollment-tokens/")["token"]
-            run.run_agent_command(site, self.settings.env, "enroll", f"--token={token}")
-            owner_token = run.create_user(
-                self.settings, f"owner-{institution['id']}", "data_owner", site.name
-            )
-            owners.append(run.Api(self.settings.url, owner_token))
-            self.sites.append(site)
-            self.institution_ids.append(institution["id"])
+        self.sites = run.write_sites(self.data_dir, shares, args.dataset, self.settings.url)
+        self.institution_ids, owners = run.enroll_sites(self.api, self.settings, self.sites)
         scaling = run.agreed_scaling(self.sites, self.settings.env)
         study = self.api.call(
             "POST", "studies/", json=run.study_body(dataset, args, scaling, self.institution_ids)
         )
         self.study_id = study["id"]
-        for owner, institution_id in zip(owners, self.institution_ids, strict=True):
-            owner.call(
-                "POST",
-                f"studies/{self.study_id}/decision/",
-                json={"institution": institution_id, "decision": "approve"},
-            )
+        run.approve_study(owners, self.institution_ids, self.study_id)
         for index in range(NUM_SITES):
             self.start_agent(index)
 

@@ -16,40 +16,18 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 from platform_world import trained
+from world import agent_make, job_make, job_run, person_make, study_approve_all, study_make
 
 from accounts.models import Role
-from accounts.services import user_create
 from institutions.models import AgentCredential, EnrollmentToken, Institution
-from institutions.services import (
-    agent_enroll,
-    credential_revoke,
-    enrollment_token_create,
-    institution_create,
-)
+from institutions.services import credential_revoke, enrollment_token_create, institution_create
 from studies.models import Study
-from studies.services import study_create, study_decide
 from training.blobs import blob_store
 from training.models import Job, ModelVersion, Round, Update
-from training.services import UpdateMeta, job_begin, job_create, job_start, round_aggregate, update_submit
+from training.services import UpdateMeta, round_aggregate, update_submit
 
 MISSING_ID = 987_654
 SIDES = ("A", "B")
-
-STUDY_MODEL = {
-    "kind": "logistic",
-    "task": "binary",
-    "num_features": 3,
-    "num_classes": 2,
-    "hidden_sizes": [64],
-    "image_size": None,
-}
-STUDY_SCHEMA = {
-    "features": [{"name": name, "kind": "numeric"} for name in ("age", "bmi", "glucose")],
-    "label": "outcome",
-    "task": "binary",
-    "classes": ["no", "yes"],
-    "site_column": None,
-}
 
 
 @dataclass(frozen=True)
@@ -219,38 +197,14 @@ def _object_of(side: Side, kind: str) -> int:
 
 def _study(name: str, institutions: list[Institution], seed: int) -> Study:
     """A study everyone approved; a distinct seed gives each study its own initial model."""
-    study = study_create(
-        name=name,
-        description=f"Cohort notes of {name}",
-        model_config=STUDY_MODEL,
-        data_schema=STUDY_SCHEMA,
-        strategy="fedavg",
-        strategy_params={},
-        training={"epochs": 1, "batch_size": 16, "learning_rate": 0.1},
-        feature_scaling=None,
-        privacy={},
-        validation_fraction=0.2,
-        seed=seed,
-        institution_ids=[institution.pk for institution in institutions],
-        actor="user:setup",
-    )
-    for institution in institutions:
-        study_decide(study=study, institution=institution, approve=True, actor="user:setup")
+    study = study_make(name, institutions, description=f"Cohort notes of {name}", seed=seed)
+    study_approve_all(study)
     return study
 
 
 def _running_job(study: Study, min_updates: int) -> tuple[Job, Round, ModelVersion]:
     """A started job: round 1 open, model version 0 written."""
-    job = job_create(
-        study=study,
-        num_rounds=2,
-        min_updates=min_updates,
-        round_deadline_seconds=600,
-        max_deadline_extensions=1,
-        actor="user:setup",
-    )
-    job_start(job_id=job.pk, actor="user:setup")
-    job_begin(job_id=job.pk)
+    job = job_run(job_make(study, num_rounds=2, min_updates=min_updates))
     return job, job.rounds.get(number=1), job.model_versions.get(number=0)
 
 
@@ -282,9 +236,8 @@ def _answer_and_aggregate(job: Job, sides: dict[str, Side]) -> tuple[Round, Mode
 
 
 def _enroll(institution: Institution, hostname: str) -> tuple[AgentCredential, str]:
-    token = enrollment_token_create(institution=institution, actor="user:setup").token
-    enrollment = agent_enroll(token=token, agent_version="1.0", hostname=hostname)
-    return enrollment.credential, enrollment.key
+    enrolled = agent_make(institution, hostname=hostname)
+    return enrolled.credential, enrolled.key
 
 
 def _side(name: str, institution_name: str, seed: int) -> Side:
@@ -313,14 +266,7 @@ def _person(
 ) -> Principal:
     """A person with a role (a data owner: of ``side_name``), an API token and a console session."""
     side = sides[side_name] if side_name else None
-    created = user_create(
-        username=username,
-        role=role,
-        institution=side.institution if side else None,
-        password=None,
-        with_token=True,
-        actor="user:setup",
-    )
+    created = person_make(username, role, side.institution if side else None, actor="user:setup")
     browser = Client()
     browser.force_login(get_user_model().objects.get(pk=created.user.pk))
     return Principal(

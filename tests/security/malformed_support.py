@@ -15,15 +15,13 @@ from typing import Any
 
 import numpy as np
 from django.utils import timezone
-from platform_world import start_job
-from rest_framework.test import APIClient
+from platform_world import Site, start_job
+from world import person_make
 
 from accounts.models import Role
-from accounts.services import user_create
 from federation.types import ModelSpec, Weights
 from federation.wire import deserialize_weights, max_update_bytes, serialize_weights, sha256_hex
-from institutions import services as institution_services
-from institutions.models import AgentCredential, Institution
+from institutions.models import AgentCredential
 from training import services as training_services
 from training.blobs import blob_store
 from training.models import Job, Round, RoundKind
@@ -38,21 +36,8 @@ MODEL = {
 }
 
 
-class Agent:
+class Agent(Site):
     """One hospital: its institution and an agent enrolled through the API."""
-
-    def __init__(self, name: str) -> None:
-        self.institution: Institution = institution_services.institution_create(name=name, actor="user:test")
-        token = institution_services.enrollment_token_create(
-            institution=self.institution, actor="user:test"
-        ).token
-        response = APIClient().post(
-            "/api/agent/v1/enroll", {"token": token, "agent_version": "1.0"}, format="json"
-        )
-        assert response.status_code == 201, response.content
-        self.key: str = response.json()["key"]
-        self.client = APIClient()
-        self.client.credentials(HTTP_AUTHORIZATION=f"Agent {self.key}")
 
     @property
     def credential(self) -> AgentCredential:
@@ -148,17 +133,8 @@ def build_world() -> World:
     target_round = open_round(target)
     base_blob = blob_store().read(target_round.base_version.sha256)
     spec = spec_of(base_blob)
-    coordinator = user_create(
-        username="carol", role=Role.COORDINATOR, institution=None, password=None, with_token=True, actor="t"
-    )
-    owner = user_create(
-        username="alice",
-        role=Role.DATA_OWNER,
-        institution=site_a.institution,
-        password=None,
-        with_token=True,
-        actor="t",
-    )
+    coordinator = person_make("carol", Role.COORDINATOR)
+    owner = person_make("alice", Role.DATA_OWNER, site_a.institution)
     return World(
         uploader=site_a,
         other=site_b,

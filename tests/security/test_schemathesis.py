@@ -43,13 +43,11 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from world import agent_make, job_make, job_run, person_make, study_approve_all, study_make
 
 from accounts.models import Role
-from accounts.services import user_create
 from fedplatform.wsgi import application
-from institutions import services as institution_services
-from studies import services as study_services
-from training import services as training_services
+from institutions.services import institution_create
 
 pytestmark = [pytest.mark.security, pytest.mark.django_db]
 
@@ -63,21 +61,6 @@ schema = schemathesis.openapi.from_wsgi("/api/schema/", application, config=CONF
 
 #: Cases sent per operation, reported when the module's tests are done.
 CASES: Counter[str] = Counter()
-
-MODEL = {
-    "kind": "logistic",
-    "task": "binary",
-    "num_features": 3,
-    "num_classes": 2,
-    "hidden_sizes": [64],
-    "image_size": None,
-}
-SCHEMA = {
-    "features": [{"name": name, "kind": "numeric"} for name in ("age", "bmi", "glucose")],
-    "label": "outcome",
-    "task": "binary",
-    "classes": ["no", "yes"],
-}
 
 
 class SimulatedClock:
@@ -102,43 +85,12 @@ def auth_headers(
     settings.CELERY_TASK_ALWAYS_EAGER = True
     monkeypatch.setattr("agentapi.long_poll.time", SimulatedClock())
     cache.clear()  # enrollment throttling counts live in the cache
-    token = user_create(
-        username="fuzz-coordinator",
-        role=Role.COORDINATOR,
-        institution=None,
-        password=None,
-        with_token=True,
-        actor="system",
-    ).token
-    institution = institution_services.institution_create(name="Hospital A", actor="user:test")
-    enrollment = institution_services.enrollment_token_create(institution=institution, actor="user:test")
-    key = institution_services.agent_enroll(token=enrollment.token, agent_version="1.0", hostname="a").key
-    study = study_services.study_create(
-        name="fuzzed study",
-        description="",
-        model_config=MODEL,
-        data_schema=SCHEMA,
-        strategy="fedavg",
-        strategy_params={},
-        training={"epochs": 1, "batch_size": 16, "learning_rate": 0.1},
-        feature_scaling=None,
-        privacy={},
-        validation_fraction=0.2,
-        seed=0,
-        institution_ids=[institution.pk],
-        actor="user:test",
-    )
-    study_services.study_decide(study=study, institution=institution, approve=True, actor="user:owner")
-    job = training_services.job_create(
-        study=study,
-        num_rounds=2,
-        min_updates=1,
-        round_deadline_seconds=600,
-        max_deadline_extensions=1,
-        actor="user:test",
-    )
-    training_services.job_start(job_id=job.pk, actor="user:test")
-    training_services.job_begin(job_id=job.pk)
+    token = person_make("fuzz-coordinator", Role.COORDINATOR).token
+    institution = institution_create(name="Hospital A", actor="user:setup")
+    key = agent_make(institution, hostname="a").key
+    study = study_make("fuzzed study", [institution])
+    study_approve_all(study)
+    job_run(job_make(study, num_rounds=2, min_updates=1))
     return {"coordinator": {"Authorization": f"Token {token}"}, "agent": {"Authorization": f"Agent {key}"}}
 
 
