@@ -61,7 +61,7 @@ def task_for(round_: Round, institution_id: int) -> dict[str, object]:
             "data_schema": study.data_schema,
             "feature_scaling": study.feature_scaling,
             "strategy": {"name": study.strategy, "params": study.strategy_params},
-            "privacy": study.privacy,
+            "privacy": job.plan.privacy.to_json(),
             "training": study.training,
             "validation_fraction": study.validation_fraction,
             "seed": study.seed,
