@@ -2,7 +2,9 @@
 
 The model configuration and data schema stay raw JSON here: the policy check looks at the
 model kind before anything else, so a study using a model this agent does not know is
-refused by policy rather than failing to parse.
+refused by policy rather than failing to parse. The study's privacy settings are parsed
+here, once, with the control plane's own parser; settings this agent does not understand
+are kept as the reason, and the policy refuses the job with it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from federation.errors import ConfigurationError
+from federation.privacy.settings import PrivacySettings
 from silo_agent.errors import TaskError
 
 JsonObject = Mapping[str, object]
@@ -53,10 +57,13 @@ class StudySettings:
     data_schema: JsonObject | None
     feature_scaling: JsonObject | None
     strategy_name: str
-    privacy: JsonObject
+    #: The job's privacy settings (client-level noise resolved); None when this agent does
+    #: not understand them, and ``privacy_problem`` says why.
+    privacy: PrivacySettings | None
     training: TrainingSettings
     validation_fraction: float
     seed: int
+    privacy_problem: str = ""
 
     @property
     def model_kind(self) -> str:
@@ -116,6 +123,7 @@ def _study(data: JsonObject) -> StudySettings:
     if not 0.0 < fraction < 1.0:
         raise TaskError("malformed task: study.validation_fraction must lie strictly between 0 and 1")
     strategy = _object(data, "strategy", where="study.")
+    privacy, problem = parse_privacy(_optional_object(data, "privacy", where="study.") or {})
     return StudySettings(
         id=_integer(data, "id", where="study."),
         name=_text(data, "name", where="study."),
@@ -123,11 +131,20 @@ def _study(data: JsonObject) -> StudySettings:
         data_schema=_optional_object(data, "data_schema", where="study."),
         feature_scaling=_optional_object(data, "feature_scaling", where="study."),
         strategy_name=_text(strategy, "name", where="study.strategy."),
-        privacy=_optional_object(data, "privacy", where="study.") or {},
+        privacy=privacy,
         training=_training(_object(data, "training", where="study.")),
         validation_fraction=fraction,
         seed=_integer(data, "seed", where="study."),
+        privacy_problem=problem,
     )
+
+
+def parse_privacy(data: JsonObject) -> tuple[PrivacySettings | None, str]:
+    """A study's privacy settings, or None and why this agent does not understand them."""
+    try:
+        return PrivacySettings.from_json(data), ""
+    except ConfigurationError as error:
+        return None, str(error)
 
 
 def _training(data: JsonObject) -> TrainingSettings:

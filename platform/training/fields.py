@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.expressions import Expression
 
 from federation.errors import ConfigurationError
 from federation.rounds import RoundPlan
@@ -17,7 +19,9 @@ class RoundPlanField(models.JSONField):
 
     description = "a job's round plan"
 
-    def from_db_value(self, value: object, expression: object, connection: object) -> RoundPlan | None:
+    def from_db_value(
+        self, value: str | None, expression: Expression, connection: BaseDatabaseWrapper
+    ) -> RoundPlan | None:
         data = super().from_db_value(value, expression, connection)
         return None if data is None else _plan(data)
 
