@@ -58,7 +58,8 @@ def _simulated(job: Job, updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
     privacy = None
     if plan.privacy.uses_client_dp:
         mechanism = plan.privacy.differential_privacy
-        assert mechanism is not None and plan.client_noise_multiplier is not None
+        assert mechanism is not None
+        assert plan.client_noise_multiplier is not None
         privacy = simulation._PrivacyRun(
             settings=mechanism,
             noise_multipliers=[plan.client_noise_multiplier],
