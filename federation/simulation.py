@@ -10,6 +10,9 @@ To measure robust aggregation, the first ``num_malicious`` silos can be made mal
 they train honestly on their own data, then an attack from :mod:`federation.attacks`
 replaces what they send, every round, before the strategy aggregates.
 
+Every round is aggregated by the run's round plan (:class:`federation.rounds.RoundPlan`,
+the same the control plane stores with a job), which also checks the options fit together.
+
 With differential privacy (:mod:`federation.privacy`):
 
 * client level (DP-FedAvg): each silo clips its delta (:func:`~federation.privacy.dp.clip_delta`),
@@ -26,15 +29,16 @@ DP settings give none, and the report says the epsilon spent (from the RDP accou
 without DP: they are the reference DP is measured against.
 
 With secure aggregation (Bonawitz et al., CCS 2017; :mod:`federation.privacy.secagg`) each
-round runs :func:`~federation.privacy.secure_fedavg.secure_round`: a real SecAggClient per
-silo, the same packing as the platform, and the server learns only the sum of the updates.
+round runs :func:`~federation.privacy.secure_fedavg.secure_sum`: a real SecAggClient per
+silo, the same packing as the platform, and the server learns only the sum of the updates,
+which the round plan aggregates.
 ``secure_dropouts`` silos, drawn afresh each round, drop after sharing their keys; their
 updates are not counted. Client-level DP then happens inside the secure round (each silo
 clips its own change, the server adds the noise to the sum), so it is not applied a second
 time; sample-level DP happens in training and composes unchanged. The robust rules and a
 FedAvg weight cap need each update on its own and are refused, as are fewer than 3 silos.
 The silos' keys and masks come from a stream seeded by the run's seed so that a run repeats
-exactly: a real site draws them from ``os.urandom`` (the default of ``secure_round``).
+exactly: a real site draws them from ``os.urandom`` (the default of ``secure_sum``).
 
 The command-line front end is :mod:`federation.simulate`.
 """
@@ -444,7 +448,7 @@ def _noise_multipliers(
 class _SecureRun:
     """A run's secure-aggregation randomness: the silos that drop each round and the bytes
     every SecAggClient draws its keys and masks from. Seeded so that a run repeats exactly;
-    a real site uses ``os.urandom`` (the default of ``secure_round``), never a seeded stream."""
+    a real site uses ``os.urandom`` (the default of ``secure_sum``), never a seeded stream."""
 
     rng: np.random.Generator
     num_dropouts: int

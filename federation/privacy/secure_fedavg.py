@@ -6,18 +6,20 @@ and Seth, "Practical Secure Aggregation for Privacy-Preserving Machine Learning"
 differential privacy is DP-FedAvg, McMahan, Ramage, Talwar and Zhang, ICLR 2018
 (:mod:`federation.privacy.dp`).
 
-:func:`secure_round` runs, for the simulator and for tests, what the control plane runs
-over the network (``training.secure_rounds`` and ``training.secure_aggregate``), with the
-same packing: site ``i`` (id ``i + 1``) masks ``pack_weighted(flatten(w_i - g), n_i)``, the
-change of its weights in the model spec's canonical order as float64, times its example
-count, followed by that count. With client-level DP it clips its change first
+:func:`secure_sum` runs, for the simulator and for tests, what the sites and the control
+plane run over the network (``training.secure_rounds``), with the same packing: site
+``i`` (id ``i + 1``) masks ``pack_weighted(flatten(w_i - g), n_i)``, the change of its
+weights in the model spec's canonical order as float64, times its example count,
+followed by that count. With client-level DP it clips its change first
 (:func:`~federation.privacy.dp.clip_delta`) and packs the weight 1. The server only learns
 the sum over the sites whose masked input arrived: ``(sum n_i (w_i - g), sum n_i)``. Their
 quotient is FedAvg's example-weighted mean change (under DP,
 :func:`~federation.privacy.dp.noisy_mean_from_sum` adds the Gaussian noise and divides by
 the number of sites instead); ``g + mean change`` then goes through the strategy as one
 update, so a server learning rate or a server optimizer (FedAvgM, FedAdam, ...) acts on
-the one mean.
+the one mean. That step is the round plan's (:meth:`federation.rounds.RoundPlan.aggregate`
+on an :class:`~federation.rounds.UnmaskedSum`), the same as the control plane's;
+:func:`secure_round` is :func:`secure_sum` followed by it.
 
 Error bound. Each site rounds ``n_i * (w_i - g)`` to ``2^-f`` (``f = fraction_bits``), so
 the decoded sum is within ``s * 2^-(f+1)`` per coordinate of the exact float64 sum, ``s``
