@@ -32,6 +32,7 @@ back with :meth:`RoundPlan.from_json`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -48,7 +49,7 @@ from federation.aggregation.strategies import (
     build_strategy,
 )
 from federation.aggregation.streaming import StoredUpdate, UpdateLike
-from federation.errors import ConfigurationError, SecureAggregationError
+from federation.errors import ConfigurationError, InvalidUpdateError, SecureAggregationError
 from federation.models.base import ModelKind
 from federation.privacy import accounting, dp, secagg
 from federation.privacy.settings import DifferentialPrivacy, DPLevel, PrivacySettings
@@ -363,9 +364,12 @@ def _required_rng(rng: np.random.Generator | None) -> np.random.Generator:
 
 def _weights_of(update: UpdateLike, spec: ModelSpec) -> Weights:
     """An update's tensors in memory (DP-FedAvg clips each update whole)."""
-    if isinstance(update, StoredUpdate):
-        return deserialize_weights(update.path.read_bytes(), spec=spec)
-    return update.weights
+    if not isinstance(update, StoredUpdate):
+        return update.weights
+    data = update.path.read_bytes()
+    if update.sha256 is not None and hashlib.sha256(data).hexdigest() != update.sha256:
+        raise InvalidUpdateError(f"the stored update {update.sha256[:12]} does not match its digest")
+    return deserialize_weights(data, spec=spec)
 
 
 def _plus(global_weights: Weights, change: Weights) -> Weights:

@@ -513,7 +513,7 @@ def _aggregate(work: _AggregationWork, plan: RoundPlan, spec: ModelSpec) -> Aggr
         round_ = Round.objects.get(pk=work.round_id)
         inputs = secure_rounds.round_unmasked_sum(round_, work.updates, store.read)
     else:
-        inputs = [StoredUpdate(store.path(u.sha256), u.num_examples) for u in work.updates]
+        inputs = [StoredUpdate(store.path(u.sha256), u.num_examples, u.sha256) for u in work.updates]
     return plan.aggregate(global_weights, inputs, _server_state(work.base), dp.secure_generator())
 
 

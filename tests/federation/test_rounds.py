@@ -7,6 +7,7 @@ et al. 2018), never with the functions the plan calls.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from federation.aggregation.strategies import (
     build_strategy,
 )
 from federation.aggregation.streaming import StoredUpdate
-from federation.errors import ConfigurationError, SecureAggregationError
+from federation.errors import ConfigurationError, InvalidUpdateError, SecureAggregationError
 from federation.models.base import ModelKind
 from federation.privacy import accounting, secagg
 from federation.privacy.settings import DifferentialPrivacy, DPLevel, PrivacySettings
@@ -308,6 +309,22 @@ def test_stored_updates_aggregate_to_the_same_bytes_as_in_memory_ones(
     for name in global_weights:
         np.testing.assert_array_equal(from_files.weights[name], from_memory.weights[name])
     assert from_files.state.keys() == from_memory.state.keys()
+
+
+def test_a_stored_update_read_whole_is_checked_against_its_digest(tmp_path: Path) -> None:
+    global_weights, updates = _round(7, 3)
+    spec = ModelSpec.from_weights(global_weights)
+    stored = []
+    for index, update in enumerate(updates):
+        data = serialize_weights(update.weights, spec=spec)
+        path = tmp_path / f"{index}.safetensors"
+        path.write_bytes(data)
+        stored.append(StoredUpdate(path, update.num_examples, hashlib.sha256(data).hexdigest()))
+    plan = RoundPlan(FedAvg(), _settings(level=DPLevel.CLIENT))
+    plan.aggregate(global_weights, stored, rng=np.random.default_rng(0))
+    stored[1] = StoredUpdate(stored[1].path, stored[1].num_examples, "0" * 64)
+    with pytest.raises(InvalidUpdateError, match="digest"):
+        plan.aggregate(global_weights, stored, rng=np.random.default_rng(0))
 
 
 def test_the_fixed_point_sum_of_the_protocol_decodes_to_the_same_model() -> None:
