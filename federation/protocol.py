@@ -5,9 +5,11 @@ checks what it receives with :func:`parse_task`, which raises :class:`ProtocolEr
 the field that is wrong. Both sides, and the tests' fake server, use these definitions, so
 the two ends cannot drift apart (docs/api.md shows the message).
 
-The model configuration, data schema and privacy settings stay raw JSON here: the agent's
-policy check looks at the model kind before anything else, so a study using a model the
-agent does not know is refused by policy rather than failing to parse.
+The model configuration and data schema stay raw JSON here: the agent's policy check looks
+at the model kind before anything else, so a study using a model the agent does not know is
+refused by policy rather than failing to parse. The job's privacy settings are parsed here,
+once, with the control plane's own parser; settings the agent does not understand are kept
+as the reason (``privacy_problem``), and its policy refuses the job with it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from federation.errors import ProtocolError
+from federation.errors import ConfigurationError, ProtocolError
+from federation.privacy.settings import PrivacySettings
 
 JsonObject = Mapping[str, object]
 
@@ -63,11 +66,14 @@ class StudySettings:
     data_schema: JsonObject | None
     feature_scaling: JsonObject | None
     strategy_name: str
-    privacy: JsonObject
+    #: The job's privacy settings (client-level noise resolved); None when they cannot be
+    #: parsed here, and ``privacy_problem`` says why.
+    privacy: PrivacySettings | None
     training: TrainingSettings
     validation_fraction: float
     seed: int
     strategy_params: JsonObject = dataclasses.field(default_factory=dict)
+    privacy_problem: str = ""
 
     @property
     def model_kind(self) -> str:
@@ -81,7 +87,7 @@ class StudySettings:
             "data_schema": None if self.data_schema is None else dict(self.data_schema),
             "feature_scaling": None if self.feature_scaling is None else dict(self.feature_scaling),
             "strategy": {"name": self.strategy_name, "params": dict(self.strategy_params)},
-            "privacy": dict(self.privacy),
+            "privacy": {} if self.privacy is None else self.privacy.to_json(),
             "training": dataclasses.asdict(self.training),
             "validation_fraction": self.validation_fraction,
             "seed": self.seed,
@@ -163,6 +169,7 @@ def _study(data: JsonObject) -> StudySettings:
     if not 0.0 < fraction < 1.0:
         raise ProtocolError("malformed task: study.validation_fraction must lie strictly between 0 and 1")
     strategy = _object(data, "strategy", where="study.")
+    privacy, problem = parse_privacy(_optional_object(data, "privacy", where="study.") or {})
     return StudySettings(
         id=_integer(data, "id", where="study."),
         name=_text(data, "name", where="study."),
@@ -171,11 +178,20 @@ def _study(data: JsonObject) -> StudySettings:
         feature_scaling=_optional_object(data, "feature_scaling", where="study."),
         strategy_name=_text(strategy, "name", where="study.strategy."),
         strategy_params=_optional_object(strategy, "params", where="study.strategy.") or {},
-        privacy=_optional_object(data, "privacy", where="study.") or {},
+        privacy=privacy,
+        privacy_problem=problem,
         training=_training(_object(data, "training", where="study.")),
         validation_fraction=fraction,
         seed=_integer(data, "seed", where="study."),
     )
+
+
+def parse_privacy(data: JsonObject) -> tuple[PrivacySettings | None, str]:
+    """A job's privacy settings, or None and why they cannot be understood here."""
+    try:
+        return PrivacySettings.from_json(data), ""
+    except ConfigurationError as error:
+        return None, str(error)
 
 
 def _training(data: JsonObject) -> TrainingSettings:

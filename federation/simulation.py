@@ -10,6 +10,9 @@ To measure robust aggregation, the first ``num_malicious`` silos can be made mal
 they train honestly on their own data, then an attack from :mod:`federation.attacks`
 replaces what they send, every round, before the strategy aggregates.
 
+Every round is aggregated by the run's round plan (:class:`federation.rounds.RoundPlan`,
+the same the control plane stores with a job), which also checks the options fit together.
+
 With differential privacy (:mod:`federation.privacy`):
 
 * client level (DP-FedAvg): each silo clips its delta (:func:`~federation.privacy.dp.clip_delta`),
@@ -26,21 +29,23 @@ DP settings give none, and the report says the epsilon spent (from the RDP accou
 without DP: they are the reference DP is measured against.
 
 With secure aggregation (Bonawitz et al., CCS 2017; :mod:`federation.privacy.secagg`) each
-round runs :func:`~federation.privacy.secure_fedavg.secure_round`: a real SecAggClient per
-silo, the same packing as the platform, and the server learns only the sum of the updates.
+round runs :func:`~federation.privacy.secure_fedavg.secure_sum`: a real SecAggClient per
+silo, the same packing as the platform, and the server learns only the sum of the updates,
+which the round plan aggregates.
 ``secure_dropouts`` silos, drawn afresh each round, drop after sharing their keys; their
 updates are not counted. Client-level DP then happens inside the secure round (each silo
 clips its own change, the server adds the noise to the sum), so it is not applied a second
 time; sample-level DP happens in training and composes unchanged. The robust rules and a
 FedAvg weight cap need each update on its own and are refused, as are fewer than 3 silos.
 The silos' keys and masks come from a stream seeded by the run's seed so that a run repeats
-exactly: a real site draws them from ``os.urandom`` (the default of ``secure_round``).
+exactly: a real site draws them from ``os.urandom`` (the default of ``secure_sum``).
 
 The command-line front end is :mod:`federation.simulate`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.aggregation.strategies import AggregationResult, FedAvg, FedProx, Strategy
+from federation.aggregation.strategies import AggregationResult, FedProx, Strategy
 from federation.attacks import AttackKind, attack, little_is_enough_z
 from federation.data import (
     DataSchema,
@@ -65,16 +70,11 @@ from federation.errors import ConfigurationError
 from federation.metric_reports import combine_metrics
 from federation.metrics import compute_metrics
 from federation.models import ModelAdapter, ModelConfig, ModelKind, TrainConfig, build_model
-from federation.privacy.accounting import (
-    PrivacyEvent,
-    PrivacyLedgerState,
-    noise_for_epsilon,
-    sample_level_noise_for_job,
-)
-from federation.privacy.dp import clip_delta, dp_fedavg
-from federation.privacy.secagg import minimum_threshold
-from federation.privacy.secure_fedavg import MIN_SITES, ClientDP, secure_round
-from federation.privacy.settings import DEFAULT_DELTA, DifferentialPrivacy, DPLevel
+from federation.privacy.accounting import PrivacyEvent, PrivacyLedgerState, sample_level_noise_for_job
+from federation.privacy.dp import clip_delta
+from federation.privacy.secure_fedavg import secure_sum
+from federation.privacy.settings import DEFAULT_DELTA, DifferentialPrivacy, DPLevel, PrivacySettings
+from federation.rounds import RoundInputs, RoundPlan
 from federation.types import ClientUpdate, Weights
 
 
@@ -131,6 +131,8 @@ class SimulationConfig:
         self._check_attack()
         self._check_privacy()
         self._check_secure_aggregation()
+        self._unresolved_plan().check(self.num_sites, self.model_kind, proximal_mu=self._proximal_mu)
+        self._check_dropouts()
 
     def _check_privacy(self) -> None:
         dp = self.differential_privacy
@@ -146,50 +148,44 @@ class SimulationConfig:
             )
         if self.target_epsilon is not None and not 0 < self.target_epsilon < float("inf"):
             raise ConfigurationError(f"the target epsilon must be positive, got {self.target_epsilon}")
-        if dp.level is DPLevel.CLIENT and self.strategy.name.sees_single_updates:
-            raise ConfigurationError(
-                f"client-level DP averages clipped updates with noise; {self.strategy.name.value!r} needs "
-                "each update on its own: use fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi"
-            )
-        if dp.level is DPLevel.SAMPLE and not self.model_kind.uses_torch:
-            raise ConfigurationError(
-                "sample-level DP (DP-SGD) needs a torch model (logistic, mlp, cnn), "
-                f"not {self.model_kind.value!r}"
-            )
 
     def _check_secure_aggregation(self) -> None:
+        options = self.secure_aggregation_threshold is not None or self.secure_dropouts
+        if options and not self.secure_aggregation:
+            raise ConfigurationError("a secure-aggregation threshold or dropouts need secure aggregation")
+
+    def _check_dropouts(self) -> None:
         if not self.secure_aggregation:
-            if self.secure_aggregation_threshold is not None or self.secure_dropouts:
-                raise ConfigurationError("a secure-aggregation threshold or dropouts need secure aggregation")
             return
-        if self.strategy.name.sees_single_updates:
-            raise ConfigurationError(
-                "secure aggregation shows the server only the sum of the updates; "
-                f"{self.strategy.name.value!r} needs each update on its own: "
-                "use fedavg, fedprox, fedavgm, fedadagrad, fedadam or fedyogi"
-            )
-        if isinstance(self.strategy, FedAvg) and self.strategy.max_weight_share is not None:
-            raise ConfigurationError(
-                "secure aggregation shows the server only the sum of the weights; max_weight_share needs "
-                "each silo's: leave it unset"
-            )
-        silos = self.num_sites
-        if silos < MIN_SITES:
-            raise ConfigurationError(
-                f"secure aggregation needs at least {MIN_SITES} silos, got {silos}: with two, "
-                "either silo can read the other's update from the sum"
-            )
-        threshold = self.secure_threshold
-        if not minimum_threshold(silos) <= threshold <= silos:
-            raise ConfigurationError(
-                f"the secure-aggregation threshold must lie between {minimum_threshold(silos)} (a majority "
-                f"of the {silos} silos) and {silos}, got {threshold}"
-            )
+        silos, threshold = self.num_sites, self.secure_threshold
         if not 0 <= self.secure_dropouts <= silos - threshold:
             raise ConfigurationError(
                 f"with threshold {threshold} of {silos} silos, at most {silos - threshold} may drop out "
                 f"each round, got {self.secure_dropouts}"
             )
+
+    @property
+    def privacy_settings(self) -> PrivacySettings:
+        """The run's privacy settings; without a target epsilon the budget is unbounded."""
+        dp = self.differential_privacy
+        return PrivacySettings(
+            secure_aggregation=self.secure_aggregation,
+            secure_aggregation_threshold=self.secure_aggregation_threshold,
+            differential_privacy=dp,
+            epsilon=None if dp is None else (self.target_epsilon or math.inf),
+            delta=self.delta,
+        )
+
+    @property
+    def _proximal_mu(self) -> float:
+        return self.strategy.proximal_mu if isinstance(self.strategy, FedProx) else 0.0
+
+    def _unresolved_plan(self) -> RoundPlan:
+        return RoundPlan(strategy=self.strategy, privacy=self.privacy_settings)
+
+    def round_plan(self) -> RoundPlan:
+        """The run's round plan (checked when the config was made), client-level noise resolved."""
+        return self._unresolved_plan().resolved(num_rounds=self.rounds)
 
     @property
     def num_sites(self) -> int:
@@ -199,9 +195,7 @@ class SimulationConfig:
     @property
     def secure_threshold(self) -> int:
         """The secure-aggregation threshold in force: the one given, or a strict majority."""
-        if self.secure_aggregation_threshold is not None:
-            return self.secure_aggregation_threshold
-        return minimum_threshold(self.num_sites)
+        return self._unresolved_plan().secure_threshold(self.num_sites)
 
     def _check_attack(self) -> None:
         silos = self.num_sites
@@ -411,11 +405,13 @@ class _PrivacyRun:
 _DP_STREAM = 0xD9
 
 
-def _start_privacy(config: SimulationConfig, silo_sizes: Sequence[int]) -> _PrivacyRun | None:
+def _start_privacy(
+    config: SimulationConfig, plan: RoundPlan, silo_sizes: Sequence[int]
+) -> _PrivacyRun | None:
     dp = config.differential_privacy
     if dp is None:
         return None
-    noise = _noise_multipliers(config, dp, silo_sizes)
+    noise = _noise_multipliers(config, plan, dp, silo_sizes)
     return _PrivacyRun(
         settings=dp,
         noise_multipliers=noise,
@@ -425,18 +421,16 @@ def _start_privacy(config: SimulationConfig, silo_sizes: Sequence[int]) -> _Priv
 
 
 def _noise_multipliers(
-    config: SimulationConfig, dp: DifferentialPrivacy, silo_sizes: Sequence[int]
+    config: SimulationConfig, plan: RoundPlan, dp: DifferentialPrivacy, silo_sizes: Sequence[int]
 ) -> list[float]:
-    """One multiplier for the server (client level) or one per silo (sample level), given
-    or derived so the whole run spends at most the target epsilon."""
-    count = 1 if dp.level is DPLevel.CLIENT else len(silo_sizes)
+    """One multiplier for the server (client level, the plan's) or one per silo (sample
+    level), given or derived so the whole run spends at most the target epsilon."""
+    server_noise = plan.client_noise_multiplier
+    if server_noise is not None:
+        return [server_noise]
     if dp.noise_multiplier is not None:
-        return [dp.noise_multiplier] * count
+        return [dp.noise_multiplier] * len(silo_sizes)
     assert config.target_epsilon is not None  # checked by SimulationConfig
-    if dp.level is DPLevel.CLIENT:
-        return [
-            noise_for_epsilon(target_epsilon=config.target_epsilon, delta=config.delta, steps=config.rounds)
-        ]
     return [
         sample_level_noise_for_job(
             target_epsilon=config.target_epsilon,
@@ -454,7 +448,7 @@ def _noise_multipliers(
 class _SecureRun:
     """A run's secure-aggregation randomness: the silos that drop each round and the bytes
     every SecAggClient draws its keys and masks from. Seeded so that a run repeats exactly;
-    a real site uses ``os.urandom`` (the default of ``secure_round``), never a seeded stream."""
+    a real site uses ``os.urandom`` (the default of ``secure_sum``), never a seeded stream."""
 
     rng: np.random.Generator
     num_dropouts: int
@@ -499,13 +493,14 @@ def run_simulation(config: SimulationConfig, progress: ProgressCallback | None =
     state: Weights = {}
     # Its own stream, so an attack never shifts the data split or the training.
     attack_rng = np.random.default_rng([config.seed, _ATTACK_STREAM])
-    privacy = _start_privacy(config, report.silo_sizes)
+    plan = config.round_plan()
+    privacy = _start_privacy(config, plan, report.silo_sizes)
     secure = _start_secure_aggregation(config)
     for round_number in range(1, config.rounds + 1):
         round_started = time.perf_counter()
         updates, train_metrics = _local_round(config, worker, global_weights, silos, round_number, privacy)
         updates = poison_updates(config, global_weights, updates, attack_rng)
-        result = _aggregate(config, global_weights, updates, state, privacy, secure)
+        result = _aggregate(plan, global_weights, updates, state, privacy, secure)
         global_weights, state = result.weights, result.state
         record = RoundRecord(
             round=round_number,
@@ -585,28 +580,30 @@ def _local_round(
 
 
 def _aggregate(
-    config: SimulationConfig,
+    plan: RoundPlan,
     global_weights: Weights,
     updates: Sequence[ClientUpdate],
     state: Weights,
     privacy: _PrivacyRun | None,
     secure: _SecureRun | None = None,
 ) -> AggregationResult:
-    """The strategy's aggregate; at the client level, of DP-FedAvg's noisy mean alone."""
+    """The round plan's aggregate of the updates, or of their secure sum.
+
+    Under secure aggregation each silo runs the real protocol (:func:`secure_sum`; at the
+    client level it clips its own change), and the plan adds the noise to the sum."""
+    inputs: RoundInputs = updates
     if secure is not None:
-        return _secure_aggregate(config, global_weights, updates, state, privacy, secure)
-    if privacy is None or privacy.settings.level is DPLevel.SAMPLE:
-        return config.strategy.aggregate(global_weights, updates, state=state)
-    noisy_mean, _ = dp_fedavg(
-        global_weights,
-        [update.weights for update in updates],
-        noise_multiplier=privacy.noise_multipliers[0],
-        clipping_norm=privacy.settings.clipping_norm,
-        rng=privacy.rng,
-    )
-    _spend_client_round(privacy)
-    # The strategy only post-processes the noisy mean (e.g. a server optimizer's step).
-    return config.strategy.aggregate(global_weights, [ClientUpdate(noisy_mean, 1)], state=state)
+        inputs = secure_sum(
+            global_weights,
+            updates,
+            plan=plan,
+            dropped_before_masking=secure.dropped(len(updates)),
+            random_bytes=secure.random_bytes,  # seeded for repeatable runs; os.urandom at real sites
+        )
+    result = plan.aggregate(global_weights, inputs, state, privacy.rng if privacy else None)
+    if privacy is not None and plan.privacy.uses_client_dp:
+        _spend_client_round(privacy)
+    return result
 
 
 def _spend_client_round(privacy: _PrivacyRun) -> None:
@@ -616,33 +613,6 @@ def _spend_client_round(privacy: _PrivacyRun) -> None:
     noise on the sum is still ``z * C`` against a sensitivity of ``C``."""
     event = PrivacyEvent(privacy.noise_multipliers[0], 1.0, 1)
     privacy.ledgers[0] = privacy.ledgers[0].spend(event)
-
-
-def _secure_aggregate(
-    config: SimulationConfig,
-    global_weights: Weights,
-    updates: Sequence[ClientUpdate],
-    state: Weights,
-    privacy: _PrivacyRun | None,
-    secure: _SecureRun,
-) -> AggregationResult:
-    """One secure-aggregation round; at the client level it clips and adds the noise itself."""
-    client_dp = None
-    if privacy is not None and privacy.settings.level is DPLevel.CLIENT:
-        client_dp = ClientDP(privacy.noise_multipliers[0], privacy.settings.clipping_norm, privacy.rng)
-    result = secure_round(
-        global_weights,
-        updates,
-        strategy=config.strategy,
-        threshold=config.secure_threshold,
-        dropped_before_masking=secure.dropped(len(updates)),
-        state=state,
-        random_bytes=secure.random_bytes,  # seeded for repeatable runs; os.urandom at real sites
-        client_dp=client_dp,
-    )
-    if privacy is not None and client_dp is not None:
-        _spend_client_round(privacy)
-    return result
 
 
 def _baselines(

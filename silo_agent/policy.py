@@ -4,7 +4,8 @@ The server enforces its own rules (study approval, participants); the agent chec
 with the hospital's rules, which the server cannot change. A refusal names the rule so the
 coordinator can read in the audit log why a site declined.
 
-A study's privacy settings (``study["privacy"]``) are read with
+A job's privacy settings (``study["privacy"]`` of the task, the job's round plan's) are
+parsed once, with the task (:mod:`silo_agent.tasks`), by
 :class:`federation.privacy.settings.PrivacySettings`, the same parser the control plane
 validates them with; settings it cannot parse are refused rather than ignored. The policy
 can demand secure aggregation, demand differential privacy, and cap the study's epsilon.
@@ -14,10 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from federation.errors import ConfigurationError
 from federation.privacy.settings import PrivacySettings
 from silo_agent.config import WILDCARD, Policy, PrivacyPolicy
-from silo_agent.tasks import JsonObject, TaskKind, WorkTask
+from silo_agent.tasks import TaskKind, WorkTask
 
 #: Whether this agent version runs the secure-aggregation protocol.
 SUPPORTS_SECURE_AGGREGATION = True
@@ -43,19 +43,17 @@ def check_task(policy: Policy, task: WorkTask, server_approved_study_ids: Collec
         ),
         _listed_reason("model kind", study.model_kind, policy.allowed_model_kinds, "allowed_model_kinds"),
         _listed_reason("strategy", study.strategy_name, policy.allowed_strategies, "allowed_strategies"),
-        privacy_reason(policy.privacy, study.privacy),
+        privacy_reason(policy.privacy, study.privacy, study.privacy_problem),
         _secure_round_reason(task),
     )
     return next((reason for reason in checks if reason is not None), None)
 
 
-def privacy_reason(policy: PrivacyPolicy, privacy: JsonObject) -> str | None:
-    """Why the study's privacy settings fall short of the hospital's demands (or ask for what
-    this agent cannot do), or None."""
-    try:
-        settings = PrivacySettings.from_json(privacy)
-    except ConfigurationError as error:
-        return f"the study's privacy settings are not understood by this agent: {error}"
+def privacy_reason(policy: PrivacyPolicy, settings: PrivacySettings | None, problem: str = "") -> str | None:
+    """Why the study's privacy settings (parsed with the task; None: not understood, for
+    ``problem``) fall short of the hospital's demands or ask for what this agent cannot do."""
+    if settings is None:
+        return f"the study's privacy settings are not understood by this agent: {problem}"
     if policy.require_secure_aggregation and not settings.secure_aggregation:
         return "the hospital's policy requires secure aggregation and the study does not use it"
     if policy.require_differential_privacy and not settings.uses_dp:
@@ -72,7 +70,8 @@ def privacy_reason(policy: PrivacyPolicy, privacy: JsonObject) -> str | None:
 def _secure_round_reason(task: WorkTask) -> str | None:
     """A study that promises secure aggregation must run it in every training round: a
     plain update asked for instead is refused, whatever the reason the server gives."""
-    promised = task.study.privacy.get("secure_aggregation") is True
+    privacy = task.study.privacy
+    promised = privacy is not None and privacy.secure_aggregation
     if promised and task.kind is TaskKind.TRAIN and task.secure_aggregation is None:
         return "the study promises secure aggregation but this round asks for a plain update"
     return None

@@ -184,7 +184,9 @@ class TaskRunner:
         global_weights = self._global_weights(task, adapter.model_spec())
         adapter.set_weights(global_weights)
         data = self._data.prepare(task.study, model)
-        privacy = PrivacySettings.from_json(task.study.privacy)  # the policy check parsed it already
+        privacy = task.study.privacy
+        if privacy is None:  # the policy check refuses such a study before it gets here
+            raise TaskError(f"the study's privacy settings are not understood: {task.study.privacy_problem}")
         plan = self._dp_sgd_plan(task, privacy, len(data.train))
         refusal = self._budget_refusal(task, privacy, plan)
         if refusal is not None:

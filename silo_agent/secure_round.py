@@ -22,9 +22,9 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from federation.aggregation.flat import flatten
 from federation.errors import FederationError
 from federation.privacy import secagg
-from federation.privacy.secure_fedavg import flatten
 from federation.types import ModelSpec, Weights
 from silo_agent.errors import TaskError
 from silo_agent.files import atomic_write

@@ -57,12 +57,6 @@ class StrategyName(enum.StrEnum):
     KRUM = "krum"
     MULTI_KRUM = "multi_krum"
 
-    @property
-    def sees_single_updates(self) -> bool:
-        """Whether the rule needs each update on its own (so secure aggregation cannot apply):
-        the ``robust`` trait of its class."""
-        return STRATEGIES[self].robust
-
 
 @dataclass(frozen=True)
 class StrategyParameter:

@@ -37,10 +37,12 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 18
 
 @dataclass(frozen=True)
 class StoredUpdate:
-    """An update whose tensors lie in a safetensors file, read lazily."""
+    """An update whose tensors lie in a safetensors file, read lazily. With ``sha256`` (the
+    file's digest), a reader that loads the whole file checks it first."""
 
     path: Path
     num_examples: int
+    sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_examples <= 0:

@@ -65,7 +65,7 @@ def task_for(round_: Round, institution_id: int) -> dict[str, object]:
             feature_scaling=study.feature_scaling,
             strategy_name=study.strategy,
             strategy_params=study.strategy_params,
-            privacy=study.privacy,
+            privacy=job.plan.privacy,
             training=_training_settings(study.training),
             validation_fraction=study.validation_fraction,
             seed=study.seed,

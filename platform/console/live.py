@@ -111,16 +111,16 @@ def _job(job: Job, rounds: list[RoundProgress]) -> Payload:
 
 def privacy_summary(job: Job) -> Payload:
     """What the job promises and what it has spent, in words for the page."""
-    settings = job.study.privacy or {}
-    mechanism = settings.get("differential_privacy")
-    parts = ["secure aggregation"] if settings.get("secure_aggregation") else []
-    if mechanism:
-        parts.append(f"{mechanism['level']}-level DP")
+    settings = job.plan.privacy
+    mechanism = settings.differential_privacy
+    parts = ["secure aggregation"] if settings.secure_aggregation else []
+    if mechanism is not None:
+        parts.append(f"{mechanism.level.value}-level DP")
     spent = job_epsilon_spent(job=job)
     return {
         "label": ", ".join(parts) or "none",
         "epsilon_spent": spent,
-        "epsilon_budget": settings.get("epsilon"),
+        "epsilon_budget": settings.epsilon,
         "training_stopped_after": job.training_stopped_after,
     }
 

@@ -9,13 +9,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from federation.aggregation.strategies import StrategyName, build_strategy
+from federation.aggregation.strategies import build_strategy
 from federation.aggregation.update_bound import UpdateNormBound
 from federation.data import DataSchema, Standardizer
-from federation.errors import FederationError
+from federation.errors import ConfigurationError, FederationError
 from federation.models import ModelConfig, TrainConfig
-from federation.privacy.secagg import minimum_threshold
-from federation.privacy.settings import DPLevel, PrivacySettings
+from federation.privacy.settings import PrivacySettings
+from federation.rounds import RoundPlan
 from fedplatform.errors import Conflict, InvalidInput, NotFound
 from institutions.models import Institution
 from studies.models import Decision, Study, StudyParticipant
@@ -39,8 +39,10 @@ def study_validate(
     try:
         model = ModelConfig.from_json(dict(model_config))
         schema = DataSchema.from_json(dict(data_schema))
-        build_strategy(strategy, dict(strategy_params))  # type: ignore[arg-type]
-        privacy_settings = PrivacySettings.from_json(dict(privacy or {}))
+        plan = RoundPlan(
+            strategy=build_strategy(strategy, dict(strategy_params)),  # type: ignore[arg-type]
+            privacy=PrivacySettings.from_json(dict(privacy or {})),
+        )
         norm_bound = UpdateNormBound.from_json(update_norm_bound)
         unknown = set(training) - TRAINING_KEYS
         if unknown:
@@ -53,57 +55,23 @@ def study_validate(
     except (FederationError, TypeError, ValueError) as error:
         raise InvalidInput(str(error)) from error
     _check_model_size(model)
-    if norm_bound is not None and privacy_settings.secure_aggregation:
+    if norm_bound is not None and plan.privacy.secure_aggregation:
         raise InvalidInput(
             "update_norm_bound needs to see each update; under secure aggregation the server sees "
             "only the sum (each site's agent can clip its own update: clip_update_norm in its policy)"
         )
     _check_model_fits_schema(model, schema, feature_scaling)
-    _check_privacy_fits(privacy_settings, strategy, strategy_params, model, training, num_participants)
+    _check_privacy_fits(plan, model, training, num_participants)
 
 
 def _check_privacy_fits(
-    settings: PrivacySettings,
-    strategy: str,
-    strategy_params: Mapping[str, object],
-    model: ModelConfig,
-    training: Mapping[str, object],
-    num_participants: int | None,
+    plan: RoundPlan, model: ModelConfig, training: Mapping[str, object], num_participants: int | None
 ) -> None:
     """Refuse privacy settings the rest of the study cannot honour, with the reason."""
-    single_updates = StrategyName(strategy).sees_single_updates
-    if settings.secure_aggregation and single_updates:
-        raise InvalidInput(
-            f"strategy {strategy} needs every site's update on its own, but secure aggregation shows "
-            "the server only their sum: choose fedavg, fedavgm, fedadam, fedyogi, fedadagrad or fedprox"
-        )
-    if settings.secure_aggregation and strategy_params.get("max_weight_share") is not None:
-        raise InvalidInput("max_weight_share needs each site's weight, which secure aggregation hides")
-    if settings.secure_aggregation and num_participants is not None:
-        _check_threshold(settings.secure_aggregation_threshold, num_participants)
-    mechanism = settings.differential_privacy
-    if mechanism is not None and mechanism.level is DPLevel.CLIENT and single_updates:
-        raise InvalidInput(f"client-level DP calibrates its noise to a mean; strategy {strategy} is not one")
-    if mechanism is not None and mechanism.level is DPLevel.SAMPLE:
-        if not model.kind.uses_torch:
-            raise InvalidInput(
-                "sample-level DP (DP-SGD with Opacus) needs a torch model: logistic, mlp or cnn"
-            )
-        if float(training.get("proximal_mu", 0.0) or 0.0) > 0:  # type: ignore[arg-type]
-            raise InvalidInput("sample-level DP does not combine with FedProx's proximal_mu; set it to 0")
-
-
-def _check_threshold(threshold: int | None, num_participants: int) -> None:
-    if num_participants < 3:
-        raise InvalidInput(
-            "secure aggregation needs at least 3 participants, or one site's update is the sum"
-        )
-    minimum = minimum_threshold(num_participants)
-    if threshold is not None and not minimum <= threshold <= num_participants:
-        raise InvalidInput(
-            f"secure_aggregation_threshold must lie between {minimum} (a majority of the "
-            f"{num_participants} participants) and {num_participants}"
-        )
+    try:
+        plan.check(num_participants, model.kind, proximal_mu=float(training.get("proximal_mu", 0.0) or 0.0))  # type: ignore[arg-type]
+    except ConfigurationError as error:
+        raise InvalidInput(str(error)) from None
 
 
 def _check_model_size(model: ModelConfig) -> None:

@@ -49,7 +49,9 @@ class JobOutputSerializer(serializers.Serializer):
     max_deadline_extensions = serializers.IntegerField()
     current_round = serializers.IntegerField(allow_null=True, help_text="number of the latest round opened")
     failure_reason = serializers.CharField()
-    privacy = serializers.DictField(help_text="the study's privacy settings with this job's noise resolved")
+    privacy = serializers.DictField(
+        source="plan.privacy.to_json", help_text="the study's privacy settings with this job's noise resolved"
+    )
     training_stopped_after = serializers.IntegerField(
         allow_null=True, help_text="last training round when the privacy budget ended training early"
     )

@@ -11,6 +11,8 @@ task that runs twice changes nothing the second time.
 
 from django.db import models
 
+from training.fields import RoundPlanField
+
 
 class JobState(models.TextChoices):
     DRAFT = "draft"
@@ -31,8 +33,9 @@ class Job(models.Model):
     round_deadline_seconds = models.PositiveIntegerField(default=600)
     max_deadline_extensions = models.PositiveIntegerField(default=1)
     failure_reason = models.TextField(blank=True)
-    privacy = models.JSONField(
-        default=dict, blank=True, help_text="the study's privacy settings, resolved for this job's rounds"
+    plan = RoundPlanField(
+        help_text="how every round is aggregated: the strategy, the privacy settings with the noise "
+        "resolved for this job, and the model spec (federation.rounds.RoundPlan)"
     )
     training_stopped_after = models.PositiveIntegerField(
         null=True, blank=True, help_text="last training round when the privacy budget ended training early"

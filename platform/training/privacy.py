@@ -2,77 +2,59 @@
 
 Services called by :mod:`training.services` inside its transactions (docs/privacy.md):
 
-* :func:`job_privacy_resolve` fixes, when a job is created, the noise of client-level DP
-  (from the study, or the smallest that keeps ``num_rounds`` within the budget);
+* :func:`job_plan_resolve` makes a new job's round plan and fixes the noise of
+  client-level DP (from the study, or the smallest that keeps ``num_rounds`` within the
+  budget); the plan (:class:`federation.rounds.RoundPlan`) aggregates every round;
 * :func:`training_round_refusal` says why a training round may not open: the budget;
-* :func:`client_dp_aggregate` clips every update again and adds the Gaussian noise;
 * :func:`privacy_spend_client_round` and :func:`privacy_spend_sample_update` keep each
   institution's ledger row for the job up to date.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from federation.aggregation.strategies import Details, Strategy
+from federation.aggregation.strategies import build_strategy
 from federation.errors import ConfigurationError
-from federation.privacy import accounting, dp
+from federation.privacy import accounting
 from federation.privacy.settings import DPLevel, PrivacySettings
-from federation.types import ClientUpdate, ModelSpec, Weights
-from federation.wire import deserialize_weights
+from federation.rounds import BUDGET_TOLERANCE, RoundPlan
 from fedplatform.errors import InvalidInput
 from studies.models import Study
-from training.blobs import blob_store
 from training.models import Job, PrivacySpend, Round, RoundKind, Update
-
-#: Budgets are compared with this slack: a job planned to spend exactly its budget must run.
-BUDGET_TOLERANCE = 1e-9
 
 
 def settings_of(job: Job) -> PrivacySettings:
-    return PrivacySettings.from_json(job.study.privacy)
+    """The job's privacy settings, from its round plan (client-level noise resolved)."""
+    return job.plan.privacy
 
 
-def job_privacy_resolve(*, study: Study, num_rounds: int) -> dict[str, object]:
-    """The job's privacy settings with the client-level noise multiplier filled in.
+def job_plan_resolve(*, study: Study, num_rounds: int) -> RoundPlan:
+    """The round plan of a new job of ``study``: its strategy and privacy settings, with
+    the client-level noise multiplier fixed (the study's, or the smallest that keeps
+    ``num_rounds`` within the budget).
 
-    Raises :class:`InvalidInput` when the budget cannot cover a single round.
+    Raises :class:`InvalidInput` when the settings are not valid or the budget cannot cover
+    a single round.
     """
+    try:
+        strategy = build_strategy(study.strategy, study.strategy_params)
+    except ConfigurationError as error:
+        raise InvalidInput(f"the study's strategy is not valid: {error}") from None
     try:
         settings = PrivacySettings.from_json(study.privacy)
     except ConfigurationError as error:  # a study set up before these settings were checked
         raise InvalidInput(f"the study's privacy settings are not valid: {error}") from None
-    resolved = settings.to_json()
-    mechanism = settings.differential_privacy
-    if mechanism is None or mechanism.level is not DPLevel.CLIENT:
-        return resolved
-    noise = mechanism.noise_multiplier
-    if noise is None:
-        try:
-            noise = accounting.noise_for_epsilon(
-                target_epsilon=settings.budget, steps=num_rounds, delta=settings.delta
-            )
-        except ConfigurationError as error:
-            raise InvalidInput(
-                f"epsilon {settings.budget:g} cannot cover {num_rounds} rounds: {error}"
-            ) from None
-    first_round = accounting.client_level_epsilon(noise_multiplier=noise, rounds=1, delta=settings.delta)
-    if first_round > settings.budget + BUDGET_TOLERANCE:
-        raise InvalidInput(
-            f"one round at noise multiplier {noise:g} spends epsilon {first_round:.3f}, "
-            f"more than the study's budget {settings.budget:g}"
-        )
-    resolved["differential_privacy"] = {**resolved["differential_privacy"], "noise_multiplier": noise}  # type: ignore[dict-item]
-    return resolved
-
-
-def uses_client_dp(job: Job) -> bool:
-    return settings_of(job).uses_client_dp
+    plan = RoundPlan(strategy=strategy, privacy=settings)
+    try:
+        return plan.resolved(num_rounds=num_rounds)
+    except ConfigurationError as error:
+        raise InvalidInput(str(error)) from None
 
 
 def client_noise(job: Job) -> float:
     """The noise multiplier of the job's client-level DP, fixed when the job was created."""
-    return float(job.privacy["differential_privacy"]["noise_multiplier"])
+    noise = job.plan.client_noise_multiplier
+    assert noise is not None, "only called for jobs with client-level DP"
+    return noise
 
 
 def training_round_refusal(*, job: Job, number: int) -> str | None:
@@ -105,37 +87,6 @@ def _sample_refusal(job: Job, settings: PrivacySettings, number: int) -> str | N
                 f"of the budget {settings.budget:g}"
             )
     return None
-
-
-# --- aggregation ---------------------------------------------------------------------------
-
-
-def client_dp_aggregate(
-    *,
-    job: Job,
-    strategy: Strategy,
-    global_weights: Weights,
-    updates: Sequence[Update],
-    spec: ModelSpec,
-    server_state: Weights | None,
-) -> tuple[Weights, Weights, Details]:
-    """DP-FedAvg: equal-weight mean of the clipped updates plus Gaussian noise, then the
-    strategy's server step on that one noisy mean (post-processing keeps the guarantee)."""
-    settings = settings_of(job)
-    mechanism = settings.differential_privacy
-    assert mechanism is not None
-    assert mechanism.level is DPLevel.CLIENT
-    store = blob_store()
-    # dp_fedavg clips every update again: the guarantee does not rest on each site's agent.
-    noisy, details = dp.dp_fedavg(
-        global_weights,
-        [deserialize_weights(store.read(u.sha256), spec=spec) for u in updates],
-        noise_multiplier=client_noise(job),
-        clipping_norm=mechanism.clipping_norm,
-        rng=dp.secure_generator(),
-    )
-    result = strategy.aggregate(global_weights, [ClientUpdate(noisy, num_examples=1)], state=server_state)
-    return result.weights, result.state, {**result.details, **details}
 
 
 # --- the ledger ----------------------------------------------------------------------------

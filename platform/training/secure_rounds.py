@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,7 +29,7 @@ from safetensors.numpy import save as safetensors_save
 
 from federation.errors import SecureAggregationError
 from federation.privacy import secagg
-from federation.privacy.settings import PrivacySettings
+from federation.rounds import MIN_SECURE_SITES, RoundPlan, UnmaskedSum
 from federation.types import ModelSpec
 from fedplatform.errors import Conflict, InvalidInput
 from training.models import Refusal, Round, SecAggMessageKind, Update
@@ -61,27 +61,22 @@ def is_secure(round_: Round) -> bool:
 
 
 def secure_round_init(
-    *, job_id: int, number: int, base_sha256: str, spec: ModelSpec, privacy: Mapping[str, object], sites: int
+    *, job_id: int, number: int, base_sha256: str, spec: ModelSpec, plan: RoundPlan, sites: int
 ) -> dict[str, object]:
-    """The record a new training round starts with; {} when the study does not use it."""
-    settings = PrivacySettings.from_json(privacy)
-    if not settings.secure_aggregation:
+    """The record a new training round starts with; {} when the job's plan does not use it."""
+    if not plan.privacy.secure_aggregation:
         return {}
     config = secagg.SecAggConfig(
         round_context=f"fedhealth;job={job_id};round={number};base={base_sha256}".encode(),
-        threshold=settings.secure_aggregation_threshold or secagg.minimum_threshold(sites),
+        threshold=plan.secure_threshold(sites),
         dimension=spec.numel + 1,  # the parameters' weighted change, then the weight
     )
     return {"phase": Phase.ADVERTISE.value, "config": config.to_json()}
 
 
-#: Fewest sites a secure sum may hold: with two, each site can subtract its own update.
-MIN_SECURE_SITES = 3
-
-
 def required_answers(round_: Round, *, min_updates: int) -> int:
     """Fewest sites each phase must keep: the threshold, the job's quorum, and never fewer
-    than :data:`MIN_SECURE_SITES`."""
+    than :data:`federation.rounds.MIN_SECURE_SITES`."""
     return max(config_of(round_).threshold, min_updates, MIN_SECURE_SITES)
 
 
@@ -286,6 +281,15 @@ def unmasked_sum(round_: Round, masked: Iterable[NDArray[np.uint64]]) -> NDArray
         dropped_after_sharing=[int(site) for site in record["dropped"]],
     )
     return secagg.decode(total, config.fraction_bits)
+
+
+def round_unmasked_sum(round_: Round, updates: Iterable[Update], read: Callable[[str], bytes]) -> UnmaskedSum:
+    """What the server learns from a secure round: the unmasked sum of the survivors'
+    masked inputs (``updates``, whose blobs ``read`` returns), one vector at a time."""
+    dimension = config_of(round_).dimension
+    survivors = list(updates)
+    masked = (decode_masked(read(update.sha256), dimension) for update in survivors)
+    return UnmaskedSum(unmasked_sum(round_, masked), len(survivors))
 
 
 def survivors_updates(round_: Round) -> list[Update]:

@@ -228,7 +228,7 @@ def privacy_ledger(*, institution: Institution) -> PrivacyLedger:
 def job_epsilon_spent(*, job: Job) -> float | None:
     """The most any site has spent in ``job`` (None: the job uses no DP). Jobs from
     :func:`job_list` carry it annotated; others cost one query."""
-    if not job.study.privacy.get("differential_privacy"):
+    if not job.plan.privacy.uses_dp:
         return None
     if hasattr(job, "most_epsilon_spent"):
         return float(job.most_epsilon_spent or 0.0)

@@ -25,12 +25,14 @@ from kombu.exceptions import OperationalError as BrokerUnavailable
 from safetensors.numpy import load as safetensors_load
 
 from audit.services import audit_record
-from federation.aggregation.strategies import Details, Strategy, build_strategy
+from federation.aggregation.strategies import AggregationResult
 from federation.aggregation.streaming import StoredUpdate
 from federation.aggregation.update_bound import UpdateNormBound
 from federation.errors import ConfigurationError, FederationError, UpdateTooLargeError
 from federation.metric_reports import check_num_examples, check_reported_metrics, combine_metrics
 from federation.models import ModelConfig, build_model
+from federation.privacy import dp
+from federation.rounds import RoundInputs, RoundPlan
 from federation.types import ModelSpec, Weights
 from federation.wire import (
     deserialize_weights,
@@ -42,7 +44,7 @@ from federation.wire import (
 from fedplatform.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
 from institutions.models import AgentCredential
 from studies.models import Decision, Study
-from training import privacy, secure_aggregate, secure_rounds
+from training import privacy, secure_rounds
 from training.blobs import blob_store
 from training.models import (
     ACCEPTING_STATES,
@@ -86,7 +88,7 @@ def job_create(
         raise InvalidInput("a job needs at least one round")
     job = Job.objects.create(
         study=study,
-        privacy=privacy.job_privacy_resolve(study=study, num_rounds=num_rounds),
+        plan=privacy.job_plan_resolve(study=study, num_rounds=num_rounds),
         num_rounds=num_rounds,
         min_updates=min_updates,
         round_deadline_seconds=round_deadline_seconds,
@@ -161,6 +163,8 @@ def job_begin(*, job_id: int) -> ModelVersion | None:
         if not _awaits_initial_model(job):
             return None
         spec = ModelSpec.from_weights(weights)
+        job.plan = job.plan.with_model_spec(spec)
+        job.save(update_fields=["plan"])
         version = _model_version_write(
             job=job, number=0, weights=weights, spec=spec, parent=None, round_=None
         )
@@ -306,7 +310,7 @@ def _secure_round_init(job: Job, number: int, base: ModelVersion) -> dict[str, o
         number=number,
         base_sha256=base.sha256,
         spec=model_spec(base),
-        privacy=job.study.privacy,
+        plan=job.plan,
         sites=_active_site_count(job),
     )
 
@@ -485,20 +489,20 @@ def round_aggregate(*, round_id: int) -> AggregationOutcome:
         return AggregationOutcome(round_id, None)  # done already, never ready, or given up
     _drill_pause_point()
     spec = model_spec(work.base)
-    strategy = build_strategy(work.job.study.strategy, work.job.study.strategy_params)
-    weights, state, details = _aggregate(work, strategy, spec)
+    plan = work.job.plan
+    result = _aggregate(work, plan, spec)
     provenance: dict[str, object] = {
-        "strategy": strategy.name.value,
-        "params": strategy.params(),
-        "privacy": work.job.privacy,
+        "strategy": plan.strategy.name.value,
+        "params": plan.strategy.params(),
+        "privacy": plan.privacy.to_json(),
         "base": {"number": work.base.number, "sha256": work.base.sha256},
         "updates": [
             {"institution": u.institution.name, "sha256": u.sha256, "num_examples": u.num_examples}
             for u in work.updates
         ],
-        "details": details,
+        "details": result.details,
     }
-    return _aggregation_commit(work, spec, weights, state, provenance)
+    return _aggregation_commit(work, spec, result.weights, result.state, provenance)
 
 
 def _drill_pause_point() -> None:
@@ -509,36 +513,18 @@ def _drill_pause_point() -> None:
         time.sleep(settings.FEDHEALTH_DRILL_PAUSE_AFTER_CLAIM_SECONDS)
 
 
-def _aggregate(
-    work: _AggregationWork, strategy: Strategy, spec: ModelSpec
-) -> tuple[Weights, Weights, Details]:
+def _aggregate(work: _AggregationWork, plan: RoundPlan, spec: ModelSpec) -> AggregationResult:
+    """The job's round plan on the round's inputs: the stored updates (read chunk by chunk
+    where the plan allows), or the unmasked sum of a secure round."""
     store = blob_store()
     global_weights = deserialize_weights(store.read(work.base.sha256), spec=spec)
+    inputs: RoundInputs
     if work.secure:
-        return secure_aggregate.aggregate_secure_round(
-            round_id=work.round_id,
-            job=work.job,
-            updates=work.updates,
-            strategy=strategy,
-            global_weights=global_weights,
-            spec=spec,
-            server_state=_server_state(work.base),
-        )
-    if privacy.uses_client_dp(work.job):
-        return privacy.client_dp_aggregate(
-            job=work.job,
-            strategy=strategy,
-            global_weights=global_weights,
-            updates=work.updates,
-            spec=spec,
-            server_state=_server_state(work.base),
-        )
-    result = strategy.aggregate(
-        global_weights,
-        [StoredUpdate(store.path(u.sha256), u.num_examples) for u in work.updates],
-        state=_server_state(work.base),
-    )
-    return result.weights, result.state, result.details
+        round_ = Round.objects.get(pk=work.round_id)
+        inputs = secure_rounds.round_unmasked_sum(round_, work.updates, store.read)
+    else:
+        inputs = [StoredUpdate(store.path(u.sha256), u.num_examples, u.sha256) for u in work.updates]
+    return plan.aggregate(global_weights, inputs, _server_state(work.base), dp.secure_generator())
 
 
 @transaction.atomic

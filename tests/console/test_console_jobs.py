@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +268,7 @@ def test_job_list_filters_by_state(observer: Client, running_job: Job, study_a: 
 def test_the_job_page_shows_its_privacy_and_the_epsilon_spent(
     coordinator: Client, running_job: Job, hospital_a
 ) -> None:  # type: ignore[no-untyped-def]
-    from studies.models import Study
+    from federation.privacy.settings import PrivacySettings
     from training.models import PrivacySpend
 
     assert ">none<" in coordinator.get(f"/jobs/{running_job.pk}/").content.decode()
@@ -276,7 +277,9 @@ def test_the_job_page_shows_its_privacy_and_the_epsilon_spent(
         "differential_privacy": {"level": "client", "clipping_norm": 1.0, "noise_multiplier": 1.0},
         "epsilon": 8.0,
     }
-    Study.objects.filter(pk=running_job.study_id).update(privacy=privacy)
+    # What the job shows is its own round plan, fixed when it was created.
+    running_job.plan = replace(running_job.plan, privacy=PrivacySettings.from_json(privacy))
+    running_job.save(update_fields=["plan"])
     PrivacySpend.objects.create(
         job=running_job, institution=hospital_a, level="client", epsilon=1.25, delta=1e-5, rounds=1, events=[]
     )

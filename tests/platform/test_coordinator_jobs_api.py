@@ -98,7 +98,9 @@ def test_jobs_are_scoped_to_the_data_owners_studies(
 
 
 def test_job_list_filters(observer_client: APIClient, draft_job: Job, running_job: Job) -> None:
-    other = Job.objects.create(study=draft_job.study, num_rounds=1, min_updates=1, created_by="user:setup")
+    other = Job.objects.create(
+        study=draft_job.study, plan=draft_job.plan, num_rounds=1, min_updates=1, created_by="user:setup"
+    )
     assert observer_client.get("/api/v1/jobs/").json()["count"] == 2
     running = observer_client.get("/api/v1/jobs/?state=running").json()["results"]
     assert [job["id"] for job in running] == [running_job.pk]

@@ -146,7 +146,8 @@ def test_a_budget_too_small_for_one_round_is_refused_when_the_job_is_created(sit
 def test_without_a_noise_multiplier_the_job_gets_the_smallest_that_fits_its_rounds(sites: list[Site]) -> None:
     privacy = {"differential_privacy": {"level": "client", "clipping_norm": 1.0}, "epsilon": 8.0}
     job = start_job([s.institution for s in sites], name="derived", rounds=4, privacy=privacy)
-    noise = job.privacy["differential_privacy"]["noise_multiplier"]
+    noise = job.plan.client_noise_multiplier
+    assert noise is not None
     spent = accounting.client_level_epsilon(noise_multiplier=noise, rounds=4, delta=1e-5)
     assert spent <= 8.0 + 1e-6
     assert spent > 8.0 * 0.98

@@ -16,7 +16,7 @@ from platform_world import Site, spec_of, start_job
 
 from federation.aggregation.strategies import FedAvg
 from federation.privacy import secagg
-from federation.privacy.secure_fedavg import flatten
+from federation.privacy.secure_fedavg import flatten, secure_sum
 from federation.types import ClientUpdate
 from federation.wire import deserialize_weights
 from training import services as training_services
@@ -177,6 +177,26 @@ def test_the_secure_model_equals_plaintext_fedavg_within_the_bound(
     for name in expected:
         np.testing.assert_allclose(secure[name], expected[name], atol=bound, rtol=0)
     assert version.provenance["details"]["secure_aggregation_sites"] == 5 - drop_before_masking
+
+
+def test_the_control_plane_makes_the_simulators_model_byte_for_byte(
+    sites: list[Site], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    """The masks cancel exactly in the ring, so the unmasked sum, and through the job's round
+    plan the model, equal what the simulator's in-process protocol makes of the same updates."""
+    job, sent = _run_round(sites, django_capture_on_commit_callbacks)
+    job.refresh_from_db()
+    start = deserialize_weights(
+        blob_store().read(ModelVersion.objects.get(job=job, number=0).sha256), spec=job.plan.model_spec
+    )
+    updates = [
+        ClientUpdate(weights, num_examples=NUM_EXAMPLES[index]) for index, (weights, _, _) in sent.items()
+    ]
+    expected = job.plan.aggregate(start, secure_sum(start, updates, plan=job.plan))
+    blob = blob_store().read(ModelVersion.objects.get(job=job, number=1).sha256)
+    stored = deserialize_weights(blob, spec=spec_of(blob))
+    for name, array in expected.weights.items():
+        np.testing.assert_array_equal(stored[name], array, err_msg=name)
 
 
 def test_the_server_stores_only_masked_vectors_and_no_site_weight(

@@ -9,9 +9,10 @@ from agent_fakes import FakeServer, RunnerHarness, global_model_bytes, make_task
 
 from silo_agent.client import RetryPolicy
 from silo_agent.config import Policy, PrivacyPolicy
-from silo_agent.policy import check_task, privacy_reason
+from silo_agent.policy import check_task
+from silo_agent.policy import privacy_reason as privacy_reason_of_settings
 from silo_agent.runner import TaskOutcome
-from silo_agent.tasks import parse_task
+from silo_agent.tasks import parse_privacy, parse_task
 
 MODEL = global_model_bytes()
 STRICT_POLICY = """approved_studies = ["breast-cancer-pilot"]
@@ -131,6 +132,11 @@ def test_an_unlisted_study_is_refused_even_if_the_server_approved_it():
     reason = check_task(Policy(approved_studies=("another",)), _task(), server_approved_study_ids={1})
     assert reason is not None
     assert "breast-cancer-pilot" in reason
+
+
+def privacy_reason(policy: PrivacyPolicy, privacy: dict[str, object]) -> str | None:
+    """The policy's reason for the study's raw settings, parsed as a task parses them."""
+    return privacy_reason_of_settings(policy, *parse_privacy(privacy))
 
 
 def test_no_privacy_settings_meet_the_default_demands():

@@ -27,6 +27,7 @@ from federation.aggregation.strategies import (
 )
 from federation.aggregation.streaming import StoredUpdate
 from federation.errors import ConfigurationError, InvalidUpdateError, NonFiniteValueError
+from federation.rounds import _mean_rules
 from federation.types import ClientUpdate, ModelSpec, TensorSpec
 from federation.wire import serialize_weights
 
@@ -240,7 +241,9 @@ def test_only_robust_rules_need_single_updates() -> None:
         StrategyName.KRUM,
         StrategyName.MULTI_KRUM,
     }
-    assert {name for name in StrategyName if name.sees_single_updates} == robust
+    # The rules a secure sum or client-level DP allows are exactly the others.
+    offered = set(_mean_rules().replace(" or ", ", ").split(", "))
+    assert offered == {name.value for name in StrategyName} - {name.value for name in robust}
 
 
 def test_each_strategy_carries_its_own_label_and_parameters() -> None:

@@ -91,10 +91,10 @@ def test_sample_level_dp_composes_with_secure_aggregation() -> None:
 @pytest.mark.parametrize(
     ("strategy", "changes", "message"),
     [
-        (CoordinateMedian(), {}, "'median' needs each update on its own"),
-        (Krum(num_byzantine=1), {"num_silos": 5}, "'krum' needs each update on its own"),
+        (CoordinateMedian(), {}, "median needs every site's update on its own"),
+        (Krum(num_byzantine=1), {"num_silos": 5}, "krum needs every site's update on its own"),
         (FedAvg(max_weight_share=0.5), {}, "max_weight_share"),
-        (FedAvg(), {"num_silos": 2}, "at least 3 silos"),
+        (FedAvg(), {"num_silos": 2}, "at least 3 sites"),
         (FedAvg(), {"secure_aggregation_threshold": 1}, "between 2"),
         (FedAvg(), {"secure_dropouts": 2}, "at most 1 may drop out"),
         (FedAvg(), {"secure_aggregation": False, "secure_dropouts": 1}, "need secure aggregation"),
@@ -132,4 +132,4 @@ def test_the_command_refuses_secure_aggregation_with_a_robust_rule(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["--strategy", "median", "--secure-aggregation", "--rounds", "1", "--json-only"]) == 2
-    assert "secure aggregation shows the server only the sum" in capsys.readouterr().err
+    assert "secure aggregation shows the server only their sum" in capsys.readouterr().err
