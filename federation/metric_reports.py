@@ -101,7 +101,10 @@ def _checked_value(name: str, value: object) -> float:
         )
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"metric {name!r} must be a number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ConfigurationError(f"metric {name!r} is outside the range of a float") from None
     if not math.isfinite(number):
         raise ConfigurationError(f"metric {name!r} is not finite")
     if not allowed.low <= number <= allowed.high:

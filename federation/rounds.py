@@ -51,6 +51,7 @@ from federation.aggregation.strategies import (
 )
 from federation.aggregation.streaming import StoredUpdate, UpdateLike
 from federation.errors import ConfigurationError, InvalidUpdateError, SecureAggregationError
+from federation.metric_reports import MAX_NUM_EXAMPLES
 from federation.models.base import ModelKind
 from federation.privacy import accounting, dp, secagg
 from federation.privacy.settings import DifferentialPrivacy, DPLevel, PrivacySettings
@@ -289,6 +290,7 @@ class RoundPlan:
     ) -> tuple[Weights, Details]:
         """The example-weighted mean change, or under client-level DP the noisy unweighted one."""
         if not self.privacy.uses_client_dp:
+            _check_weight_sum(weight_sum, num_sites)
             return {name: array / weight_sum for name, array in summed.items()}, {}
         # Each site packs the weight 1: the public count of survivors must match, or a site's
         # contribution could exceed the sensitivity the noise is calibrated for.
@@ -314,6 +316,18 @@ class RoundPlan:
         """The strategy's server step on one mean, handed over as the round's only update
         (its example count is irrelevant: the mean of one update is itself)."""
         return self.strategy.aggregate(global_weights, [ClientUpdate(mean, num_examples=1)], state=state)
+
+
+def _check_weight_sum(weight_sum: float, num_sites: int) -> None:
+    """Each site's hidden weight is its example count, 1 to ``MAX_NUM_EXAMPLES``: a sum outside
+    what ``num_sites`` such counts can make means a site packed a false weight (a negative one
+    could cancel the others and blow the mean up)."""
+    low, high = num_sites - _WEIGHT_SLACK, num_sites * MAX_NUM_EXAMPLES + _WEIGHT_SLACK
+    if not low <= weight_sum <= high:
+        raise SecureAggregationError(
+            f"the masked example counts sum to {weight_sum:.4g}; {num_sites} sites of 1 to "
+            f"{MAX_NUM_EXAMPLES} examples each make between {num_sites} and {num_sites * MAX_NUM_EXAMPLES}"
+        )
 
 
 def _mean_rules() -> str:

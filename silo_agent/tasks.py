@@ -15,6 +15,7 @@ from federation.protocol import (
     TaskKind,
     TrainingSettings,
     WorkTask,
+    parse_privacy,
 )
 from silo_agent.errors import TaskError
 
@@ -25,6 +26,7 @@ __all__ = [
     "TaskKind",
     "TrainingSettings",
     "WorkTask",
+    "parse_privacy",
     "parse_task",
 ]
 

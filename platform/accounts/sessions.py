@@ -17,11 +17,15 @@ from django.conf import settings
 from django.contrib.auth import logout
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponseBase
+from django.urls import Resolver404, resolve
 
 SIGNED_IN_AT = "fedhealth_signed_in_at"
 LAST_SEEN_AT = "fedhealth_last_seen_at"
 #: Activity is written back at most this often.
 LAST_SEEN_RESOLUTION_SECONDS = 60
+#: Pages a browser asks for on its own (the live job page's polling): they are not a person's
+#: activity, so an unattended screen still reaches the idle timeout.
+BACKGROUND_VIEWS = frozenset({"console:job-live"})
 
 
 def session_mark_signed_in(
@@ -58,5 +62,14 @@ class SessionTimeoutMiddleware:
         last_seen_at = int(session.get(LAST_SEEN_AT, now))
         if session_expired(signed_in_at=signed_in_at, last_seen_at=last_seen_at, now=now):
             logout(request)  # flushes the session; request.user is anonymous from here on
-        elif LAST_SEEN_AT not in session or now - last_seen_at >= LAST_SEEN_RESOLUTION_SECONDS:
+        elif _persons_activity(request) and (
+            LAST_SEEN_AT not in session or now - last_seen_at >= LAST_SEEN_RESOLUTION_SECONDS
+        ):
             session[LAST_SEEN_AT] = now
+
+
+def _persons_activity(request: HttpRequest) -> bool:
+    try:
+        return resolve(request.path_info).view_name not in BACKGROUND_VIEWS
+    except Resolver404:
+        return True

@@ -109,9 +109,13 @@ def credential_slot_acquire(*, credential_id: int) -> bool:
 
 
 def credential_slot_release(*, credential_id: int) -> None:
+    key, ttl = credential_count_key(credential_id), _count_ttl()
     # A count that expired meanwhile has nothing left to give back.
     with contextlib.suppress(ValueError):
-        _count_add(credential_count_key(credential_id), -1, _count_ttl())
+        if _count_add(key, -1, ttl) < 0:
+            # Two polls both took the first place where the cache cannot add atomically
+            # (files): never let the count drift below zero, which would raise the cap.
+            cache.set(key, 0, timeout=ttl)
 
 
 @contextlib.contextmanager

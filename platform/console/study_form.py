@@ -16,6 +16,7 @@ from typing import TypedDict
 
 from django import forms
 from django.db.models import QuerySet
+from rest_framework.exceptions import ParseError
 
 from console.forms import add_service_error
 from federation.aggregation.strategies import STRATEGIES, StrategyName, StrategyParameter, build_strategy
@@ -24,6 +25,7 @@ from federation.errors import ConfigurationError, FederationError
 from federation.models import ModelConfig, ModelKind, TrainConfig
 from federation.models.base import MAX_SEED
 from fedplatform.errors import ServiceError
+from fedplatform.parsers import loads_checked
 from institutions.models import Institution
 from studies.services import study_validate
 
@@ -99,10 +101,10 @@ class JsonObjectField(forms.CharField):
         if not text:
             return None
         try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as error:
-            message = f"This is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})."
-            raise forms.ValidationError(message, code="json") from error
+            # The API's checks: depth, repeated keys, NaN and out-of-range numbers, NUL.
+            parsed = loads_checked(text, what="This")
+        except ParseError as error:
+            raise forms.ValidationError(f"{error.detail}.", code="json") from None
         if not isinstance(parsed, dict):
             raise forms.ValidationError("This must be a JSON object: {...}.", code="json_object")
         return parsed

@@ -18,6 +18,7 @@ from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -141,6 +142,14 @@ def _enqueue_job_begin(job_id: int) -> None:
         logger.warning(
             "the broker did not take the start of job %s (%s); the sweep will retry", job_id, error
         )
+
+
+def _requeue_job_begin(job_id: int, *, every_seconds: int) -> None:
+    """Enqueue a job's start again (its message was lost), at most once per ``every_seconds``:
+    a queue that is merely slow must not receive a duplicate every sweep."""
+    if cache.add(f"job-begin-requeued:{job_id}", True, timeout=every_seconds):
+        logger.warning("enqueued the start of job %s again: it has no initial model yet", job_id)
+        _enqueue_job_begin(job_id)
 
 
 def _awaits_initial_model(job: Job) -> bool:
@@ -714,10 +723,13 @@ def update_submit(
     """
     round_ = _round_for_site(round_id, credential)
     _check_not_secure(round_)
-    data = _within_norm_bound(round_, credential, _check_tensors(round_, data), data)
+    weights = _check_tensors(round_, data)
+    first_answer = not round_.updates.filter(institution=credential.institution_id).exists()
+    if first_answer:  # a retry gets its first answer below, whatever happened since
+        _check_update_acceptable(round_, credential, meta)  # before the norm bound's work
+    data = _within_norm_bound(round_, credential, weights, data)
     sha256 = sha256_hex(data)
-    if _existing(round_, credential, sha256) is None:  # a retry gets its first answer below
-        _check_update_acceptable(round_, credential, meta)
+    _existing(round_, credential, sha256)  # a different second update: 409
     blob_store().put(data)
     return _update_accept(round_id, credential, meta, sha256, len(data))
 
@@ -914,7 +926,7 @@ def rounds_sweep() -> SweepOutcome:
     for job_id in Job.objects.filter(
         state=JobState.RUNNING, started_at__lte=stalled_before, model_versions__isnull=True
     ).values_list("pk", flat=True):
-        _enqueue_job_begin(job_id)  # its message was lost: a repeat is harmless
+        _requeue_job_begin(job_id, every_seconds=settings.FEDHEALTH_STUCK_AGGREGATION_SECONDS)
     return SweepOutcome(outcomes["closed"], outcomes["extended"], outcomes["failed"], outcomes["requeued"])
 
 
@@ -933,8 +945,17 @@ def _isolated(step: Callable[[int], str], round_id: int) -> str:
     except SoftTimeLimitExceeded:
         raise  # the whole sweep ran out of time; the next one goes on
     except Exception as error:
+        if is_passing_fault(error):
+            logger.warning("the sweep left round id %s to its next run: %s", round_id, error)
+            return "unchanged"
         logger.exception("the sweep could not handle round id %s; failing it", round_id)
         return round_fail_unexpected(round_id=round_id, error=error)
+
+
+def is_passing_fault(error: BaseException) -> bool:
+    """An error of the machine rather than of the round (a full disk, an I/O error, a network
+    file system away for a moment), worth another try; a file that is gone is not."""
+    return isinstance(error, OSError) and not isinstance(error, FileNotFoundError)
 
 
 def round_fail_unexpected(*, round_id: int, error: Exception) -> str:

@@ -53,6 +53,8 @@ def round_aggregate_task(self: object, round_id: int) -> int | None:
     except SoftTimeLimitExceeded:
         raise  # too slow this time: the sweep starts it again, up to MAX_AGGREGATION_ATTEMPTS
     except Exception as error:  # a bug or a hostile input nobody foresaw: fail this round only
+        if services.is_passing_fault(error):
+            raise  # a disk or I/O fault: the sweep starts it again, up to MAX_AGGREGATION_ATTEMPTS
         logger.exception("aggregation of round %s raised an unexpected error", round_id)
         services.round_fail_unexpected(round_id=round_id, error=error)
         return None

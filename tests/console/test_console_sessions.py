@@ -10,6 +10,7 @@ from django.test import Client
 from pytest_django.fixtures import Settings
 
 from accounts.sessions import LAST_SEEN_AT, SIGNED_IN_AT
+from training.models import Job
 
 pytestmark = pytest.mark.django_db
 
@@ -100,3 +101,15 @@ def test_session_settings_come_from_the_environment(
         env.load()
     # the cookie and the stored session end with the absolute limit
     assert settings.SESSION_COOKIE_AGE == settings.FEDHEALTH_SESSION_MAX_SECONDS
+
+
+def test_the_live_pages_polling_is_not_a_persons_activity(
+    coordinator: Client, running_job: Job, settings: Settings
+) -> None:
+    """An open job page polls live.json every 2 s; an unattended screen must still time out."""
+    almost_idle = int(time.time()) - settings.FEDHEALTH_SESSION_IDLE_SECONDS + 30
+    set_clocks(coordinator, **{LAST_SEEN_AT: almost_idle})
+    assert coordinator.get(f"/jobs/{running_job.pk}/live.json").status_code == 200
+    assert coordinator.session[LAST_SEEN_AT] == almost_idle  # not refreshed by the poll
+    assert coordinator.get(f"/jobs/{running_job.pk}/").status_code == 200
+    assert coordinator.session[LAST_SEEN_AT] > almost_idle  # a page the person opened is

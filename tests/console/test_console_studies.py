@@ -152,6 +152,14 @@ def test_coordinator_creates_a_study(
         ({"feature_scaling": '{"mean": [0, 0, 0, 0], "std": [1, 1, 0, 1]}'}, "feature_scaling", "positive"),
         ({"privacy": '"none"'}, "privacy", "JSON object"),
         ({"update_norm_bound": '{"max_ratio": 0}'}, "update_norm_bound", "above 0"),
+        # The API's JSON checks hold in the form too.
+        (
+            {"update_norm_bound": '{"max_ratio": 2, "max_ratio": 1e300}'},
+            "update_norm_bound",
+            "appears more than once",
+        ),
+        ({"data_schema": "[" * 50_000 + "]" * 50_000}, "data_schema", "nested too deeply"),
+        ({"privacy": '{"epsilon": NaN}'}, "privacy", "not a JSON number"),
     ],
 )
 def test_invalid_input_is_explained_next_to_its_field(

@@ -341,3 +341,15 @@ def test_the_fixed_point_sum_of_the_protocol_decodes_to_the_same_model() -> None
         np.testing.assert_allclose(
             decoded.weights[name], exact.weights[name], atol=secagg.error_bound(5) / total + 1e-6, rtol=0
         )
+
+
+@pytest.mark.parametrize("weight_sum", [-5.0, 0.0, 2.5, 3 * 10**9 + 1.0])
+def test_a_secure_sum_with_a_false_example_count_fails_the_round(weight_sum: float) -> None:
+    """Three sites of 1 to 10^9 examples each make a summed count in [3, 3 * 10^9]: a site that
+    packed a false weight (negative, below 1, above 10^9) puts it outside, and the round fails."""
+    global_weights, updates = _round(5, 3)
+    summed = _packed_sum(global_weights, updates, unit_weights=False)
+    summed[-1] = weight_sum
+    plan = RoundPlan(FedAvg(), _settings(secure=True))
+    with pytest.raises(SecureAggregationError, match="masked example counts sum to"):
+        plan.aggregate(global_weights, UnmaskedSum(summed, 3))

@@ -243,3 +243,19 @@ def test_on_redis_the_count_is_kept_by_the_server_and_expires(agent_world: None,
         assert cache.get(key) == 1
     finally:
         cache.delete(key)
+
+
+def test_a_count_never_drifts_below_zero_to_raise_the_cap(
+    clock: SteppedClock, settings: Settings, tmp_path: Path
+) -> None:
+    """Where the cache cannot add atomically (files), two polls may both take the first place
+    and both give it back: the count must return to zero, not to -1 (a cap of 3)."""
+    settings.CACHES = {"default": environment.cache_settings(tmp_path.joinpath("cache").as_uri())}
+    site = Site("Hospital A")
+    key = long_poll.credential_count_key(site.credential_id)
+    assert long_poll.credential_slot_acquire(credential_id=site.credential_id)
+    long_poll.credential_slot_release(credential_id=site.credential_id)
+    long_poll.credential_slot_release(credential_id=site.credential_id)  # the lost race's twin
+    assert cache.get(key) == 0
+    taken = [long_poll.credential_slot_acquire(credential_id=site.credential_id) for _ in range(3)]
+    assert taken == [True, True, False]

@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.security, pytest.mark.django_db]
 BAD_COUNTS = [10**9 + 1, 0, -1, "100", 100.0, True, None, [100], 2**63]
 BAD_METRICS = [
     {"global_accuracy": 1e308},
+    {"global_accuracy": 10**400},
     {"global_accuracy": 1.5},
     {"local_accuracy": -0.1},
     {"global_roc_auc": 2.0},
@@ -122,7 +123,8 @@ def test_the_largest_allowed_report_keeps_the_combination_finite(
 
 
 @pytest.mark.parametrize(
-    ("num_examples", "metrics"), [(10**9, {"accuracy": 1e308}), ("2", {"accuracy": 0.9})]
+    ("num_examples", "metrics"),
+    [(10**9, {"accuracy": 1e308}), ("2", {"accuracy": 0.9}), (10, {"accuracy": 10**400})],
 )
 def test_a_hostile_evaluation_is_refused_and_the_honest_one_still_closes_the_round(
     sites: list[Site], django_capture_on_commit_callbacks, num_examples: object, metrics: object
@@ -146,7 +148,7 @@ def test_a_hostile_evaluation_is_refused_and_the_honest_one_still_closes_the_rou
     assert "1e+308" not in json.dumps(evaluation.metrics)
 
 
-@pytest.mark.parametrize("metrics", [{"global_accuracy": 1e308}, {"colour": 1.0}])
+@pytest.mark.parametrize("metrics", [{"global_accuracy": 1e308}, {"colour": 1.0}, {"global_mse": 10**400}])
 def test_a_masked_update_with_absurd_metrics_is_refused(sites: list[Site], metrics: object) -> None:
     make_job(sites)
     task = sites[1].work()
@@ -326,3 +328,51 @@ def test_an_update_beyond_the_clip_bound_is_clipped_onto_it_and_audited(
 def _flat(blob: bytes) -> np.ndarray:
     weights = safetensors_load(blob)
     return np.concatenate([weights[name].ravel() for name in sorted(weights)]).astype(np.float64)
+
+
+def test_a_lost_job_start_is_enqueued_again_once_per_delay_not_every_sweep(
+    sites: list[Site], settings, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from studies.models import Study
+    from training.services import job_create, job_start
+
+    make_job(sites)  # a study to reuse
+    job = job_create(
+        study=Study.objects.get(),
+        num_rounds=1,
+        min_updates=1,
+        round_deadline_seconds=60,
+        max_deadline_extensions=0,
+        actor="user:test",
+    )
+    job_start(job_id=job.pk, actor="user:test")  # its worker message never runs (no commit here)
+    Job.objects.filter(pk=job.pk).update(started_at=timezone.now() - timedelta(hours=1))
+    enqueued: list[int] = []
+    monkeypatch.setattr(training_services, "_enqueue_job_begin", enqueued.append)
+    for _ in range(3):
+        rounds_sweep_task()
+    assert enqueued == [job.pk]
+
+
+def test_an_io_fault_during_aggregation_leaves_the_round_to_be_retried(
+    sites: list[Site], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk is the machine's fault, not the round's: the round stays AGGREGATING for
+    the sweep to start again (up to MAX_AGGREGATION_ATTEMPTS), it is not failed at once."""
+    job = make_job(sites, rounds=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training_services, "_enqueue_aggregation", lambda round_id: None)
+        for site in sites:
+            task = site.work()
+            assert site.upload(task, trained(site.model(task), 0.1)).status_code == 201
+    round_ = job.rounds.get(number=1)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(training_services, "_aggregation_commit", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        round_aggregate_task(round_.pk)
+    round_.refresh_from_db()
+    assert round_.state == RoundState.AGGREGATING
+    assert round_.aggregation_attempts == 1

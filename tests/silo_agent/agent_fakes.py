@@ -17,6 +17,7 @@ import numpy as np
 
 from federation.data import Standardizer, load_builtin
 from federation.models import ModelConfig, build_model
+from federation.privacy.settings import PrivacySettings
 from federation.protocol import ModelVersionRef, StudySettings, TaskKind, TrainingSettings, WorkTask
 from federation.wire import deserialize_weights, serialize_weights, sha256_hex
 from silo_agent.client import AgentClient, RetryPolicy
@@ -73,7 +74,7 @@ def default_study() -> StudySettings:
         data_schema=None,
         feature_scaling=_SCALING,
         strategy_name="fedavg",
-        privacy={},
+        privacy=PrivacySettings.from_json({}),
         training=TrainingSettings(epochs=1, batch_size=16, learning_rate=0.1, proximal_mu=0.0),
         validation_fraction=0.25,
         seed=0,
