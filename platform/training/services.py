@@ -21,7 +21,6 @@ from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerUnavailable
 from safetensors.numpy import load as safetensors_load
 
 from audit.services import audit_record
@@ -44,7 +43,7 @@ from federation.wire import (
 from fedplatform.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
 from institutions.models import AgentCredential
 from studies.models import Decision, Study
-from training import privacy, secure_rounds
+from training import privacy, queue, secure_rounds
 from training.blobs import blob_store
 from training.models import (
     ACCEPTING_STATES,
@@ -128,19 +127,8 @@ def job_start(*, job_id: int, actor: str) -> Job:
     job.state, job.started_at = JobState.RUNNING, timezone.now()
     job.save(update_fields=["state", "started_at"])
     audit_record(actor=actor, kind="job.started", job=job)
-    transaction.on_commit(lambda: _enqueue_job_begin(job_id))
+    transaction.on_commit(lambda: queue.job_begin_enqueue(job_id))
     return job
-
-
-def _enqueue_job_begin(job_id: int) -> None:
-    from training.tasks import job_begin_task  # tasks import this module
-
-    try:
-        job_begin_task.delay(job_id)
-    except BrokerUnavailable as error:
-        logger.warning(
-            "the broker did not take the start of job %s (%s); the sweep will retry", job_id, error
-        )
 
 
 def _awaits_initial_model(job: Job) -> bool:
@@ -421,26 +409,7 @@ def _round_close_collection(round_: Round) -> None:
     round_.save(update_fields=["state", "aggregating_since"])
     audit_record(actor="system", kind="round.aggregating", job=round_.job, details={"round": round_.number})
     round_id = round_.pk
-    transaction.on_commit(lambda: _enqueue_aggregation(round_id))
-
-
-def _enqueue_aggregation(round_id: int) -> None:
-    """Send the aggregation to the broker (after the commit that made the round AGGREGATING).
-
-    A broker that cannot take the message (Redis down or restarting) must not fail the
-    request that reached the quorum: its transaction is committed, and the round, kept in
-    the database, is enqueued again by the sweep (``FEDHEALTH_STUCK_AGGREGATION_SECONDS``).
-    """
-    from training.tasks import round_aggregate_task  # tasks import this module
-
-    try:
-        round_aggregate_task.delay(round_id)
-    except BrokerUnavailable as error:
-        logger.warning(
-            "the broker did not take the aggregation of round id %s (%s); the sweep will enqueue it again",
-            round_id,
-            error,
-        )
+    transaction.on_commit(lambda: queue.round_aggregate_enqueue(round_id))
 
 
 def _round_close_evaluation(round_: Round) -> None:
@@ -914,7 +883,7 @@ def rounds_sweep() -> SweepOutcome:
     for job_id in Job.objects.filter(
         state=JobState.RUNNING, started_at__lte=stalled_before, model_versions__isnull=True
     ).values_list("pk", flat=True):
-        _enqueue_job_begin(job_id)  # its message was lost: a repeat is harmless
+        queue.job_begin_enqueue(job_id)  # its message was lost: a repeat is harmless
     return SweepOutcome(outcomes["closed"], outcomes["extended"], outcomes["failed"], outcomes["requeued"])
 
 
@@ -997,6 +966,6 @@ def _round_requeue(round_id: int) -> str:
         return "unchanged"
     round_.aggregating_since = timezone.now()
     round_.save(update_fields=["aggregating_since"])
-    transaction.on_commit(lambda: _enqueue_aggregation(round_id))
+    transaction.on_commit(lambda: queue.round_aggregate_enqueue(round_id))
     logger.warning("re-enqueued stalled aggregation of round %s of job %s", round_.number, round_.job_id)
     return "requeued"

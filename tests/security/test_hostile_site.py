@@ -22,6 +22,7 @@ from safetensors.numpy import load as safetensors_load
 
 from audit.models import AuditEvent
 from federation.wire import deserialize_weights, serialize_weights
+from training import queue as training_queue
 from training import services as training_services
 from training.blobs import blob_store
 from training.models import Job, JobState, Round, RoundKind, RoundState, Update
@@ -243,7 +244,7 @@ def test_an_aggregation_that_raises_an_unexpected_error_fails_its_round_with_the
 ) -> None:
     job = make_job(sites, rounds=2)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training_services, "_enqueue_aggregation", lambda round_id: None)
+        patch.setattr(training_queue, "round_aggregate_enqueue", lambda round_id: None)
         for site in sites:
             task = site.work()
             assert site.upload(task, trained(site.model(task), 0.1)).status_code == 201
