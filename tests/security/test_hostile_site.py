@@ -23,9 +23,9 @@ from safetensors.numpy import load as safetensors_load
 from audit.models import AuditEvent
 from federation.wire import deserialize_weights, serialize_weights
 from training import queue as training_queue
-from training import services as training_services
 from training.blobs import blob_store
 from training.models import Job, JobState, Round, RoundKind, RoundState, Update
+from training.services import rounds as training_rounds
 from training.tasks import round_aggregate_task, rounds_sweep_task
 
 pytestmark = [pytest.mark.security, pytest.mark.django_db]
@@ -221,14 +221,14 @@ def test_an_unexpected_error_in_one_round_never_stops_the_sweep(
         assert sites[0].upload(task, trained(sites[0].model(task), 0.1)).status_code == 201
         Round.objects.filter(job=job, number=1).update(deadline_at=timezone.now() - timedelta(seconds=1))
     broken_round = first.rounds.get(number=1).pk
-    real_deadline = training_services._round_deadline
+    real_deadline = training_rounds._round_deadline
 
     def deadline_that_breaks_on_one_round(round_id: int) -> str:
         if round_id == broken_round:
             raise RuntimeError("the kind of bug nobody foresaw")
         return real_deadline(round_id)
 
-    monkeypatch.setattr(training_services, "_round_deadline", deadline_that_breaks_on_one_round)
+    monkeypatch.setattr(training_rounds, "_round_deadline", deadline_that_breaks_on_one_round)
     outcome = rounds_sweep_task()
     assert outcome["failed"] == 1
     broken = Round.objects.get(pk=broken_round)
