@@ -12,7 +12,6 @@ from institutions import selectors, services
 from institutions.models import AgentCredential
 
 TAGS = ["institutions"]
-MAX_TOKEN_HOURS = 24 * 30
 
 
 class InstitutionRefSerializer(serializers.Serializer):
@@ -108,7 +107,7 @@ class EnrollmentTokenCreateApi(ApiView):
     class InputSerializer(serializers.Serializer):
         hours = serializers.IntegerField(
             min_value=1,
-            max_value=MAX_TOKEN_HOURS,
+            max_value=services.MAX_TOKEN_HOURS,
             required=False,
             help_text="lifetime of the token; the platform default when left out",
         )

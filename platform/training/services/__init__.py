@@ -21,6 +21,8 @@ from training.services.aggregation import (
     round_fail_aggregation,
 )
 from training.services.jobs import (
+    MAX_DEADLINE_SECONDS,
+    MAX_ROUNDS,
     job_begin,
     job_cancel,
     job_create,
@@ -47,6 +49,8 @@ from training.services.updates import (
 
 __all__ = [
     "MAX_AGGREGATION_ATTEMPTS",
+    "MAX_DEADLINE_SECONDS",
+    "MAX_ROUNDS",
     "TRANSIENT_DATABASE_ERRORS",
     "AggregationOutcome",
     "SubmitResult",

@@ -30,6 +30,11 @@ from training.models import (
 )
 from training.services.rounds import job_fail, job_lock, round_open, rounds_recount
 
+#: The most rounds a job may have, and the longest round deadline: the API and the
+#: console's form take their input limits from here.
+MAX_ROUNDS = 10_000
+MAX_DEADLINE_SECONDS = 7 * 24 * 3600
+
 
 @transaction.atomic
 def job_create(
