@@ -7,21 +7,11 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api_base import ApiView, error_responses, request_actor, request_scope
+from fedplatform.api_base import ApiView, error_responses, request_actor, request_scope
 from institutions import selectors, services
 from institutions.models import AgentCredential
 
 TAGS = ["institutions"]
-
-
-class InstitutionRefSerializer(serializers.Serializer):
-    """An institution named inside another object."""
-
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-
-    class Meta:
-        ref_name = "InstitutionRef"
 
 
 class InstitutionOutputSerializer(serializers.Serializer):

@@ -15,9 +15,8 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api_base import ApiView, error_responses, json_error_responses, request_actor, request_scope
-from fedplatform.serializers import MAX_ID
-from institutions.apis import InstitutionRefSerializer
+from fedplatform.api_base import ApiView, error_responses, json_error_responses, request_actor, request_scope
+from fedplatform.serializers import MAX_ID, InstitutionRefSerializer
 from institutions.selectors import institution_get
 from studies.models import Decision, Study
 from training import selectors, services
