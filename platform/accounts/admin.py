@@ -1,25 +1,10 @@
-"""Admin (superusers only; not the console): people's roles, and a read-only base for records."""
+"""Admin (superusers only; not the console): people's roles."""
 
 from __future__ import annotations
 
 from django.contrib import admin
-from django.db.models import Model
-from django.http import HttpRequest
 
 from accounts.models import Profile
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """For records that only services may change (they keep the state machine and audit trail)."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
 
 
 @admin.register(Profile)

@@ -8,10 +8,10 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api_base import ApiView, error_responses, request_scope
 from accounts.models import Role
 from accounts.selectors import profile_get
-from institutions.apis import InstitutionRefSerializer
+from fedplatform.api_base import ApiView, error_responses, request_scope
+from fedplatform.serializers import InstitutionRefSerializer
 
 TAGS = ["accounts"]
 

@@ -10,7 +10,7 @@ from institutions.models import AgentCredential
 from studies.models import Decision, StudyParticipant
 from training import secure_rounds
 from training.models import ACCEPTING_STATES, JobState, ModelVersion, Refusal, Round, Update
-from training.services import approved_sites
+from training.selectors import approved_sites
 
 
 def _open_rounds_for(institution_id: int):  # type: ignore[no-untyped-def]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from accounts.admin import ReadOnlyAdmin
 from audit.chain import short_hash
 from audit.models import AuditChainHead, AuditEvent
+from fedplatform.admin import ReadOnlyAdmin
 
 
 @admin.register(AuditEvent)

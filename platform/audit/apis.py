@@ -7,8 +7,8 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api_base import ApiView, error_responses, request_scope
 from audit import selectors
+from fedplatform.api_base import ApiView, error_responses, request_scope
 from fedplatform.serializers import MAX_ID
 
 TAGS = ["audit"]

@@ -13,10 +13,10 @@ from django import forms
 from accounts.selectors import Scope
 from audit.selectors import audit_kind_list
 from fedplatform.errors import ServiceError
-from institutions.apis import MAX_TOKEN_HOURS
 from institutions.selectors import institution_list
-from training.apis import MAX_DEADLINE_SECONDS, MAX_ROUNDS
+from institutions.services import MAX_TOKEN_HOURS
 from training.selectors import job_list
+from training.services import MAX_DEADLINE_SECONDS, MAX_ROUNDS
 
 AUDIT_PAGE_SIZE = 50
 

@@ -1,4 +1,4 @@
-"""Serializers shared by every API: the error shape."""
+"""Serializers shared by every API: the error shape, and an institution named inside another object."""
 
 from rest_framework import serializers
 
@@ -25,3 +25,13 @@ class ErrorDetailSerializer(serializers.Serializer):
 
 class ErrorResponseSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
+
+
+class InstitutionRefSerializer(serializers.Serializer):
+    """An institution named inside another object."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+    class Meta:
+        ref_name = "InstitutionRef"

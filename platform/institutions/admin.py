@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from accounts.admin import ReadOnlyAdmin
+from fedplatform.admin import ReadOnlyAdmin
 from institutions.models import AgentCredential, EnrollmentToken, Institution
 
 

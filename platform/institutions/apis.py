@@ -7,22 +7,11 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api_base import ApiView, error_responses, request_actor, request_scope
+from fedplatform.api_base import ApiView, error_responses, request_actor, request_scope
 from institutions import selectors, services
 from institutions.models import AgentCredential
 
 TAGS = ["institutions"]
-MAX_TOKEN_HOURS = 24 * 30
-
-
-class InstitutionRefSerializer(serializers.Serializer):
-    """An institution named inside another object."""
-
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-
-    class Meta:
-        ref_name = "InstitutionRef"
 
 
 class InstitutionOutputSerializer(serializers.Serializer):
@@ -108,7 +97,7 @@ class EnrollmentTokenCreateApi(ApiView):
     class InputSerializer(serializers.Serializer):
         hours = serializers.IntegerField(
             min_value=1,
-            max_value=MAX_TOKEN_HOURS,
+            max_value=services.MAX_TOKEN_HOURS,
             required=False,
             help_text="lifetime of the token; the platform default when left out",
         )

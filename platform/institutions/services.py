@@ -22,6 +22,8 @@ from audit.services import audit_record
 from fedplatform.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from institutions.models import AgentCredential, EnrollmentToken, Institution
 
+#: The longest lifetime of an enrollment token that a coordinator may ask for.
+MAX_TOKEN_HOURS = 24 * 30
 CREDENTIAL_PREFIX = "fha"
 #: ``fha_<id>_<secret>``: the id in canonical decimal (``01`` is refused), the secret URL-safe base64.
 CREDENTIAL_PATTERN = re.compile(

@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.db.models import Model
 from django.http import HttpRequest
 
-from accounts.admin import ReadOnlyAdmin
+from fedplatform.admin import ReadOnlyAdmin
 from studies.models import Study, StudyParticipant
 
 

@@ -9,15 +9,14 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api_base import ApiView, error_responses, request_actor, request_scope
 from accounts.models import Role
 from accounts.permissions import IsDataOwner
 from accounts.selectors import Scope
 from federation.aggregation.strategies import StrategyName
 from federation.models.base import MAX_SEED
+from fedplatform.api_base import ApiView, error_responses, request_actor, request_scope
 from fedplatform.errors import Forbidden
-from fedplatform.serializers import MAX_ID
-from institutions.apis import InstitutionRefSerializer
+from fedplatform.serializers import MAX_ID, InstitutionRefSerializer
 from institutions.selectors import institution_get
 from studies import selectors, services
 from studies.models import Decision, StudyParticipant

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from accounts.admin import ReadOnlyAdmin
+from fedplatform.admin import ReadOnlyAdmin
 from training.models import Job, ModelVersion, PrivacySpend, Refusal, Round, SecAggMessage, Update
 
 

@@ -15,9 +15,8 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api_base import ApiView, error_responses, json_error_responses, request_actor, request_scope
-from fedplatform.serializers import MAX_ID
-from institutions.apis import InstitutionRefSerializer
+from fedplatform.api_base import ApiView, error_responses, json_error_responses, request_actor, request_scope
+from fedplatform.serializers import MAX_ID, InstitutionRefSerializer
 from institutions.selectors import institution_get
 from studies.models import Decision, Study
 from training import selectors, services
@@ -25,8 +24,6 @@ from training.blobs import blob_store
 from training.models import Job, JobState, ModelVersion, RoundKind, RoundState
 
 TAGS = ["jobs"]
-MAX_ROUNDS = 10_000
-MAX_DEADLINE_SECONDS = 7 * 24 * 3600
 
 
 class StudyRefSerializer(serializers.Serializer):
@@ -100,10 +97,10 @@ class JobListApi(ApiView):
 class JobCreateApi(ApiView):
     class InputSerializer(serializers.Serializer):
         study = serializers.PrimaryKeyRelatedField(queryset=Study.objects.all())
-        num_rounds = serializers.IntegerField(min_value=1, max_value=MAX_ROUNDS)
+        num_rounds = serializers.IntegerField(min_value=1, max_value=services.MAX_ROUNDS)
         min_updates = serializers.IntegerField(min_value=1, help_text="fewest updates a round may close with")
         round_deadline_seconds = serializers.IntegerField(
-            min_value=1, max_value=MAX_DEADLINE_SECONDS, default=600
+            min_value=1, max_value=services.MAX_DEADLINE_SECONDS, default=600
         )
         max_deadline_extensions = serializers.IntegerField(min_value=0, max_value=100, default=1)
 

@@ -17,10 +17,20 @@ from audit.services import audit_record
 from federation.wire import sha256_hex
 from fedplatform.errors import Conflict
 from institutions.models import AgentCredential
-from training import privacy, secure_rounds, services
+from training import privacy, secure_rounds
 from training.blobs import blob_store
 from training.models import ACCEPTING_STATES, Round, SecAggMessage, SecAggMessageKind
 from training.secure_rounds import Phase
+from training.selectors import approved_sites, round_get_for_site
+from training.services.rounds import round_advance, round_lock
+from training.services.updates import (
+    SubmitResult,
+    UpdateMeta,
+    check_site_may_answer,
+    check_update_binding,
+    update_existing,
+    update_record,
+)
 
 
 @dataclass(frozen=True)
@@ -30,8 +40,9 @@ class MessageResult:
 
 
 def _locked_round(round_id: int, credential: AgentCredential) -> Round:
-    services._round_for_site(round_id, credential)  # NotFound for another institution's round
-    return services._round(round_id)
+    # NotFound for another institution's round:
+    round_get_for_site(round_id=round_id, credential=credential)
+    return round_lock(round_id=round_id)
 
 
 def _duplicate(
@@ -48,11 +59,11 @@ def _duplicate(
 
 
 def _check_round(round_: Round, credential: AgentCredential, phase: Phase) -> None:
-    services._check_site_may_answer(round_, credential)
+    check_site_may_answer(round_=round_, credential=credential)
     if round_.state not in ACCEPTING_STATES:
         raise Conflict(f"round {round_.number} is {round_.state}; it takes no messages", code="round_closed")
     secure_rounds.check_phase(round_, phase)
-    secure_rounds.check_member(round_, credential.institution_id, services.approved_sites(round_.job))
+    secure_rounds.check_member(round_, credential.institution_id, approved_sites(round_.job))
 
 
 def _store(
@@ -72,7 +83,7 @@ def _store(
         job=round_.job,
         details={"round": round_.number},
     )
-    services._round_reached_quorum(round_)
+    round_advance(round_=round_)
     return MessageResult(message, duplicate=False)
 
 
@@ -124,37 +135,46 @@ def secagg_unmasking_submit(
 
 
 def secagg_masked_submit(
-    *, round_id: int, credential: AgentCredential, meta: services.UpdateMeta, data: bytes
-) -> services.SubmitResult:
+    *, round_id: int, credential: AgentCredential, meta: UpdateMeta, data: bytes
+) -> SubmitResult:
     """A site's masked update: checked for its exact form, stored, then recorded.
 
     ``meta.num_examples`` is not sent (the weight travels inside the masked sum); the
     record holds 1, so the round's metrics are combined with equal weights.
     """
-    round_ = services._round_for_site(round_id, credential)
+    round_ = round_get_for_site(round_id=round_id, credential=credential)
     if not secure_rounds.is_secure(round_):
         raise Conflict(f"round {round_.number} does not use secure aggregation", code="not_secure")
     secure_rounds.decode_masked(data, secure_rounds.config_of(round_).dimension)
     sha256 = sha256_hex(data)
-    if services._existing(round_, credential, sha256) is None:  # a retry gets its first answer below
+    # A retry gets its first answer below.
+    if update_existing(round_=round_, credential=credential, sha256=sha256) is None:
         _check_masked_acceptable(round_, credential, meta)
     blob_store().put(data)
     return _masked_accept(round_id, credential, meta, sha256, len(data))
 
 
-def _check_masked_acceptable(round_: Round, credential: AgentCredential, meta: services.UpdateMeta) -> None:
+def _check_masked_acceptable(round_: Round, credential: AgentCredential, meta: UpdateMeta) -> None:
     _check_round(round_, credential, Phase.MASK)
-    services._check_binding(round_, meta)
+    check_update_binding(round_=round_, meta=meta)
 
 
 @transaction.atomic
 def _masked_accept(
-    round_id: int, credential: AgentCredential, meta: services.UpdateMeta, sha256: str, size: int
-) -> services.SubmitResult:
-    round_ = services._round(round_id)
-    if (duplicate := services._existing(round_, credential, sha256)) is not None:
+    round_id: int, credential: AgentCredential, meta: UpdateMeta, sha256: str, size: int
+) -> SubmitResult:
+    round_ = round_lock(round_id=round_id)
+    if (duplicate := update_existing(round_=round_, credential=credential, sha256=sha256)) is not None:
         return duplicate
     _check_masked_acceptable(round_, credential, meta)
-    update = services._update_record(round_, credential, 1, meta.metrics, sha256, size, meta.dp_steps)
+    update = update_record(
+        round_=round_,
+        credential=credential,
+        num_examples=1,
+        metrics=meta.metrics,
+        sha256=sha256,
+        size=size,
+        dp_steps=meta.dp_steps,
+    )
     privacy.privacy_spend_sample_update(update=update)
-    return services.SubmitResult(update, duplicate=False)
+    return SubmitResult(update, duplicate=False)

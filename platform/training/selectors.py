@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,10 +12,13 @@ from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
 
 from accounts.selectors import Scope, scope_queryset
+from federation.types import ModelSpec
+from federation.wire import read_metadata
 from fedplatform.errors import NotFound
 from institutions.models import AgentCredential, Institution
 from institutions.selectors import is_online
-from studies.models import StudyParticipant
+from studies.models import Decision, StudyParticipant
+from training.blobs import blob_store
 from training.models import Job, ModelVersion, PrivacySpend, Refusal, Round, RoundKind, Update
 
 _JOB_SCOPE = "study__participants__institution"
@@ -234,3 +239,48 @@ def job_epsilon_spent(*, job: Job) -> float | None:
         return float(job.most_epsilon_spent or 0.0)
     spent = PrivacySpend.objects.filter(job=job).aggregate(most=Max("epsilon"))["most"]
     return float(spent or 0.0)
+
+
+# --- what the round services read ---------------------------------------------------------
+
+
+def approved_sites(job: Job) -> set[int]:
+    """The institutions that approved the job's study (refusals of the job not removed)."""
+    approved = job.study.participants.filter(decision=Decision.APPROVED)
+    return set(approved.values_list("institution_id", flat=True))
+
+
+def model_spec(version: ModelVersion) -> ModelSpec:
+    """The spec of a job's model, kept in every version blob's metadata."""
+    return _model_spec_of_blob(version.sha256)
+
+
+@functools.lru_cache(maxsize=256)
+def _model_spec_of_blob(sha256: str) -> ModelSpec:
+    # Blobs are immutable (named by their digest), so the spec of one never changes.
+    data = blob_store().read(sha256)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    spec = ModelSpec.from_json(json.loads(header["__metadata__"]["model_spec"]))
+    read_metadata(data, spec=spec)  # the stored blob passes the full header check
+    return spec
+
+
+def round_get_for_site(*, round_id: int, credential: AgentCredential) -> Round:
+    """The round, unlocked, if the credential's institution takes part; else NotFound."""
+    round_ = Round.objects.select_related("job__study", "base_version").filter(pk=round_id).first()
+    if round_ is None or not _site_takes_part(round_, credential):
+        raise NotFound("no such round")  # another institution's round: no existence leak
+    return round_
+
+
+def _site_takes_part(round_: Round, credential: AgentCredential) -> bool:
+    return round_.job.study.participants.filter(
+        institution=credential.institution_id, decision=Decision.APPROVED
+    ).exists()
+
+
+def counted_update_list(*, round_: Round) -> QuerySet[Update]:
+    """The round's updates from sites that still take part (a refusal withdraws one)."""
+    refused = Refusal.objects.filter(job=round_.job_id).values("institution")
+    return round_.updates.exclude(institution__in=refused)

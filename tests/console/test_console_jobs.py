@@ -16,7 +16,8 @@ from federation.wire import deserialize_weights, serialize_weights
 from institutions.models import Institution
 from training.blobs import blob_store
 from training.models import Job, JobState, ModelVersion, RoundState
-from training.services import UpdateMeta, job_begin, model_spec, round_aggregate, update_submit
+from training.selectors import model_spec
+from training.services import UpdateMeta, job_begin, round_aggregate, update_submit
 
 pytestmark = pytest.mark.django_db
 

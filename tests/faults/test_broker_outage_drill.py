@@ -43,14 +43,14 @@ def test_a_broker_that_refuses_the_aggregation_does_not_fail_the_upload(
 ) -> None:
     """The enqueue after the quorum's commit: a broker error is logged, not raised (the
     agent's upload was stored; the sweep enqueues the round again)."""
-    from training import services, tasks
+    from training import queue, tasks
 
     def refuse(round_id: int) -> None:
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(tasks.round_aggregate_task, "delay", refuse)
-    with caplog.at_level(logging.WARNING, logger="training.services"):
-        services._enqueue_aggregation(42)
+    with caplog.at_level(logging.WARNING, logger="training.queue"):
+        queue.round_aggregate_enqueue(42)
     assert "the sweep will enqueue it again" in caplog.text
 
 

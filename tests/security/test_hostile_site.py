@@ -22,9 +22,11 @@ from safetensors.numpy import load as safetensors_load
 
 from audit.models import AuditEvent
 from federation.wire import deserialize_weights, serialize_weights
-from training import services as training_services
+from training import queue as training_queue
 from training.blobs import blob_store
 from training.models import Job, JobState, Round, RoundKind, RoundState, Update
+from training.services import aggregation as aggregation_services
+from training.services import rounds as training_rounds
 from training.tasks import round_aggregate_task, rounds_sweep_task
 
 pytestmark = [pytest.mark.security, pytest.mark.django_db]
@@ -222,14 +224,14 @@ def test_an_unexpected_error_in_one_round_never_stops_the_sweep(
         assert sites[0].upload(task, trained(sites[0].model(task), 0.1)).status_code == 201
         Round.objects.filter(job=job, number=1).update(deadline_at=timezone.now() - timedelta(seconds=1))
     broken_round = first.rounds.get(number=1).pk
-    real_deadline = training_services._round_deadline
+    real_deadline = training_rounds._round_deadline
 
     def deadline_that_breaks_on_one_round(round_id: int) -> str:
         if round_id == broken_round:
             raise RuntimeError("the kind of bug nobody foresaw")
         return real_deadline(round_id)
 
-    monkeypatch.setattr(training_services, "_round_deadline", deadline_that_breaks_on_one_round)
+    monkeypatch.setattr(training_rounds, "_round_deadline", deadline_that_breaks_on_one_round)
     outcome = rounds_sweep_task()
     assert outcome["failed"] == 1
     broken = Round.objects.get(pk=broken_round)
@@ -245,7 +247,7 @@ def test_an_aggregation_that_raises_an_unexpected_error_fails_its_round_with_the
 ) -> None:
     job = make_job(sites, rounds=2)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training_services, "_enqueue_aggregation", lambda round_id: None)
+        patch.setattr(training_queue, "round_aggregate_enqueue", lambda round_id: None)
         for site in sites:
             task = site.work()
             assert site.upload(task, trained(site.model(task), 0.1)).status_code == 201
@@ -348,7 +350,7 @@ def test_a_lost_job_start_is_enqueued_again_once_per_delay_not_every_sweep(
     job_start(job_id=job.pk, actor="user:test")  # its worker message never runs (no commit here)
     Job.objects.filter(pk=job.pk).update(started_at=timezone.now() - timedelta(hours=1))
     enqueued: list[int] = []
-    monkeypatch.setattr(training_services, "_enqueue_job_begin", enqueued.append)
+    monkeypatch.setattr(training_queue, "job_begin_enqueue", enqueued.append)
     for _ in range(3):
         rounds_sweep_task()
     assert enqueued == [job.pk]
@@ -361,7 +363,7 @@ def test_an_io_fault_during_aggregation_leaves_the_round_to_be_retried(
     the sweep to start again (up to MAX_AGGREGATION_ATTEMPTS), it is not failed at once."""
     job = make_job(sites, rounds=2)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training_services, "_enqueue_aggregation", lambda round_id: None)
+        patch.setattr(training_queue, "round_aggregate_enqueue", lambda round_id: None)
         for site in sites:
             task = site.work()
             assert site.upload(task, trained(site.model(task), 0.1)).status_code == 201
@@ -370,7 +372,7 @@ def test_an_io_fault_during_aggregation_leaves_the_round_to_be_retried(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(training_services, "_aggregation_commit", disk_full)
+    monkeypatch.setattr(aggregation_services, "_aggregation_commit", disk_full)
     with pytest.raises(OSError, match="No space left"):
         round_aggregate_task(round_.pk)
     round_.refresh_from_db()

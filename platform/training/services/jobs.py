@@ -1,0 +1,215 @@
+"""A job's life: created, started (its initial model built in a worker), paused, resumed,
+cancelled, refused by a site; and the model versions it writes (docs/rounds.md)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from federation.models import ModelConfig, build_model
+from federation.types import ModelSpec, Weights
+from federation.wire import serialize_weights
+from fedplatform.errors import Conflict, InvalidInput, NotFound
+from institutions.models import AgentCredential
+from studies.models import Decision, Study
+from training import privacy, queue
+from training.blobs import blob_store
+from training.models import (
+    ACCEPTING_STATES,
+    ACTIVE_STATES,
+    Job,
+    JobState,
+    ModelVersion,
+    Refusal,
+    Round,
+    RoundState,
+)
+from training.services.rounds import job_fail, job_lock, round_open, rounds_recount
+
+#: The most rounds a job may have, and the longest round deadline: the API and the
+#: console's form take their input limits from here.
+MAX_ROUNDS = 10_000
+MAX_DEADLINE_SECONDS = 7 * 24 * 3600
+
+
+@transaction.atomic
+def job_create(
+    *,
+    study: Study,
+    num_rounds: int,
+    min_updates: int,
+    round_deadline_seconds: int,
+    max_deadline_extensions: int,
+    actor: str,
+) -> Job:
+    participants = study.participants.count()
+    if not 1 <= min_updates <= participants:
+        raise InvalidInput(f"min_updates must lie between 1 and the {participants} participants of the study")
+    if num_rounds < 1:
+        raise InvalidInput("a job needs at least one round")
+    job = Job.objects.create(
+        study=study,
+        plan=privacy.job_plan_resolve(study=study, num_rounds=num_rounds),
+        num_rounds=num_rounds,
+        min_updates=min_updates,
+        round_deadline_seconds=round_deadline_seconds,
+        max_deadline_extensions=max_deadline_extensions,
+        created_by=actor,
+    )
+    audit_record(
+        actor=actor, kind="job.created", job=job, details={"study_id": study.pk, "num_rounds": num_rounds}
+    )
+    return job
+
+
+@transaction.atomic
+def job_start(*, job_id: int, actor: str) -> Job:
+    """Check every site approved and start the job; a worker then writes its initial model.
+
+    The model is never built here, inside a web request: :func:`job_begin` builds it in a
+    Celery worker and opens round 1 (the sweep starts it again if its message is lost).
+    """
+    job = job_lock(job_id=job_id)
+    if job.state != JobState.DRAFT:
+        raise Conflict(f"job {job.pk} is {job.state}; only a draft job can start", code="invalid_state")
+    participants = job.study.participants.select_for_update(of=("self",))
+    list(participants)  # lock every decision: none may change while the job starts
+    pending = participants.exclude(decision=Decision.APPROVED).select_related("institution")
+    if pending.exists():
+        names = ", ".join(f"{p.institution.name} ({p.decision})" for p in pending)
+        raise Conflict(f"every site must approve the study first: {names}", code="not_approved")
+    job.state, job.started_at = JobState.RUNNING, timezone.now()
+    job.save(update_fields=["state", "started_at"])
+    audit_record(actor=actor, kind="job.started", job=job)
+    transaction.on_commit(lambda: queue.job_begin_enqueue(job_id))
+    return job
+
+
+def _awaits_initial_model(job: Job) -> bool:
+    return job.state in (JobState.RUNNING, JobState.PAUSED) and not job.model_versions.exists()
+
+
+def job_begin(*, job_id: int) -> ModelVersion | None:
+    """Build and write a started job's initial model, then open round 1 (in a worker).
+
+    The model is built outside any transaction; the job is checked again under its lock
+    before the version is written, so a repeat writes nothing.
+    """
+    job = Job.objects.select_related("study").filter(pk=job_id).first()
+    if job is None or not _awaits_initial_model(job):
+        return None
+    config = ModelConfig.from_json(job.study.model_config)
+    weights = build_model(config, seed=job.study.seed).get_weights()
+    with transaction.atomic():
+        job = job_lock(job_id=job_id)
+        if not _awaits_initial_model(job):
+            return None
+        spec = ModelSpec.from_weights(weights)
+        job.plan = job.plan.with_model_spec(spec)
+        job.save(update_fields=["plan"])
+        version = model_version_write(job=job, number=0, weights=weights, spec=spec, parent=None, round_=None)
+        round_open(job=job)
+    return version
+
+
+@transaction.atomic
+def job_fail_to_begin(*, job_id: int, reason: str) -> None:
+    """A job whose initial model cannot be built fails, with the reason."""
+    job = job_lock(job_id=job_id)
+    if _awaits_initial_model(job):
+        job_fail(job=job, reason=f"the initial model could not be built: {reason}")
+
+
+def model_version_write(
+    *,
+    job: Job,
+    number: int,
+    weights: Weights,
+    spec: ModelSpec,
+    parent: ModelVersion | None,
+    round_: Round | None,
+    server_state: Weights | None = None,
+    provenance: dict[str, object] | None = None,
+) -> ModelVersion:
+    """Store a model version's blob (content-addressed, its spec in the metadata) and the
+    server optimizer's state, and record the version. Call inside the writer's transaction."""
+    store = blob_store()
+    blob = serialize_weights(weights, spec=spec, metadata={"model_spec": json.dumps(spec.to_json())})
+    sha256 = store.put(blob)
+    state_sha256 = store.put(serialize_weights(server_state)) if server_state else ""
+    return ModelVersion.objects.create(
+        job=job,
+        number=number,
+        sha256=sha256,
+        size=len(blob),
+        parent=parent,
+        made_by_round=round_,
+        server_state_sha256=state_sha256,
+        provenance=provenance or {},
+    )
+
+
+def _transition(job_id: int, *, allowed: tuple[str, ...], target: str, actor: str) -> Job:
+    job = job_lock(job_id=job_id)
+    if job.state not in allowed:
+        raise Conflict(f"job {job.pk} is {job.state}; cannot become {target}", code="invalid_state")
+    job.state = target
+    if target in (JobState.CANCELLED, JobState.COMPLETED, JobState.FAILED):
+        job.finished_at = timezone.now()
+    job.save(update_fields=["state", "finished_at"])
+    audit_record(actor=actor, kind=f"job.{target}", job=job)
+    return job
+
+
+@transaction.atomic
+def job_pause(*, job_id: int, actor: str) -> Job:
+    return _transition(job_id, allowed=(JobState.RUNNING,), target=JobState.PAUSED, actor=actor)
+
+
+@transaction.atomic
+def job_resume(*, job_id: int, actor: str) -> Job:
+    """Resume; the current round gets a fresh deadline, since nobody could work while paused."""
+    job = _transition(job_id, allowed=(JobState.PAUSED,), target=JobState.RUNNING, actor=actor)
+    deadline = timezone.now() + timedelta(seconds=job.round_deadline_seconds)
+    job.rounds.filter(state__in=ACCEPTING_STATES).update(deadline_at=deadline)
+    round_open(job=job)  # in case the pause fell between two rounds
+    return job
+
+
+@transaction.atomic
+def job_cancel(*, job_id: int, actor: str) -> Job:
+    job = _transition(
+        job_id,
+        allowed=(JobState.DRAFT, JobState.RUNNING, JobState.PAUSED),
+        target=JobState.CANCELLED,
+        actor=actor,
+    )
+    job.rounds.filter(state__in=ACTIVE_STATES).update(
+        state=RoundState.FAILED, failure_reason="job cancelled", closed_at=timezone.now()
+    )
+    return job
+
+
+@transaction.atomic
+def job_refuse(*, job_id: int, credential: AgentCredential, reason: str) -> Refusal:
+    """A site's agent refuses a job under its local policy; the rounds adapt."""
+    job = job_lock(job_id=job_id)
+    if not job.study.participants.filter(institution=credential.institution_id).exists():
+        raise NotFound("no such job")
+    refusal, created = Refusal.objects.get_or_create(
+        job=job, institution_id=credential.institution_id, defaults={"reason": reason[:2000]}
+    )
+    if created:
+        audit_record(
+            actor=f"agent:{credential.pk}",
+            kind="job.refused",
+            institution=credential.institution,
+            job=job,
+            details={"reason": reason[:2000]},
+        )
+        rounds_recount(job=job)
+    return refusal
