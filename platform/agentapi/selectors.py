@@ -63,8 +63,9 @@ def task_for(round_: Round, institution_id: int) -> dict[str, object]:
             model=study.model_config,
             data_schema=study.data_schema,
             feature_scaling=study.feature_scaling,
-            strategy_name=study.strategy,
-            strategy_params=study.strategy_params,
+            # The job's round plan is the one source of how the job aggregates.
+            strategy_name=job.plan.strategy.name.value,
+            strategy_params=job.plan.strategy.params(),
             privacy=job.plan.privacy,
             training=_training_settings(study.training),
             validation_fraction=study.validation_fraction,

@@ -32,7 +32,9 @@ def test_a_training_task_from_the_server_parses_with_the_agents_parser(sites: li
     assert (task.kind, task.job_id, task.round_number, task.total_rounds) == (TaskKind.TRAIN, job.pk, 1, 2)
     assert task.model_version.sha256 == round_.base_version.sha256
     assert task.study.model == job.study.model_config
-    assert task.study.strategy_name == job.study.strategy
+    assert task.study.strategy_name == job.plan.strategy.name.value == job.study.strategy
+    assert task.study.strategy_params == job.plan.strategy.params()
+    assert task.study.privacy == job.plan.privacy
     assert task.study.training.epochs == job.study.training["epochs"]
     assert task.secure_aggregation is None
     assert raw["protocol_version"] == PROTOCOL_VERSION
