@@ -23,17 +23,21 @@ logger = logging.getLogger(__name__)
 TRANSIENT_ERRORS = services.TRANSIENT_DATABASE_ERRORS
 
 
-@shared_task(
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=1,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=8,
-    time_limit=900,
-    soft_time_limit=840,
-)
-def round_aggregate_task(self: object, round_id: int) -> int | None:
+#: Model work (aggregating, building an initial model): transient database errors retried
+#: with backoff and jitter, and time limits well above a large model's aggregation.
+MODEL_WORK_OPTIONS: dict[str, object] = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 8,
+    "time_limit": 900,
+    "soft_time_limit": 840,
+}
+
+
+@shared_task(**MODEL_WORK_OPTIONS)
+def round_aggregate_task(round_id: int) -> int | None:
     """Aggregate round ``round_id`` (on the ``aggregation`` queue).
 
     Transient database errors are retried; an error that a retry cannot fix (a corrupt
@@ -62,15 +66,7 @@ def round_aggregate_task(self: object, round_id: int) -> int | None:
     return outcome.version_number
 
 
-@shared_task(
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=1,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=8,
-    time_limit=900,
-    soft_time_limit=840,
-)
+@shared_task(**MODEL_WORK_OPTIONS)
 def job_begin_task(job_id: int) -> int | None:
     """Build a started job's initial model and open round 1 (on the ``aggregation`` queue).
 
