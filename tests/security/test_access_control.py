@@ -649,8 +649,7 @@ def test_every_route_is_classified() -> None:
 
 
 @pytest.fixture
-def world(tmp_path: Path, settings: Settings) -> World:
-    settings.ENV = type(settings.ENV)(**{**settings.ENV.__dict__, "model_storage_dir": tmp_path / "models"})
+def world(isolated_model_storage: Path, settings: Settings) -> World:
     settings.FEDHEALTH_PUBLIC_API_SCHEMA = False  # the production default
     return build_world()
 

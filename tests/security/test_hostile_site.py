@@ -11,11 +11,9 @@ from __future__ import annotations
 import io
 import json
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
-from django.core.cache import cache
 from django.utils import timezone
 from platform_world import Site, make_job, spec_of, start_job, trained
 from safetensors.numpy import load as safetensors_load
@@ -51,10 +49,8 @@ BAD_METRICS = [
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
-    settings.ENV = type(settings.ENV)(**{**settings.ENV.__dict__, "model_storage_dir": tmp_path / "models"})
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    cache.clear()
+def _isolated(agent_world: None) -> None:
+    """Every test here drives agents through the API (tests/world_fixtures.py)."""
 
 
 @pytest.fixture

@@ -16,14 +16,12 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.core.cache import cache
 from drf_spectacular.generators import SchemaGenerator
 from malformed_support import World, build_world
-from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
@@ -148,10 +146,7 @@ def malformed_bodies() -> Iterator[Body]:
 
 
 @pytest.fixture
-def world(tmp_path: Path, settings: Settings) -> World:
-    settings.ENV = type(settings.ENV)(**{**settings.ENV.__dict__, "model_storage_dir": tmp_path / "models"})
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    cache.clear()
+def world(agent_world: None) -> World:
     return build_world()
 
 

@@ -29,10 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.conf import settings
-from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
 from malformed_support import World, build_world, meta_for, safetensors_bytes, split_safetensors
-from pytest_django.fixtures import Settings
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from safetensors.numpy import save as safetensors_save
@@ -536,10 +534,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
 
 @pytest.fixture
-def world(tmp_path: Path, settings: Settings) -> World:
-    settings.ENV = type(settings.ENV)(**{**settings.ENV.__dict__, "model_storage_dir": tmp_path / "models"})
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    cache.clear()
+def world(agent_world: None) -> World:
     return build_world()
 
 

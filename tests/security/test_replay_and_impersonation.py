@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 from platform_world import Site, make_job, trained
@@ -27,10 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, settings):  # type: ignore[no-untyped-def]
-    settings.ENV = type(settings.ENV)(**{**settings.ENV.__dict__, "model_storage_dir": tmp_path / "models"})
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    cache.clear()
+def _isolated(agent_world: None) -> None:
+    """Every test here drives agents through the API (tests/world_fixtures.py)."""
 
 
 @pytest.fixture

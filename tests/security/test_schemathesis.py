@@ -27,16 +27,12 @@ From the command line, against a live server (the same checks, one API at a time
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis
-from django.core.cache import cache
 from hypothesis import HealthCheck, Phase, find, settings
-from pytest_django.fixtures import Settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -77,14 +73,9 @@ class SimulatedClock:
 
 
 @pytest.fixture
-def auth_headers(
-    db: None, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, dict[str, str]]:
+def auth_headers(agent_world: None, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, str]]:
     """A coordinator's token, an agent's key, and a running job the agent's site takes part in."""
-    settings.ENV = dataclasses.replace(settings.ENV, model_storage_dir=tmp_path / "models")
-    settings.CELERY_TASK_ALWAYS_EAGER = True
     monkeypatch.setattr("agentapi.long_poll.time", SimulatedClock())
-    cache.clear()  # enrollment throttling counts live in the cache
     token = person_make("fuzz-coordinator", Role.COORDINATOR).token
     institution = institution_create(name="Hospital A", actor="user:setup")
     key = agent_make(institution, hostname="a").key
