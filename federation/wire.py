@@ -91,10 +91,10 @@ def serialize_weights(
     array([1., 1., 1.], dtype=float32)
     """
     spec = spec or ModelSpec.from_weights(weights)
-    check_weights(weights, spec)
+    check_weights(weights, spec, finite=False)
     ordered = {t.name: np.ascontiguousarray(weights[t.name], dtype=t.numpy_dtype) for t in spec.tensors}
-    # A finite float64 beyond the float32 range becomes infinite in the cast: check again.
-    check_weights(ordered, spec)
+    # Checked for NaN/inf after the cast: a finite float64 beyond float32's range becomes inf.
+    _check_finite(ordered)
     return safetensors_save(ordered, metadata=dict(metadata) if metadata else None)
 
 
@@ -129,8 +129,10 @@ def parse_header_bytes(data: bytes, *, spec: ModelSpec, max_bytes: int | None = 
     return _validate_header(data[_LENGTH_PREFIX:header_end], spec, header_end, len(data))
 
 
-def check_weights(weights: Mapping[str, NDArray[np.floating]], spec: ModelSpec) -> None:
-    """Refuse weights whose names, shapes or dtypes differ from ``spec`` or hold NaN/inf."""
+def check_weights(
+    weights: Mapping[str, NDArray[np.floating]], spec: ModelSpec, *, finite: bool = True
+) -> None:
+    """Refuse weights whose names, shapes or dtypes differ from ``spec`` or (``finite``) hold NaN/inf."""
     expected, actual = set(spec.names), set(weights)
     if expected != actual:
         raise InvalidUpdateError(_name_mismatch_message(expected, actual))
@@ -142,8 +144,14 @@ def check_weights(weights: Mapping[str, NDArray[np.floating]], spec: ModelSpec) 
             )
         if array.dtype.kind != "f":
             raise InvalidUpdateError(f"tensor {tensor.name!r} has dtype {array.dtype}, expected floats")
-        if not np.isfinite(array).all():
-            raise NonFiniteValueError(f"tensor {tensor.name!r} holds NaN or infinite values")
+    if finite:
+        _check_finite(weights)
+
+
+def _check_finite(weights: Mapping[str, NDArray[np.floating]]) -> None:
+    for name, array in weights.items():
+        if not np.isfinite(np.asarray(array)).all():
+            raise NonFiniteValueError(f"tensor {name!r} holds NaN or infinite values")
 
 
 def _read_length_prefix(prefix: bytes) -> int:

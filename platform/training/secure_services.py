@@ -17,7 +17,7 @@ from audit.services import audit_record
 from federation.wire import sha256_hex
 from fedplatform.errors import Conflict
 from institutions.models import AgentCredential
-from training import privacy, secure_rounds
+from training import secure_rounds
 from training.blobs import blob_store
 from training.models import ACCEPTING_STATES, Round, SecAggMessage, SecAggMessageKind
 from training.secure_rounds import Phase
@@ -28,8 +28,8 @@ from training.services.updates import (
     UpdateMeta,
     check_site_may_answer,
     check_update_binding,
+    update_accept,
     update_existing,
-    update_record,
 )
 
 
@@ -151,30 +151,17 @@ def secagg_masked_submit(
     if update_existing(round_=round_, credential=credential, sha256=sha256) is None:
         _check_masked_acceptable(round_, credential, meta)
     blob_store().put(data)
-    return _masked_accept(round_id, credential, meta, sha256, len(data))
+    return update_accept(
+        round_id=round_id,
+        credential=credential,
+        meta=meta,
+        sha256=sha256,
+        size=len(data),
+        num_examples=1,  # the weight travels inside the masked sum
+        check_acceptable=_check_masked_acceptable,
+    )
 
 
 def _check_masked_acceptable(round_: Round, credential: AgentCredential, meta: UpdateMeta) -> None:
     _check_round(round_, credential, Phase.MASK)
     check_update_binding(round_=round_, meta=meta)
-
-
-@transaction.atomic
-def _masked_accept(
-    round_id: int, credential: AgentCredential, meta: UpdateMeta, sha256: str, size: int
-) -> SubmitResult:
-    round_ = round_lock(round_id=round_id)
-    if (duplicate := update_existing(round_=round_, credential=credential, sha256=sha256)) is not None:
-        return duplicate
-    _check_masked_acceptable(round_, credential, meta)
-    update = update_record(
-        round_=round_,
-        credential=credential,
-        num_examples=1,
-        metrics=meta.metrics,
-        sha256=sha256,
-        size=size,
-        dp_steps=meta.dp_steps,
-    )
-    privacy.privacy_spend_sample_update(update=update)
-    return SubmitResult(update, duplicate=False)

@@ -7,6 +7,7 @@ The checks and the record shared by plain and masked updates are public here
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -116,7 +117,15 @@ def update_submit(
     sha256 = sha256_hex(data)
     update_existing(round_=round_, credential=credential, sha256=sha256)  # a different one: 409
     blob_store().put(data)
-    return _update_accept(round_id, credential, meta, sha256, len(data))
+    return update_accept(
+        round_id=round_id,
+        credential=credential,
+        meta=meta,
+        sha256=sha256,
+        size=len(data),
+        num_examples=meta.num_examples,
+        check_acceptable=_check_update_acceptable,
+    )
 
 
 def _within_norm_bound(round_: Round, credential: AgentCredential, weights: Weights, data: bytes) -> bytes:
@@ -173,18 +182,29 @@ def _check_update_acceptable(round_: Round, credential: AgentCredential, meta: U
 
 
 @transaction.atomic
-def _update_accept(
-    round_id: int, credential: AgentCredential, meta: UpdateMeta, sha256: str, size: int
+def update_accept(
+    *,
+    round_id: int,
+    credential: AgentCredential,
+    meta: UpdateMeta,
+    sha256: str,
+    size: int,
+    num_examples: int,
+    check_acceptable: Callable[[Round, AgentCredential, UpdateMeta], None],
 ) -> SubmitResult:
+    """Record a stored update (plain or masked) under the round's lock, once per site.
+
+    ``check_acceptable`` is the round's own rule (a training round's, or a secure round's
+    mask phase); a retry of an update already accepted gets its first answer instead.
+    """
     round_ = round_lock(round_id=round_id)
-    # A retry of an update already accepted gets its first answer, whatever happened since.
     if (duplicate := update_existing(round_=round_, credential=credential, sha256=sha256)) is not None:
         return duplicate
-    _check_update_acceptable(round_, credential, meta)
+    check_acceptable(round_, credential, meta)
     update = update_record(
         round_=round_,
         credential=credential,
-        num_examples=meta.num_examples,
+        num_examples=num_examples,
         metrics=meta.metrics,
         sha256=sha256,
         size=size,
