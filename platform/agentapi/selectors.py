@@ -10,7 +10,7 @@ from institutions.models import AgentCredential
 from studies.models import Decision, StudyParticipant
 from training import secure_rounds
 from training.models import ACCEPTING_STATES, JobState, ModelVersion, Refusal, Round, Update
-from training.selectors import approved_sites
+from training.selectors import approved_site_id_list
 
 
 def _open_rounds_for(institution_id: int):  # type: ignore[no-untyped-def]
@@ -40,7 +40,7 @@ def work_for(*, credential: AgentCredential) -> dict[str, object] | None:
     for round_ in rounds:
         if not secure_rounds.is_secure(round_):
             return task_for(round_, credential.institution_id)
-        approved = approved_sites(round_.job)
+        approved = approved_site_id_list(job=round_.job)
         if secure_rounds.site_pending(round_, credential.institution_id, approved):
             return task_for(round_, credential.institution_id)
     return None

@@ -21,7 +21,7 @@ from training import secure_rounds
 from training.blobs import blob_store
 from training.models import ACCEPTING_STATES, Round, SecAggMessage, SecAggMessageKind
 from training.secure_rounds import Phase
-from training.selectors import approved_sites, round_get_for_site
+from training.selectors import approved_site_id_list, round_get_for_site
 from training.services.rounds import round_advance, round_lock
 from training.services.updates import (
     SubmitResult,
@@ -63,7 +63,7 @@ def _check_round(round_: Round, credential: AgentCredential, phase: Phase) -> No
     if round_.state not in ACCEPTING_STATES:
         raise Conflict(f"round {round_.number} is {round_.state}; it takes no messages", code="round_closed")
     secure_rounds.check_phase(round_, phase)
-    secure_rounds.check_member(round_, credential.institution_id, approved_sites(round_.job))
+    secure_rounds.check_member(round_, credential.institution_id, approved_site_id_list(job=round_.job))
 
 
 def _store(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,12 +11,10 @@ from django.utils import timezone
 
 from accounts.selectors import Scope, scope_queryset
 from federation.types import ModelSpec
-from federation.wire import read_metadata
 from fedplatform.errors import NotFound
 from institutions.models import AgentCredential, Institution
 from institutions.selectors import is_online
 from studies.models import Decision, StudyParticipant
-from training.blobs import blob_store
 from training.models import Job, ModelVersion, PrivacySpend, Refusal, Round, RoundKind, Update
 
 _JOB_SCOPE = "study__participants__institution"
@@ -244,25 +240,17 @@ def job_epsilon_spent(*, job: Job) -> float | None:
 # --- what the round services read ---------------------------------------------------------
 
 
-def approved_sites(job: Job) -> set[int]:
+def approved_site_id_list(*, job: Job) -> set[int]:
     """The institutions that approved the job's study (refusals of the job not removed)."""
     approved = job.study.participants.filter(decision=Decision.APPROVED)
     return set(approved.values_list("institution_id", flat=True))
 
 
-def model_spec(version: ModelVersion) -> ModelSpec:
-    """The spec of a job's model, kept in every version blob's metadata."""
-    return _model_spec_of_blob(version.sha256)
-
-
-@functools.lru_cache(maxsize=256)
-def _model_spec_of_blob(sha256: str) -> ModelSpec:
-    # Blobs are immutable (named by their digest), so the spec of one never changes.
-    data = blob_store().read(sha256)
-    length = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + length])
-    spec = ModelSpec.from_json(json.loads(header["__metadata__"]["model_spec"]))
-    read_metadata(data, spec=spec)  # the stored blob passes the full header check
+def job_model_spec_get(*, job: Job) -> ModelSpec:
+    """The spec of the job's model, fixed in its round plan when the initial model is built."""
+    spec = job.plan.model_spec
+    if spec is None:
+        raise RuntimeError(f"job {job.pk} has no model yet, so no model spec")
     return spec
 
 

@@ -16,7 +16,7 @@ from federation.wire import deserialize_weights, serialize_weights
 from institutions.models import Institution
 from training.blobs import blob_store
 from training.models import Job, JobState, ModelVersion, RoundState
-from training.selectors import model_spec
+from training.selectors import job_model_spec_get
 from training.services import UpdateMeta, job_begin, round_aggregate, update_submit
 
 pytestmark = pytest.mark.django_db
@@ -181,7 +181,7 @@ def test_live_json_shows_a_data_owner_only_their_site(
 def _submit_round(job: Job, institutions: list[Institution]) -> None:
     """Real updates through the service, then the round's aggregation."""
     round_ = job.rounds.get(number=1)
-    spec = model_spec(round_.base_version)
+    spec = job_model_spec_get(job=job)
     base = deserialize_weights(blob_store().read(round_.base_version.sha256), spec=spec)
     for offset, institution in enumerate(institutions, start=1):
         weights = {name: (array + 0.01 * offset).astype(np.float32) for name, array in base.items()}

@@ -24,7 +24,7 @@ from federation.wire import deserialize_weights
 from training import privacy, secure_rounds
 from training.blobs import blob_store
 from training.models import Job, ModelVersion, Round, RoundState, Update
-from training.selectors import counted_update_list, model_spec
+from training.selectors import counted_update_list, job_model_spec_get
 from training.services.jobs import model_version_write
 from training.services.rounds import job_lock, round_combined_metrics, round_fail, round_lock, round_open
 
@@ -60,7 +60,7 @@ def round_aggregate(*, round_id: int) -> AggregationOutcome:
     if work is None:
         return AggregationOutcome(round_id, None)  # done already, never ready, or given up
     _drill_pause_point()
-    spec = model_spec(work.base)
+    spec = job_model_spec_get(job=work.job)
     plan = work.job.plan
     result = _aggregate(work, plan, spec)
     provenance: dict[str, object] = {

@@ -36,7 +36,7 @@ from training.models import (
     RoundKind,
     RoundState,
 )
-from training.selectors import approved_sites, counted_update_list, model_spec
+from training.selectors import approved_site_id_list, counted_update_list, job_model_spec_get
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _secure_round_init(job: Job, number: int, base: ModelVersion) -> dict[str, o
         job_id=job.pk,
         number=number,
         base_sha256=base.sha256,
-        spec=model_spec(base),
+        spec=job_model_spec_get(job=job),
         plan=job.plan,
         sites=_active_site_count(job),
     )
@@ -170,7 +170,7 @@ def round_advance(*, round_: Round) -> None:
 def _secure_round_progress(round_: Round, *, at_deadline: bool) -> str:
     """Move a secure-aggregation round to its next phase once every member answered, or at
     the deadline once enough did; with too few answers at the deadline, extend or fail."""
-    members = secure_rounds.phase_members(round_, approved_sites(round_.job))
+    members = secure_rounds.phase_members(round_, approved_site_id_list(job=round_.job))
     answered = secure_rounds.phase_responders(round_) & members
     required = secure_rounds.required_answers(round_, min_updates=round_.job.min_updates)
     phase = secure_rounds.phase_of(round_).value

@@ -24,7 +24,7 @@ from institutions.models import AgentCredential
 from training import privacy, secure_rounds
 from training.blobs import blob_store
 from training.models import ACCEPTING_STATES, JobState, Round, RoundKind, RoundState, Update
-from training.selectors import model_spec, round_get_for_site
+from training.selectors import job_model_spec_get, round_get_for_site
 from training.services.rounds import round_advance, round_lock
 
 
@@ -47,7 +47,7 @@ class SubmitResult:
 def update_size_limit(*, round_id: int, credential: AgentCredential) -> int:
     """The largest update the round can take: checked before an upload is read."""
     round_ = round_get_for_site(round_id=round_id, credential=credential)
-    return max_update_bytes(model_spec(round_.base_version))
+    return max_update_bytes(job_model_spec_get(job=round_.job))
 
 
 def check_site_may_answer(*, round_: Round, credential: AgentCredential) -> None:
@@ -91,7 +91,7 @@ def update_existing(*, round_: Round, credential: AgentCredential, sha256: str) 
 
 def _check_tensors(round_: Round, data: bytes) -> Weights:
     try:
-        return deserialize_weights(data, spec=model_spec(round_.base_version))
+        return deserialize_weights(data, spec=job_model_spec_get(job=round_.job))
     except UpdateTooLargeError as error:
         raise TooLarge(str(error)) from error
     except FederationError as error:
@@ -137,7 +137,7 @@ def _within_norm_bound(round_: Round, credential: AgentCredential, weights: Weig
     bound = UpdateNormBound.from_json(round_.job.study.update_norm_bound)
     if bound is None:
         return data
-    spec = model_spec(round_.base_version)
+    spec = job_model_spec_get(job=round_.job)
     check = bound.apply(
         weights, deserialize_weights(blob_store().read(round_.base_version.sha256), spec=spec)
     )
