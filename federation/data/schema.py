@@ -244,7 +244,11 @@ class DataSchema:
         """Validate and parse a dict produced by :meth:`to_json` (or written by hand)."""
         if not isinstance(data, Mapping):
             raise DataSchemaError(f"a data schema must be an object, got {type(data).__name__}")
-        _reject_unknown_keys(data, {"features", "label", "task", "classes", "site_column"}, "schema")
+        # "kind" tells a tabular schema from a text one (federation.data.text.parse_data_schema).
+        _reject_unknown_keys(data, {"kind", "features", "label", "task", "classes", "site_column"}, "schema")
+        kind = data.get("kind", "tabular")
+        if kind != "tabular":
+            raise DataSchemaError(f"a tabular data schema has 'kind' \"tabular\" or no 'kind', got {kind!r}")
         for key in ("features", "label", "task"):
             if key not in data:
                 raise DataSchemaError(f"the data schema is missing {key!r}")
@@ -419,7 +423,7 @@ class Dataset:
             raise ConfigurationError(f"cannot split a dataset of {n} row(s) into train and test")
         n_test = min(max(round(n * test_fraction), 1), n - 1)
         if stratify and self.task is not Task.REGRESSION:
-            test_index = _stratified_test_rows(self.labels, n_test, rng)
+            test_index = stratified_test_rows(self.labels, n_test, rng)
         else:
             test_index = rng.permutation(n)[:n_test]
         is_test = np.zeros(n, dtype=bool)
@@ -427,7 +431,7 @@ class Dataset:
         return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
-def _stratified_test_rows(
+def stratified_test_rows(
     labels: NDArray[np.int64], n_test: int, rng: np.random.Generator
 ) -> NDArray[np.intp]:
     """Pick ``n_test`` rows so that every class contributes in proportion to its size.
