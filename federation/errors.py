@@ -35,3 +35,7 @@ class SecureAggregationError(FederationError):
 
 class ProtocolError(FederationError):
     """A message between the control plane and an agent does not follow the protocol."""
+
+
+class BaseModelError(FederationError):
+    """A site's copy of a study's base model is missing or differs from the pinned files."""

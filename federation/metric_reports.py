@@ -39,6 +39,7 @@ class MetricRange:
 METRIC_RANGES: dict[str, MetricRange] = {
     "accuracy": MetricRange(0.0, 1.0),
     "balanced_accuracy": MetricRange(0.0, 1.0),
+    "macro_f1": MetricRange(0.0, 1.0),
     "roc_auc": MetricRange(0.0, 1.0),
     "log_loss": MetricRange(0.0, MAX_METRIC_MAGNITUDE),
     "mse": MetricRange(0.0, MAX_METRIC_MAGNITUDE),

@@ -7,8 +7,8 @@ examples; the coordinator checks and combines the reports with
 
 Metric names:
 
-* binary and multiclass: ``accuracy``, ``balanced_accuracy``, ``roc_auc`` (when
-  defined, see below) and ``log_loss``;
+* binary and multiclass: ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (F1 averaged
+  over the classes present), ``roc_auc`` (when defined, see below) and ``log_loss``;
 * regression: ``mse``, ``mae`` and ``r2`` (when defined, see below).
 """
 
@@ -105,8 +105,12 @@ def _label_metrics(y: NDArray[np.int64], predicted: NDArray[np.int64]) -> dict[s
     accuracy = float(skm.accuracy_score(y, predicted))
     # Mean recall over the classes present in ``y``; computed directly because sklearn
     # warns when the predictions contain classes the labels lack.
-    recalls = [float(np.mean(predicted[y == c] == c)) for c in np.unique(y)]
-    return {"accuracy": accuracy, "balanced_accuracy": float(np.mean(recalls))}
+    present = np.unique(y)
+    recalls = [float(np.mean(predicted[y == c] == c)) for c in present]
+    # F1 averaged over the classes present locally: a class the model never predicts scores
+    # 0, which accuracy hides when the labels are skewed.
+    macro_f1 = float(skm.f1_score(y, predicted, labels=present, average="macro", zero_division=0))
+    return {"accuracy": accuracy, "balanced_accuracy": float(np.mean(recalls)), "macro_f1": macro_f1}
 
 
 def _regression_metrics(y: NDArray[np.float64], predicted: NDArray[np.float64]) -> dict[str, float]:

@@ -40,12 +40,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from federation.aggregation import adapters as adapter_maths
 from federation.aggregation.flat import unflatten
 from federation.aggregation.strategies import (
     STRATEGIES,
     AggregationResult,
     Details,
     FedAvg,
+    FedProx,
     Strategy,
     build_strategy,
 )
@@ -53,6 +55,7 @@ from federation.aggregation.streaming import StoredUpdate, UpdateLike
 from federation.errors import ConfigurationError, InvalidUpdateError, SecureAggregationError
 from federation.metric_reports import MAX_NUM_EXAMPLES
 from federation.models.base import ModelKind
+from federation.models.lora import AdapterAggregation, lora_pairs
 from federation.privacy import accounting, dp, secagg
 from federation.privacy.settings import DifferentialPrivacy, DPLevel, PrivacySettings
 from federation.types import ClientUpdate, ModelSpec, Weights
@@ -94,6 +97,9 @@ class RoundPlan:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     #: The tensors of the job's model; None until the initial model exists.
     model_spec: ModelSpec | None = None
+    #: How LoRA adapters are combined (:mod:`federation.aggregation.adapters`); None for
+    #: models without adapters.
+    adapters: AdapterAggregation | None = None
 
     # --- building and storing ---------------------------------------------------------
 
@@ -129,6 +135,8 @@ class RoundPlan:
         }
         if self.model_spec is not None:
             out["model_spec"] = self.model_spec.to_json()
+        if self.adapters is not None:
+            out["adapters"] = self.adapters.value
         return out
 
     @classmethod
@@ -147,6 +155,7 @@ class RoundPlan:
             strategy=build_strategy(str(strategy.get("name", "")), dict(strategy.get("params", {}))),
             privacy=PrivacySettings.from_json(privacy),
             model_spec=None if spec is None else ModelSpec.from_json(spec),
+            adapters=_adapter_method(data.get("adapters")),
         )
 
     # --- what the plan says -------------------------------------------------------------
@@ -178,6 +187,7 @@ class RoundPlan:
         reasons = (
             self._secure_aggregation_reason(num_sites),
             self._client_dp_reason(),
+            self._adapter_reason(),
             _sample_dp_reason(self.privacy.differential_privacy, model_kind, proximal_mu),
         )
         reason = next((reason for reason in reasons if reason is not None), None)
@@ -218,6 +228,33 @@ class RoundPlan:
             f"one, it needs each update on its own: choose {_mean_rules()}"
         )
 
+    def _adapter_reason(self) -> str | None:
+        if self.adapters is None:
+            return None
+        if (
+            self.privacy.differential_privacy is not None
+            and self.privacy.differential_privacy.level is DPLevel.SAMPLE
+        ):
+            return "sample-level DP (DP-SGD) is not available for text models yet: use client-level DP"
+        if self.adapters is not AdapterAggregation.SVD:
+            return None  # FedIT and FFA-LoRA are element-wise: every rule applies to their tensors
+        hidden = self.privacy.secure_aggregation or self.privacy.uses_client_dp
+        if hidden:
+            return (
+                "the SVD method multiplies each site's own A and B, which secure aggregation and "
+                "client-level DP do not show the server: choose ffa (exact, and the one for DP) or fedit"
+            )
+        plain = (
+            type(self.strategy) in (FedAvg, FedProx) and self.strategy.params()["server_learning_rate"] == 1.0
+        )
+        if not plain:
+            return (
+                f"the SVD method replaces the mean with the factors of the mean product, which "
+                f"{self.strategy.name.value} does not compute: use fedavg (server learning rate 1) or "
+                "fedprox, or the adapter methods fedit or ffa, which work with every rule"
+            )
+        return None
+
     # --- the one aggregation ------------------------------------------------------------
 
     def aggregate(
@@ -236,12 +273,50 @@ class RoundPlan:
         if self.privacy.secure_aggregation:
             if not isinstance(inputs, UnmaskedSum):
                 raise ConfigurationError("a secure round aggregates the unmasked sum, not updates")
-            return self._aggregate_sum(global_weights, inputs, spec, state, rng)
+            return self._adapters_kept(
+                global_weights, self._aggregate_sum(global_weights, inputs, spec, state, rng)
+            )
         if isinstance(inputs, UnmaskedSum):
             raise ConfigurationError("this plan has no secure aggregation: aggregate the updates")
         if self.privacy.uses_client_dp:
-            return self._aggregate_client_dp(global_weights, inputs, spec, state, rng)
-        return self.strategy.aggregate(global_weights, inputs, state=state)
+            return self._adapters_kept(
+                global_weights, self._aggregate_client_dp(global_weights, inputs, spec, state, rng)
+            )
+        result = self.strategy.aggregate(global_weights, inputs, state=state)
+        if self.adapters is None:
+            return result
+        return self._adapters_combined(global_weights, inputs, spec, result)
+
+    def _adapters_kept(self, global_weights: Weights, result: AggregationResult) -> AggregationResult:
+        """Under FFA-LoRA every A stays the global one (the secure and DP paths see no single update)."""
+        if self.adapters is not AdapterAggregation.FFA:
+            return result
+        pairs = lora_pairs(ModelSpec.from_weights(global_weights))
+        return replace(result, weights=adapter_maths.keep_frozen_a(result.weights, global_weights, pairs))
+
+    def _adapters_combined(
+        self,
+        global_weights: Weights,
+        updates: Sequence[UpdateLike],
+        spec: ModelSpec,
+        result: AggregationResult,
+    ) -> AggregationResult:
+        """The adapter method on top of the strategy's result, and FedIT's error for the round."""
+        pairs = lora_pairs(spec)
+        sites = [_weights_of(update, spec) for update in updates]
+        shares = _shares(result.details, updates)
+        details: Details = {
+            **result.details,
+            "lora_fedit_error": adapter_maths.fedit_error(sites, shares, pairs),
+        }
+        weights = result.weights
+        if self.adapters is AdapterAggregation.SVD:
+            rank = spec.by_name()[pairs[0][0]].shape[0] if pairs else 0
+            weights, residual = adapter_maths.svd_aggregate(weights, sites, shares, pairs, rank)
+            details["lora_svd_residual"] = residual
+        elif self.adapters is AdapterAggregation.FFA:
+            weights = adapter_maths.keep_frozen_a(weights, global_weights, pairs)
+        return AggregationResult(weights, result.state, details)
 
     def _spec_of(self, global_weights: Weights) -> ModelSpec:
         spec = ModelSpec.from_weights(global_weights)
@@ -316,6 +391,26 @@ class RoundPlan:
         """The strategy's server step on one mean, handed over as the round's only update
         (its example count is irrelevant: the mean of one update is itself)."""
         return self.strategy.aggregate(global_weights, [ClientUpdate(mean, num_examples=1)], state=state)
+
+
+def _adapter_method(value: object) -> AdapterAggregation | None:
+    if value is None:
+        return None
+    try:
+        return AdapterAggregation(str(value))
+    except ValueError:
+        raise ConfigurationError(
+            f"a round plan's adapters must be one of {[a.value for a in AdapterAggregation]}"
+        ) from None
+
+
+def _shares(details: Details, updates: Sequence[UpdateLike]) -> list[float]:
+    """The sites' shares the strategy used (FedAvg's, cap included), else their example shares."""
+    shares = details.get("weights")
+    if isinstance(shares, list) and len(shares) == len(updates):
+        return [float(share) for share in shares]
+    total = sum(update.num_examples for update in updates)
+    return [update.num_examples / total for update in updates]
 
 
 def _check_weight_sum(weight_sum: float, num_sites: int) -> None:

@@ -223,7 +223,7 @@ def _format_metrics(metrics: dict[str, float]) -> str:
 
 def _comparison_table(report: SimulationReport) -> Table:
     table = Table(title="Test-set metrics after training")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     names = list(report.federated)
     for name in names:
         table.add_column(name, justify="right")

@@ -72,8 +72,12 @@ class TrainConfig:
     dp_noise_multiplier: float | None = None
     dp_clipping_norm: float | None = None
     dp_seed: int | None = None
+    #: Caps the optimizer steps of one round (text models, whose epochs are long); None: no cap.
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps < 1):
+            raise ConfigurationError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
         if not _is_int(self.epochs) or self.epochs < 1:
             raise ConfigurationError(f"epochs must be a positive integer, got {self.epochs!r}")
         if not _is_int(self.batch_size) or self.batch_size < 1:

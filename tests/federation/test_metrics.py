@@ -14,7 +14,7 @@ def test_binary_metrics_hand_computed() -> None:
     labels = np.array([0, 0, 1, 1])
     scores = np.array([0.1, 0.6, 0.4, 0.8])
     result = compute_metrics(Task.BINARY, labels, scores)
-    assert set(result) == {"accuracy", "balanced_accuracy", "roc_auc", "log_loss"}
+    assert set(result) == {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss"}
     # predictions 0, 1, 0, 1 -> two of four right; recall 1/2 in each class
     assert result["accuracy"] == pytest.approx(0.5)
     assert result["balanced_accuracy"] == pytest.approx(0.5)
@@ -29,6 +29,16 @@ def test_binary_balanced_accuracy_differs_from_accuracy() -> None:
     result = compute_metrics(Task.BINARY, labels, np.array([0.2, 0.2, 0.2, 0.2]))
     assert result["accuracy"] == pytest.approx(0.75)
     assert result["balanced_accuracy"] == pytest.approx(0.5)
+
+
+def test_macro_f1_counts_a_class_never_predicted_as_zero() -> None:
+    # Hand-computed: labels 0,0,0,1,2; predictions 0,0,0,0,2. Class 0: precision 3/4,
+    # recall 1, F1 6/7; class 1 never predicted: F1 0; class 2: F1 1. Mean (6/7 + 0 + 1) / 3.
+    labels = np.array([0, 0, 0, 1, 2])
+    scores = np.eye(3)[[0, 0, 0, 0, 2]] * 0.8 + 0.2 / 3
+    result = compute_metrics(Task.MULTICLASS, labels, scores)
+    assert result["macro_f1"] == pytest.approx((6 / 7 + 0 + 1) / 3)
+    assert result["accuracy"] == pytest.approx(0.8)
 
 
 def test_binary_log_loss_is_clipped() -> None:

@@ -1,0 +1,162 @@
+"""Pretrained transformers with LoRA adapters: the packaged MiniLM and SmolLM2, a few steps."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from federation.errors import ConfigurationError, DataSchemaError
+from federation.models.base import TrainConfig
+from federation.models.lora import BaseModelFamily, LoraSettings, TextModelConfig
+from federation.models.pins import PINNED_DIR, builtin_pin, locate_builtin
+
+pytestmark = pytest.mark.llm
+
+torch = pytest.importorskip("torch")
+text_models = pytest.importorskip("federation.models.text_models")
+
+TEXTS = [
+    "crushing chest pain on exertion, palpitations, BP 165/95",
+    "chest tightness and an irregular pulse, known atrial fibrillation",
+    "productive cough for three weeks, wheeze, SpO2 91% on air",
+    "shortness of breath at night, asthma since childhood, wheeze",
+    "sudden weakness of the left arm and slurred speech this morning",
+    "recurrent headaches with visual aura, numbness of the face",
+] * 4
+LABELS = np.array([0, 0, 1, 1, 2, 2] * 4)
+CLASSES = ("cardiology", "pulmonology", "neurology")
+
+
+def _config(**lora: object) -> TextModelConfig:
+    return TextModelConfig(
+        kind="lora_encoder",
+        task="multiclass",
+        num_classes=3,
+        class_names=CLASSES,
+        base_model=builtin_pin("all-MiniLM-L6-v2"),
+        lora=LoraSettings(**lora),  # type: ignore[arg-type]
+        max_tokens=32,
+    )
+
+
+def _train(config: TrainConfig | None = None) -> TrainConfig:
+    return config or TrainConfig(epochs=6, batch_size=8, learning_rate=2e-3, seed=1)
+
+
+def test_only_adapters_and_head_travel_and_they_match_the_pin() -> None:
+    config = _config()
+    adapter = text_models.LoraTextAdapter(config, seed=0)
+    weights = adapter.get_weights()
+    assert list(weights) == list(config.model_spec().names)
+    assert all(".lora_" in name or name.startswith("classifier.") for name in weights)
+    assert sum(array.size for array in weights.values()) == config.num_parameters
+    # Round trip: what set_weights takes, get_weights gives back exactly.
+    changed = {name: array + 0.5 for name, array in weights.items()}
+    adapter.set_weights(changed)
+    for name, array in adapter.get_weights().items():
+        np.testing.assert_array_equal(array, changed[name])
+
+
+def test_a_few_steps_learn_separable_notes_and_repeat_by_seed() -> None:
+    adapter = text_models.LoraTextAdapter(_config(), seed=0)
+    before = (adapter.predict(TEXTS).argmax(axis=1) == LABELS).mean()
+    result = adapter.fit(np.asarray(TEXTS, dtype=object), LABELS, _train())
+    after = (adapter.predict(TEXTS).argmax(axis=1) == LABELS).mean()
+    assert after >= 0.9 > before
+    assert result.num_examples == len(TEXTS)
+    assert result.metrics["steps"] == 18
+    trained = adapter.get_weights()
+    again = text_models.LoraTextAdapter(_config(), seed=0)  # the same model, reset to the start
+    again.fit(np.asarray(TEXTS, dtype=object), LABELS, _train())
+    for name, array in again.get_weights().items():
+        np.testing.assert_allclose(array, trained[name], rtol=1e-5, atol=1e-6)
+
+
+def test_max_steps_caps_a_round() -> None:
+    adapter = text_models.LoraTextAdapter(_config(), seed=0)
+    result = adapter.fit(TEXTS, LABELS, TrainConfig(epochs=5, batch_size=4, learning_rate=1e-3, max_steps=3))
+    assert result.metrics["steps"] == 3
+
+
+def test_ffa_lora_never_moves_a() -> None:
+    adapter = text_models.LoraTextAdapter(_config(aggregation="ffa"), seed=0)
+    start = adapter.get_weights()
+    adapter.fit(TEXTS, LABELS, TrainConfig(epochs=1, batch_size=8, learning_rate=1e-2))
+    end = adapter.get_weights()
+    for name in start:
+        if name.endswith(".lora_A.weight"):
+            np.testing.assert_array_equal(end[name], start[name])
+        elif name.endswith(".lora_B.weight"):
+            assert np.abs(end[name]).sum() > 0
+
+
+def test_binary_predictions_are_probabilities_of_class_one() -> None:
+    config = TextModelConfig(
+        kind="lora_encoder",
+        task="binary",
+        num_classes=2,
+        class_names=("other", "cardiology"),
+        base_model=builtin_pin("all-MiniLM-L6-v2"),
+        max_tokens=32,
+    )
+    adapter = text_models.LoraTextAdapter(config, seed=0)
+    labels = (LABELS == 0).astype(np.int64)
+    adapter.fit(TEXTS, labels, TrainConfig(epochs=8, batch_size=8, learning_rate=3e-3))
+    scores = adapter.predict(TEXTS)
+    assert scores.shape == (len(TEXTS),)
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert ((scores >= 0.5) == (labels == 1)).mean() >= 0.9
+
+
+def test_bad_texts_and_labels_are_refused() -> None:
+    adapter = text_models.LoraTextAdapter(_config(), seed=0)
+    with pytest.raises(DataSchemaError, match="text 1 is empty"):
+        adapter.fit(["fine", "  "], np.array([0, 1]), _train())
+    with pytest.raises(DataSchemaError, match=r"0\.\.2"):
+        adapter.fit(["fine", "also fine"], np.array([0, 3]), _train())
+    with pytest.raises(ConfigurationError, match="DP-SGD"):
+        adapter.fit(TEXTS, LABELS, TrainConfig(dp_noise_multiplier=1.0, dp_clipping_norm=1.0))
+
+
+@pytest.mark.parametrize(
+    ("name", "family", "gguf"),
+    [
+        ("all-MiniLM-L6-v2", BaseModelFamily.ENCODER, None),
+        ("SmolLM2-135M-Instruct", BaseModelFamily.CAUSAL_LM, "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ],
+)
+def test_shipped_pins_match_the_installed_packages(
+    name: str, family: BaseModelFamily, gguf: str | None
+) -> None:
+    pin = text_models.pin_base_model(name, locate_builtin(name), family, gguf_file=gguf)
+    shipped = json.loads((PINNED_DIR / f"{name}.json").read_text())
+    assert pin.to_json() == shipped
+
+
+@pytest.mark.slow
+def test_smollm_scores_answers_learns_and_reports_perplexity(tmp_path: Path) -> None:
+    config = TextModelConfig(
+        kind="lora_causal_lm",
+        task="multiclass",
+        num_classes=3,
+        class_names=CLASSES,
+        base_model=builtin_pin("SmolLM2-135M-Instruct"),
+        lora=LoraSettings(target_modules=("q_proj", "v_proj")),
+        max_tokens=32,
+    )
+    adapter = text_models.LoraTextAdapter(config, seed=0, cache_dir=tmp_path)
+    assert any((tmp_path / "dequantized").iterdir())  # the float weights are kept for next time
+    before = adapter.perplexity(TEXTS[:6])
+    adapter.fit(TEXTS, LABELS, TrainConfig(epochs=2, batch_size=8, learning_rate=2e-3, seed=0))
+    scores = adapter.predict(TEXTS)
+    assert scores.shape == (len(TEXTS), 3)
+    assert np.allclose(scores.sum(axis=1), 1.0)
+    assert (scores.argmax(axis=1) == LABELS).mean() >= 0.6
+    after = adapter.perplexity(TEXTS[:6])
+    assert math.isfinite(before)
+    assert math.isfinite(after)
+    assert after > 1
