@@ -41,6 +41,7 @@ LORA_A_SUFFIX = ".lora_A.weight"
 LORA_B_SUFFIX = ".lora_B.weight"
 #: The encoder's classification head.
 HEAD_WEIGHT, HEAD_BIAS = "classifier.weight", "classifier.bias"
+_FACTOR_SUFFIXES = (LORA_A_SUFFIX, LORA_B_SUFFIX)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
@@ -104,6 +105,8 @@ class BaseModelPin:
     files: Mapping[str, str]
     hidden_size: int
     linear_layers: Mapping[str, tuple[int, int]]
+    #: How many numbers the base model holds: what a full-model upload would carry.
+    num_parameters: int
     gguf_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -118,6 +121,10 @@ class BaseModelPin:
         if not _is_int(self.hidden_size) or self.hidden_size < 1:
             raise ConfigurationError(f"hidden_size must be a positive integer, got {self.hidden_size!r}")
         object.__setattr__(self, "linear_layers", MappingProxyType(_checked_layers(self.linear_layers)))
+        if not _is_int(self.num_parameters) or self.num_parameters < 1:
+            raise ConfigurationError(
+                f"num_parameters must be a positive integer, got {self.num_parameters!r}"
+            )
         if self.gguf_file is not None and self.gguf_file not in self.files:
             raise ConfigurationError(f"gguf_file {self.gguf_file!r} is not one of the pinned files")
 
@@ -128,6 +135,7 @@ class BaseModelPin:
             "files": dict(self.files),
             "hidden_size": self.hidden_size,
             "linear_layers": {path: list(shape) for path, shape in self.linear_layers.items()},
+            "num_parameters": self.num_parameters,
         }
         if self.gguf_file is not None:
             out["gguf_file"] = self.gguf_file
@@ -136,9 +144,7 @@ class BaseModelPin:
     @classmethod
     def from_json(cls, data: object) -> BaseModelPin:
         mapping = _object(data, "a base model pin")
-        _refuse_unknown(
-            mapping, {"name", "family", "files", "hidden_size", "linear_layers", "gguf_file"}, "base model"
-        )
+        _refuse_unknown(mapping, _PIN_FIELDS, "base model")
         layers = mapping.get("linear_layers")
         if not isinstance(layers, Mapping):
             raise ConfigurationError("a base model pin needs linear_layers: {module path: [in, out]}")
@@ -148,8 +154,12 @@ class BaseModelPin:
             files=_object(mapping.get("files"), "the pinned files"),  # type: ignore[arg-type]
             hidden_size=mapping.get("hidden_size"),  # type: ignore[arg-type]
             linear_layers={path: _pair(path, shape) for path, shape in layers.items()},
+            num_parameters=mapping.get("num_parameters"),  # type: ignore[arg-type]
             gguf_file=mapping.get("gguf_file"),  # type: ignore[arg-type]
         )
+
+
+_PIN_FIELDS = {"name", "family", "files", "hidden_size", "linear_layers", "num_parameters", "gguf_file"}
 
 
 def _checked_files(files: object) -> dict[str, str]:
@@ -367,6 +377,12 @@ class TextModelConfig:
     def num_parameters(self) -> int:
         """Numbers that travel per update: adapters and head, never the base model."""
         return self.model_spec().numel
+
+    @property
+    def full_model_bytes(self) -> int:
+        """The whole model in float32 (base model and head): what full fine-tuning would send."""
+        head = sum(t.numel for t in self.model_spec().tensors if not t.name.endswith(_FACTOR_SUFFIXES))
+        return 4 * (self.base_model.num_parameters + head)
 
     def initial_weights(self, *, seed: int) -> Weights:
         """The first global model, drawn with numpy so the control plane needs no torch.

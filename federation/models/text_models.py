@@ -517,6 +517,7 @@ def pin_base_model(
         files={file: file_sha256(folder / file) for file in names},
         hidden_size=int(architecture.hidden_size),
         linear_layers=layers,
+        num_parameters=sum(parameter.numel() for parameter in skeleton.parameters()),
         gguf_file=gguf_file,
     )
 

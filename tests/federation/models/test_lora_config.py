@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 from federation.errors import BaseModelError, ConfigurationError
 from federation.models.lora import (
@@ -50,6 +51,15 @@ def test_minilm_adapters_have_the_published_size() -> None:
     # Against the full model's 90.9 MB of float32 weights, the upload is about 200 times smaller.
     full_model_bytes = (locate_builtin(MINILM) / "model.safetensors").stat().st_size
     assert full_model_bytes / spec.nbytes > 150
+    assert config.full_model_bytes == pytest.approx(full_model_bytes, rel=0.01)
+
+
+def test_pinned_parameter_count_matches_the_weight_file() -> None:
+    # The file also stores the integer position ids, a buffer rather than a weight.
+    with safe_open(str(locate_builtin(MINILM) / "model.safetensors"), "numpy") as weights:
+        slices = [weights.get_slice(name) for name in weights.keys()]  # noqa: SIM118
+        stored = sum(int(np.prod(s.get_shape())) for s in slices if s.get_dtype().startswith("F"))
+    assert builtin_pin(MINILM).num_parameters == stored
 
 
 def test_smollm_adapters_on_attention_projections() -> None:
