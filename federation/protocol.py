@@ -54,6 +54,8 @@ class TrainingSettings:
     batch_size: int
     learning_rate: float
     proximal_mu: float
+    #: Caps the optimizer steps of one round (text models); None: the epochs decide.
+    max_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class StudySettings:
             "feature_scaling": None if self.feature_scaling is None else dict(self.feature_scaling),
             "strategy": {"name": self.strategy_name, "params": dict(self.strategy_params)},
             "privacy": {} if self.privacy is None else self.privacy.to_json(),
-            "training": dataclasses.asdict(self.training),
+            "training": _training_json(self.training),
             "validation_fraction": self.validation_fraction,
             "seed": self.seed,
         }
@@ -201,7 +203,18 @@ def _training(data: JsonObject) -> TrainingSettings:
         batch_size=_integer(data, "batch_size", where=where, minimum=1),
         learning_rate=_number(data, "learning_rate", where=where),
         proximal_mu=_number(data, "proximal_mu", where=where, default=0.0),
+        max_steps=None
+        if data.get("max_steps") is None
+        else _integer(data, "max_steps", where=where, minimum=1),
     )
+
+
+def _training_json(training: TrainingSettings) -> dict[str, object]:
+    # max_steps travels only when set, so tabular tasks read as they always did.
+    data = dataclasses.asdict(training)
+    if training.max_steps is None:
+        del data["max_steps"]
+    return data
 
 
 def _object(data: JsonObject, key: str, *, where: str = "") -> JsonObject:

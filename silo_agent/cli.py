@@ -208,6 +208,7 @@ def command_run(arguments: argparse.Namespace, runtime: Runtime) -> int:
             institution_id=institution.id,
             store=store,
             data=DataCache(config.data, institution.id),
+            models=config.models,
         )
         logger.info(
             "silo-agent %s for %s (institution %d) polling %s",

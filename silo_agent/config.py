@@ -15,10 +15,11 @@ import ipaddress
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from federation.models.lora import SiteModelOptions
 from silo_agent.errors import ConfigError
 
 #: The API bounds the long-poll wait to 0..30 seconds.
@@ -34,7 +35,10 @@ _TOP_LEVEL_KEYS = {
     "poll_wait_seconds",
     "data",
     "policy",
+    "models",
 }
+_MODELS_KEYS = {"device", "cache_dir", "folders"}
+_DEVICES = ("auto", "cpu", "cuda")
 _DATA_KEYS = {"path", "builtin", "rows"}
 _POLICY_KEYS = {
     "approved_studies",
@@ -115,6 +119,8 @@ class AgentConfig:
     poll_wait_seconds: int
     data: DataSource
     policy: Policy
+    #: Where pretrained base models are on this site's disk, the device that trains them.
+    models: SiteModelOptions = field(default_factory=SiteModelOptions)
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -136,17 +142,19 @@ def parse_config(document: Mapping[str, object], *, config_path: Path) -> AgentC
     _reject_unknown(document, _TOP_LEVEL_KEYS, prefix="")
     base = config_path.parent
     ca_bundle = _text(document, "ca_bundle", default="", allow_empty=True)
+    state_dir = base / _text(document, "state_dir", default="state")
     return AgentConfig(
         config_path=config_path,
         server_url=check_server_url(_text(document, "server_url")),
         credential_file=base / _text(document, "credential_file", default="credential.json"),
-        state_dir=base / _text(document, "state_dir", default="state"),
+        state_dir=state_dir,
         ca_bundle=_existing_file(base / ca_bundle, "ca_bundle") if ca_bundle else None,
         poll_wait_seconds=_integer(
             document, "poll_wait_seconds", default=25, minimum=0, maximum=MAX_POLL_WAIT_SECONDS
         ),
         data=_parse_data(_table(document, "data"), base),
         policy=_parse_policy(_table(document, "policy")),
+        models=_parse_models(_table(document, "models", required=False), base, state_dir),
     )
 
 
@@ -198,6 +206,31 @@ def _check_builtin_name(name: str) -> None:
         raise ConfigError(
             f"data.builtin: unknown data set {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}"
         )
+
+
+def _parse_models(table: Mapping[str, object], base: Path, state_dir: Path) -> SiteModelOptions:
+    """``[models]``: ``device`` (auto, cpu or cuda), ``cache_dir`` for dequantized weights
+    (default: the state folder's ``model-cache``) and ``[models.folders]``, the folder of each
+    base model by the name studies pin it under (the built-in models need none)."""
+    _reject_unknown(table, _MODELS_KEYS, prefix="models.")
+    device = _text(table, "device", default="auto", prefix="models.")
+    if device not in _DEVICES:
+        raise ConfigError(f"models.device: must be one of {', '.join(_DEVICES)}, got {device!r}")
+    folders = _table(table, "folders", prefix="models.", required=False)
+    paths = {}
+    for name in folders:
+        folder = base / _text(folders, name, prefix="models.folders.")
+        if not folder.is_dir():
+            raise ConfigError(f"models.folders.{name}: {folder} is not a folder")
+        paths[name] = folder
+    cache = table.get("cache_dir")
+    return SiteModelOptions(
+        folders=paths,
+        device=device,
+        cache_dir=base / _text(table, "cache_dir", prefix="models.")
+        if cache is not None
+        else state_dir / "model-cache",
+    )
 
 
 def _parse_policy(table: Mapping[str, object]) -> Policy:

@@ -24,8 +24,9 @@ from federation.data import (
     load_csv,
     local_moments,
 )
+from federation.data.text import TextDataset, TextSchema, load_text, parse_data_schema
 from federation.errors import FederationError
-from federation.models import ModelConfig
+from federation.models import AnyModelConfig, TextModelConfig
 from silo_agent.config import DataSource, DataSourceKind
 from silo_agent.errors import ConfigError, TaskError
 from silo_agent.tasks import StudySettings
@@ -35,12 +36,13 @@ from silo_agent.tasks import StudySettings
 class PreparedData:
     """A study's view of the site's data: scaled, split into training and validation rows."""
 
-    train: Dataset
-    validation: Dataset
+    train: Dataset | TextDataset
+    validation: Dataset | TextDataset
 
 
-def load_dataset(source: DataSource, schema: DataSchema | None) -> Dataset:
-    """The site's encoded rows; a CSV source needs the study's schema, a built-in one does not."""
+def load_dataset(source: DataSource, schema: DataSchema | TextSchema | None) -> Dataset | TextDataset:
+    """The site's encoded rows; a file source needs the study's schema, a built-in one does
+    not. A text schema reads the file (CSV or JSON Lines) as texts and labels."""
     if source.kind is DataSourceKind.BUILTIN:
         assert source.builtin_name is not None  # guaranteed by the configuration parser
         dataset = load_builtin(source.builtin_name)
@@ -50,6 +52,8 @@ def load_dataset(source: DataSource, schema: DataSchema | None) -> Dataset:
     if schema is None:
         raise ConfigError("a CSV data source needs the study's data schema")
     assert source.csv_path is not None
+    if isinstance(schema, TextSchema):
+        return load_text(source.csv_path, schema)
     return load_csv(source.csv_path, schema)
 
 
@@ -72,7 +76,10 @@ def read_rows_file(path: Path, num_rows: int) -> NDArray[np.intp]:
 
 def site_moments(source: DataSource, schema: DataSchema | None) -> FeatureMoments:
     """Count, sum and sum of squares of the site's encoded, unscaled features."""
-    return local_moments(load_dataset(source, schema).features)
+    dataset = load_dataset(source, schema)
+    if isinstance(dataset, TextDataset):
+        raise ConfigError("feature moments are for numeric features; a text study has none")
+    return local_moments(dataset.features)
 
 
 def split_rng(study_seed: int, institution_id: int) -> np.random.Generator:
@@ -92,7 +99,7 @@ class DataCache:
         self._institution_id = institution_id
         self._prepared: dict[tuple[int, str], PreparedData] = {}
 
-    def prepare(self, study: StudySettings, model: ModelConfig) -> PreparedData:
+    def prepare(self, study: StudySettings, model: AnyModelConfig) -> PreparedData:
         key = (study.id, _settings_digest(study))
         if key not in self._prepared:
             if len(self._prepared) >= MAX_CACHED_STUDIES:
@@ -100,12 +107,12 @@ class DataCache:
             self._prepared[key] = self._load(study, model)
         return self._prepared[key]
 
-    def _load(self, study: StudySettings, model: ModelConfig) -> PreparedData:
+    def _load(self, study: StudySettings, model: AnyModelConfig) -> PreparedData:
         try:
-            schema = None if study.data_schema is None else DataSchema.from_json(study.data_schema)
+            schema = None if study.data_schema is None else parse_data_schema(study.data_schema)
             dataset = load_dataset(self._source, schema)
             check_fits_model(dataset, model)
-            if study.feature_scaling is not None:
+            if study.feature_scaling is not None and isinstance(dataset, Dataset):
                 scaler = Standardizer.from_json(study.feature_scaling)
                 dataset = dataset.with_features(scaler.transform(dataset.features))
             rng = split_rng(study.seed, self._institution_id)
@@ -115,17 +122,29 @@ class DataCache:
         return PreparedData(train=train, validation=validation)
 
 
-def check_fits_model(dataset: Dataset, model: ModelConfig) -> None:
+def check_fits_model(dataset: Dataset | TextDataset, model: AnyModelConfig) -> None:
     """Refuse data whose task, width or classes differ from the study's model."""
     if dataset.task is not model.task:
         raise TaskError(
             f"the local data is a {dataset.task.value} task; the study's model is {model.task.value}"
         )
+    if isinstance(dataset, TextDataset) or isinstance(model, TextModelConfig):
+        _check_text_fits(dataset, model)
+        return
     if dataset.num_features != model.num_features:
         raise TaskError(
             f"the local data has {dataset.num_features} encoded features; the study's model expects "
             f"{model.num_features}"
         )
+    if dataset.num_classes != model.num_classes:
+        raise TaskError(
+            f"the local data has {dataset.num_classes} classes; the model expects {model.num_classes}"
+        )
+
+
+def _check_text_fits(dataset: Dataset | TextDataset, model: AnyModelConfig) -> None:
+    if not isinstance(dataset, TextDataset) or not isinstance(model, TextModelConfig):
+        raise TaskError("a text model needs text data and a numeric model numeric data")
     if dataset.num_classes != model.num_classes:
         raise TaskError(
             f"the local data has {dataset.num_classes} classes; the model expects {model.num_classes}"

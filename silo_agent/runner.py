@@ -15,10 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from federation.data import Dataset
-from federation.errors import FederationError
+from federation.data.text import TextDataset
+from federation.errors import BaseModelError, FederationError
 from federation.metrics import compute_metrics
-from federation.models import ModelAdapter, ModelConfig, TrainConfig, build_model
+from federation.models import AnyModelConfig, ModelAdapter, TrainConfig, build_model, model_config_from_json
 from federation.models.base import MAX_SEED
+from federation.models.lora import SiteModelOptions, TextModelConfig
+from federation.models.pins import locate_base_model, verify_base_model
 from federation.privacy.settings import PrivacySettings
 from federation.types import ModelSpec, Weights
 from federation.wire import deserialize_weights, max_update_bytes, serialize_weights, sha256_hex
@@ -86,8 +89,10 @@ class TaskRunner:
         store: StateStore,
         data: DataCache,
         progress: ProgressCallback = log_progress,
+        models: SiteModelOptions | None = None,
     ) -> None:
         self._client = client
+        self._models = models or SiteModelOptions()
         self._policy = policy
         self._institution_id = institution_id
         self._store = store
@@ -113,7 +118,7 @@ class TaskRunner:
         if state.is_completed(task.kind, task.round_id):
             logger.info("this %s task was already done; nothing to send", task.kind.value)
             return TaskOutcome.ALREADY_DONE
-        reason = self._policy_reason(task)
+        reason = self._policy_reason(task) or self._base_model_reason(task)
         if reason is not None:
             logger.warning("refusing the job: %s", reason)
             self._store.remember_refusal(task.job_id, reason)
@@ -128,7 +133,7 @@ class TaskRunner:
 
     # --- secure aggregation ---------------------------------------------------------------
 
-    def _secure(self, task: WorkTask, model: ModelConfig) -> TaskOutcome:
+    def _secure(self, task: WorkTask, model: AnyModelConfig) -> TaskOutcome:
         secure = SecureRound(self._store.directory, task, self._institution_id)
         try:
             return self._secure_phase(task, model, secure)
@@ -141,7 +146,7 @@ class TaskRunner:
             secure.finish()
             return TaskOutcome.SECURE_STEP
 
-    def _secure_phase(self, task: WorkTask, model: ModelConfig, secure: SecureRound) -> TaskOutcome:
+    def _secure_phase(self, task: WorkTask, model: AnyModelConfig, secure: SecureRound) -> TaskOutcome:
         if secure.phase == "mask":
             return self._train(task, model, secure)
         self._progress(ProgressStep.UPLOADING, f"secure aggregation: the {secure.phase} step")
@@ -164,6 +169,17 @@ class TaskRunner:
         )
         return check_task(self._policy, task, approved)
 
+    def _base_model_reason(self, task: WorkTask) -> str | None:
+        """Why this site cannot run the study's pinned base model (missing, or a file differs)."""
+        model = _model_config(task)
+        if not isinstance(model, TextModelConfig):
+            return None
+        try:
+            verify_base_model(model.base_model, locate_base_model(model.base_model, self._models.folders))
+        except BaseModelError as error:
+            return str(error)
+        return None
+
     def _send_refusal(self, job_id: int, reason: str) -> None:
         try:
             self._client.refuse_job(job_id, reason)
@@ -172,7 +188,7 @@ class TaskRunner:
 
     # --- train -------------------------------------------------------------------------
 
-    def _train(self, task: WorkTask, model: ModelConfig, secure: SecureRound | None = None) -> TaskOutcome:
+    def _train(self, task: WorkTask, model: AnyModelConfig, secure: SecureRound | None = None) -> TaskOutcome:
         current = self._resumable(task)
         if current is not None and current.step is Step.TRAINED:
             update = self._store.read_prepared(current)
@@ -180,7 +196,7 @@ class TaskRunner:
                 logger.info("resuming: sending the update prepared before the restart")
                 return self._upload(task, current, update, secure)
             logger.warning("the prepared update is missing or damaged; training again")
-        adapter = build_model(model)
+        adapter = self._build(model)
         global_weights = self._global_weights(task, adapter.model_spec())
         adapter.set_weights(global_weights)
         data = self._data.prepare(task.study, model)
@@ -196,6 +212,10 @@ class TaskRunner:
             return TaskOutcome.REFUSED
         current, update = self._train_locally(task, adapter, data, global_weights, privacy, plan, secure)
         return self._upload(task, current, update, secure)
+
+    def _build(self, model: AnyModelConfig) -> ModelAdapter:
+        """The study's model; a text model's base model is loaded once per process and reused."""
+        return build_model(model, site=self._models)
 
     def _dp_sgd_plan(self, task: WorkTask, privacy: PrivacySettings, num_rows: int) -> DpSgdPlan | None:
         training = task.study.training
@@ -231,10 +251,11 @@ class TaskRunner:
         secure: SecureRound | None,
     ) -> tuple[RoundState, bytes]:
         training = task.study.training
-        global_metrics = evaluate_model(adapter, data.validation, prefix="global_")
         dp_note = f" with DP-SGD (noise {plan.noise_multiplier:.3f})" if plan else ""
+        steps_note = f", at most {training.max_steps} steps" if training.max_steps else ""
         self._progress(
-            ProgressStep.TRAINING, f"{training.epochs} epoch(s) on {len(data.train)} rows{dp_note}"
+            ProgressStep.TRAINING,
+            f"{training.epochs} epoch(s){steps_note} on {len(data.train)} rows{dp_note}",
         )
         config = TrainConfig(
             epochs=training.epochs,
@@ -244,13 +265,18 @@ class TaskRunner:
             seed=training_seed(task.study.seed, task.round_number, self._institution_id),
             dp_noise_multiplier=plan.noise_multiplier if plan else None,
             dp_clipping_norm=plan.clipping_norm if plan else None,
+            max_steps=training.max_steps,
         )
         result = adapter.fit(data.train.features, data.train.labels, config)
         dp_steps = self._record_dp_round(task, plan, result.metrics)
         local_metrics = evaluate_model(adapter, data.validation, prefix="local_")
-        sent = filter_update(
-            adapter.get_weights(), global_weights, settings=privacy, filters=self._policy.filters
-        )
+        trained = adapter.get_weights()
+        # The global model is rated after training, so training starts as soon as the task
+        # arrives; the trained weights are put back before anything is sent.
+        adapter.set_weights(global_weights)
+        global_metrics = evaluate_model(adapter, data.validation, prefix="global_")
+        adapter.set_weights(trained)
+        sent = filter_update(trained, global_weights, settings=privacy, filters=self._policy.filters)
         if secure is None:
             update = serialize_weights(sent, spec=adapter.model_spec())
         else:  # client-level DP weighs every site alike, so the mean's sensitivity stays C
@@ -312,10 +338,10 @@ class TaskRunner:
 
     # --- evaluate ----------------------------------------------------------------------
 
-    def _evaluate(self, task: WorkTask, model: ModelConfig) -> TaskOutcome:
+    def _evaluate(self, task: WorkTask, model: AnyModelConfig) -> TaskOutcome:
         current = self._resumable(task)
         if current is None or current.step is not Step.EVALUATED:
-            adapter = build_model(model)
+            adapter = self._build(model)
             adapter.set_weights(self._global_weights(task, adapter.model_spec()))
             validation = self._data.prepare(task.study, model).validation
             self._progress(ProgressStep.EVALUATING, f"the final model on {len(validation)} validation rows")
@@ -377,15 +403,15 @@ def verify_download(reference: ModelVersionRef, downloaded: DownloadedModel) -> 
         raise TaskError(f"model version {reference.id}: X-Content-SHA256 {header} differs from the task's")
 
 
-def evaluate_model(adapter: ModelAdapter, dataset: Dataset, *, prefix: str) -> dict[str, float]:
+def evaluate_model(adapter: ModelAdapter, dataset: Dataset | TextDataset, *, prefix: str) -> dict[str, float]:
     """Aggregate metrics of the adapter's current weights on ``dataset``, names prefixed."""
     metrics = compute_metrics(dataset.task, dataset.labels, adapter.predict(dataset.features))
     return {prefix + name: float(value) for name, value in metrics.items() if math.isfinite(value)}
 
 
-def _model_config(task: WorkTask) -> ModelConfig:
+def _model_config(task: WorkTask) -> AnyModelConfig:
     try:
-        return ModelConfig.from_json(task.study.model)
+        return model_config_from_json(task.study.model)
     except FederationError as error:
         raise TaskError(f"the study's model cannot be built: {error}") from None
 

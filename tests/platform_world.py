@@ -14,6 +14,7 @@ import numpy as np
 from rest_framework.test import APIClient
 from world import (
     STUDY_MODEL,
+    STUDY_SCHEMA,
     STUDY_TRAINING,
     job_make,
     job_run,
@@ -100,6 +101,7 @@ def start_job(
     privacy: dict[str, object] | None = None,
     training: dict[str, object] = STUDY_TRAINING,
     update_norm_bound: dict[str, object] | None = None,
+    data_schema: dict[str, object] = STUDY_SCHEMA,
 ) -> Job:
     """A started job of a new study that every institution approved: round 1 is open."""
     study = study_make(
@@ -110,6 +112,7 @@ def start_job(
         training=training,
         privacy=privacy,
         update_norm_bound=update_norm_bound,
+        data_schema=data_schema,
     )
     study_approve_all(study)
     job = job_make(

@@ -51,6 +51,7 @@ def study_make(
     training: dict[str, object] = STUDY_TRAINING,
     privacy: dict[str, object] | None = None,
     update_norm_bound: dict[str, object] | None = None,
+    data_schema: dict[str, object] = STUDY_SCHEMA,
     actor: str = SETUP_ACTOR,
 ) -> Study:
     """A valid study of ``institutions`` (the small default unless told), decisions pending."""
@@ -58,7 +59,7 @@ def study_make(
         name=name,
         description=description,
         model_config=model,
-        data_schema=STUDY_SCHEMA,
+        data_schema=data_schema,
         strategy=strategy,
         strategy_params={},
         training=training,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from federation.errors import ConfigurationError
 from federation.models.base import ModelAdapter, ModelConfig, ModelKind, TrainConfig, TrainResult
-from federation.models.lora import SiteModelOptions, TextModelConfig, is_text_model
+from federation.models.lora import AdapterAggregation, SiteModelOptions, TextModelConfig, is_text_model
 from federation.types import Weights
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ __all__ = [
     "TorchAdapter",
     "TrainConfig",
     "TrainResult",
+    "adapter_aggregation_of",
     "build_model",
     "initial_weights",
     "model_config_from_json",
@@ -47,6 +48,11 @@ def model_config_from_json(data: object) -> AnyModelConfig:
     if not isinstance(data, Mapping):
         raise ConfigurationError(f"a model config must be a JSON object, got {type(data).__name__}")
     return ModelConfig.from_json(data)
+
+
+def adapter_aggregation_of(config: AnyModelConfig) -> AdapterAggregation | None:
+    """How the server combines the model's LoRA adapters; None for models without them."""
+    return config.lora.aggregation if isinstance(config, TextModelConfig) else None
 
 
 def initial_weights(config: AnyModelConfig, *, seed: int) -> Weights:

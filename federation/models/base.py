@@ -308,11 +308,12 @@ class ModelAdapter(Protocol):
         """Replace every weight; raises InvalidUpdateError if names or shapes do not match."""
         ...
 
-    def fit(self, features: NDArray[np.float32], labels: NDArray[Any], config: TrainConfig) -> TrainResult:
-        """Train locally, starting from the current weights."""
+    def fit(self, features: NDArray[Any], labels: NDArray[Any], config: TrainConfig) -> TrainResult:
+        """Train locally, starting from the current weights. ``features`` are float rows, or
+        texts (an object array of ``str``) for text models."""
         ...
 
-    def predict(self, features: NDArray[np.floating]) -> NDArray[np.float64]:
+    def predict(self, features: NDArray[Any]) -> NDArray[np.float64]:
         """Scores: binary -> P(class 1) of shape (n,); multiclass -> probabilities (n, C);
         regression -> predictions (n,)."""
         ...

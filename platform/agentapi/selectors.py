@@ -86,6 +86,7 @@ def _training_settings(training: dict[str, object]) -> TrainingSettings:
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         proximal_mu=config.proximal_mu,
+        max_steps=config.max_steps,
     )
 
 

@@ -64,6 +64,7 @@ def job_live(*, scope: Scope, job: Job) -> Payload:
         "job": _job(job, progress.rounds),
         "rounds": rounds,
         "longest_round_seconds": max((r.duration_seconds for r in progress.rounds), default=0.0),
+        "full_model_bytes": progress.full_model_bytes,
         "sites": _sites(progress.sites, updates),
         "models": [_model(scope, version) for version in model_version_list(job=job)],
         "charts": charts,
@@ -150,6 +151,8 @@ def _round(
         "metrics": round_.metrics,
         "summary": round_summary(round_.kind, round_.metrics, charts),
         "failure_reason": round_.failure_reason,
+        "bytes_up": round_.bytes_up,
+        "bytes_down": round_.bytes_down,
     }
 
 

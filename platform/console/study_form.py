@@ -21,9 +21,12 @@ from rest_framework.exceptions import ParseError
 from console.forms import add_service_error
 from federation.aggregation.strategies import STRATEGIES, StrategyName, StrategyParameter, build_strategy
 from federation.data import DataSchema, Standardizer
+from federation.data.text import TextSchema, parse_data_schema
 from federation.errors import ConfigurationError, FederationError
-from federation.models import ModelConfig, ModelKind, TrainConfig
+from federation.models import ModelConfig, ModelKind, TextModelConfig, TrainConfig
 from federation.models.base import MAX_SEED
+from federation.models.lora import AdapterAggregation, LoraSettings, TextModelKind
+from federation.models.pins import BUILTIN_MODELS, builtin_pin
 from fedplatform.errors import ServiceError
 from fedplatform.parsers import loads_checked
 from institutions.models import Institution
@@ -48,7 +51,19 @@ MODEL_KIND_LABELS = {
     ModelKind.CNN: "Small CNN for square images (torch)",
     ModelKind.SKLEARN_SGD: "SGD classifier or regressor (scikit-learn)",
     ModelKind.SKLEARN_LOGISTIC: "Logistic regression (scikit-learn)",
+    TextModelKind.LORA_ENCODER: "Pretrained text encoder with LoRA adapters (text)",
+    TextModelKind.LORA_CAUSAL_LM: "Pretrained language model with LoRA, classes scored as answers (text)",
 }
+#: The linear layers LoRA attaches to by default, by base model family.
+DEFAULT_TARGETS = {
+    TextModelKind.LORA_ENCODER: "query, key, value",
+    TextModelKind.LORA_CAUSAL_LM: "q_proj, k_proj, v_proj, o_proj",
+}
+
+
+def base_model_label(name: str) -> str:
+    pin = builtin_pin(name)
+    return f"{name} ({pin.family.value}, {pin.num_parameters / 1e6:.1f}M parameters)"
 
 
 def strategy_label(strategy: StrategyName) -> str:
@@ -57,7 +72,15 @@ def strategy_label(strategy: StrategyName) -> str:
     return f"{strategy_class.label} (robust)" if strategy_class.robust else strategy_class.label
 
 
-TRAINING_FIELDS = ("epochs", "batch_size", "learning_rate", "proximal_mu")
+TRAINING_FIELDS = ("epochs", "batch_size", "learning_rate", "proximal_mu", "max_steps")
+LORA_FIELDS = (
+    "base_model",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_aggregation",
+)
 
 
 class StudyArguments(TypedDict):
@@ -171,9 +194,47 @@ class StudyForm(forms.Form):
     )
     # 3. model
     model_kind = forms.ChoiceField(
-        choices=[(kind.value, MODEL_KIND_LABELS[kind]) for kind in ModelKind],
+        choices=[(kind.value, label) for kind, label in MODEL_KIND_LABELS.items()],
         label="Model",
         initial="logistic",
+        help_text='Text models need a text schema: {"kind": "text", "text": {"name": ..., ...}}.',
+    )
+    base_model = forms.ChoiceField(
+        required=False,
+        choices=[(name, base_model_label(name)) for name in BUILTIN_MODELS],
+        initial="all-MiniLM-L6-v2",
+        label="Base model (text models)",
+        help_text="Pinned by the SHA-256 of its weight files: a site whose copy differs refuses the study.",
+    )
+    lora_rank = forms.IntegerField(
+        required=False, min_value=1, max_value=256, initial=8, label="LoRA rank (text models)"
+    )
+    lora_alpha = forms.FloatField(
+        required=False,
+        min_value=0,
+        initial=16.0,
+        label="LoRA alpha",
+        widget=forms.NumberInput(attrs={"step": "any"}),
+    )
+    lora_dropout = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=0.99,
+        initial=0.0,
+        label="LoRA dropout",
+        widget=forms.NumberInput(attrs={"step": "any"}),
+    )
+    lora_target_modules = forms.CharField(
+        required=False,
+        label="LoRA target modules",
+        help_text="Comma-separated layer names; empty: query, key, value (encoders) or q/k/v/o (causal).",
+    )
+    lora_aggregation = forms.ChoiceField(
+        required=False,
+        choices=[(method.value, method.label) for method in AdapterAggregation],
+        initial=AdapterAggregation.FEDIT.value,
+        label="Adapter aggregation",
+        help_text="FFA-LoRA is exact and suits differential privacy; the SVD method needs plain FedAvg.",
     )
     hidden_sizes = forms.CharField(
         required=False,
@@ -218,6 +279,12 @@ class StudyForm(forms.Form):
         help_text="FedProx's proximal term in local training; 0 turns it off.",
         widget=forms.NumberInput(attrs={"step": "any"}),
     )
+    max_steps = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Steps per round",
+        help_text="Optional cap on each site's optimizer steps per round (for text models, e.g. 15).",
+    )
     validation_fraction = forms.FloatField(
         initial=0.2,
         label="Validation fraction",
@@ -251,7 +318,7 @@ class StudyForm(forms.Form):
         for strategy, parameter, form_field in strategy_param_fields():
             form_field.label = parameter.replace("_", " ").capitalize()
             self.fields[param_field_name(strategy, parameter)] = form_field
-        self.schema: DataSchema | None = None
+        self.schema: DataSchema | TextSchema | None = None
 
     # --- the steps, for the template ------------------------------------------------------
 
@@ -279,7 +346,7 @@ class StudyForm(forms.Form):
                 "model",
                 "Model",
                 "The model's inputs and outputs are derived from the schema.",
-                bound("model_kind", "hidden_sizes", "image_size"),
+                bound("model_kind", "hidden_sizes", "image_size", *LORA_FIELDS),
             ),
             Section(
                 4,
@@ -299,6 +366,7 @@ class StudyForm(forms.Form):
                     "batch_size",
                     "learning_rate",
                     "proximal_mu",
+                    "max_steps",
                     "validation_fraction",
                     "seed",
                     "feature_scaling",
@@ -312,7 +380,7 @@ class StudyForm(forms.Form):
     def clean_data_schema(self) -> dict[str, object] | None:
         raw = self.cleaned_data.get("data_schema")
         try:
-            self.schema = DataSchema.from_json(raw)
+            self.schema = parse_data_schema(raw)
         except FederationError as error:
             raise forms.ValidationError(sentence(str(error)), code="schema") from error
         return self.schema.to_json()
@@ -345,7 +413,15 @@ class StudyForm(forms.Form):
         cleaned = super().clean() or {}
         self._forget_other_strategies(str(cleaned.get("strategy", "")))
         if self.schema is not None and "model_kind" in cleaned and "hidden_sizes" in cleaned:
-            words = {"image_size": "image", "hidden_sizes": "hidden_sizes"}
+            words = {
+                "image_size": "image",
+                "hidden_sizes": "hidden_sizes",
+                "lora_rank": "rank",
+                "lora_alpha": "alpha",
+                "lora_dropout": "dropout",
+                "lora_target_modules": "target module",
+                "lora_aggregation": "SVD",
+            }
             self._check(self._model_config, words, fallback="model_kind")
         if "strategy" in cleaned:
             self._check(self._strategy_params, self._param_fields(cleaned["strategy"]), fallback="strategy")
@@ -388,6 +464,11 @@ class StudyForm(forms.Form):
     def _model_config(self) -> None:
         assert self.schema is not None
         kind = self.cleaned_data["model_kind"]
+        if kind in set(TextModelKind):
+            self.cleaned_data["model_config"] = self._text_model_config(TextModelKind(kind)).to_json()
+            return
+        if isinstance(self.schema, TextSchema):
+            raise ConfigurationError(f"a text schema needs a text model, not {kind}")
         config = {
             "kind": kind,
             "task": self.schema.task.value,
@@ -397,6 +478,29 @@ class StudyForm(forms.Form):
             "image_size": self.cleaned_data.get("image_size") if kind == ModelKind.CNN else None,
         }
         self.cleaned_data["model_config"] = ModelConfig.from_json(config).to_json()
+
+    def _text_model_config(self, kind: TextModelKind) -> TextModelConfig:
+        if not isinstance(self.schema, TextSchema):
+            raise ConfigurationError('a text model needs a text data schema ("kind": "text")')
+        data = self.cleaned_data
+        targets = str(data.get("lora_target_modules") or "").strip() or DEFAULT_TARGETS[kind]
+        defaults = LoraSettings()
+        lora = LoraSettings(
+            rank=data.get("lora_rank") or defaults.rank,
+            alpha=data.get("lora_alpha") or defaults.alpha,
+            dropout=data.get("lora_dropout") or defaults.dropout,
+            target_modules=tuple(part.strip() for part in targets.split(",") if part.strip()),
+            aggregation=data.get("lora_aggregation") or defaults.aggregation,
+        )
+        return TextModelConfig(
+            kind=kind,
+            task=self.schema.task,
+            num_classes=self.schema.num_classes,
+            class_names=self.schema.classes,
+            base_model=builtin_pin(data.get("base_model") or "all-MiniLM-L6-v2"),
+            lora=lora,
+            max_tokens=self.schema.text.max_tokens,
+        )
 
     def _strategy_params(self) -> None:
         strategy = StrategyName(self.cleaned_data["strategy"])
@@ -410,11 +514,14 @@ class StudyForm(forms.Form):
 
     def _training(self) -> None:
         training = {name: self.cleaned_data[name] for name in TRAINING_FIELDS}
+        if training["max_steps"] is None:
+            del training["max_steps"]
         TrainConfig(**training)
         self.cleaned_data["training"] = training
 
     def _feature_scaling(self) -> None:
-        assert self.schema is not None
+        if not isinstance(self.schema, DataSchema):
+            raise ConfigurationError("feature scaling applies to numeric features; a text study has none")
         scaling = self.cleaned_data["feature_scaling"]
         unknown = sorted(set(scaling) - {"mean", "std"})
         width = len(self.schema.encoded_feature_names())

@@ -12,15 +12,25 @@ from audit.services import audit_record
 from federation.aggregation.strategies import build_strategy
 from federation.aggregation.update_bound import UpdateNormBound
 from federation.data import DataSchema, Standardizer
+from federation.data.text import TextSchema, parse_data_schema
 from federation.errors import ConfigurationError, FederationError
-from federation.models import ModelConfig, TrainConfig
+from federation.models import (
+    AnyModelConfig,
+    ModelConfig,
+    TextModelConfig,
+    TrainConfig,
+    adapter_aggregation_of,
+    model_config_from_json,
+)
+from federation.models.lora import is_text_model
+from federation.models.pins import builtin_pin
 from federation.privacy.settings import PrivacySettings
 from federation.rounds import RoundPlan
 from fedplatform.errors import Conflict, InvalidInput, NotFound
 from institutions.models import Institution
 from studies.models import Decision, Study, StudyParticipant
 
-TRAINING_KEYS = {"epochs", "batch_size", "learning_rate", "proximal_mu"}
+TRAINING_KEYS = {"epochs", "batch_size", "learning_rate", "proximal_mu", "max_steps"}
 
 
 def study_validate(
@@ -34,14 +44,19 @@ def study_validate(
     privacy: Mapping[str, object] | None = None,
     num_participants: int | None = None,
     update_norm_bound: Mapping[str, object] | None = None,
-) -> None:
-    """Check that the parts of a study fit together; raise :class:`InvalidInput` if not."""
+) -> dict[str, object]:
+    """Check that the parts of a study fit together; raise :class:`InvalidInput` if not.
+
+    Returns the model config as the study stores it (:func:`study_model_config_resolve`).
+    """
     try:
-        model = ModelConfig.from_json(dict(model_config))
-        schema = DataSchema.from_json(dict(data_schema))
+        resolved = study_model_config_resolve(model_config=model_config, data_schema=data_schema)
+        model = model_config_from_json(resolved)
+        schema = parse_data_schema(dict(data_schema))
         plan = RoundPlan(
             strategy=build_strategy(strategy, dict(strategy_params)),  # type: ignore[arg-type]
             privacy=PrivacySettings.from_json(dict(privacy or {})),
+            adapters=adapter_aggregation_of(model),
         )
         norm_bound = UpdateNormBound.from_json(update_norm_bound)
         unknown = set(training) - TRAINING_KEYS
@@ -60,21 +75,78 @@ def study_validate(
             "update_norm_bound needs to see each update; under secure aggregation the server sees "
             "only the sum (each site's agent can clip its own update: clip_update_norm in its policy)"
         )
-    _check_model_fits_schema(model, schema, feature_scaling)
+    if isinstance(model, TextModelConfig):
+        _check_text_model_fits(model, schema, feature_scaling, training)
+    elif isinstance(schema, TextSchema):
+        raise InvalidInput(
+            f"a {model.kind.value} model reads numeric features; a text data schema needs a text model"
+        )
+    else:
+        _check_model_fits_schema(model, schema, feature_scaling)
     _check_privacy_fits(plan, model, training, num_participants)
+    return resolved
+
+
+def study_model_config_resolve(
+    *, model_config: Mapping[str, object], data_schema: Mapping[str, object]
+) -> dict[str, object]:
+    """The model config as a study stores it. A text model's ``base_model`` may be given as
+    the name of a built-in model, which is pinned here (digests and layer shapes); its
+    ``class_names`` and ``max_tokens`` default to the text schema's classes and token limit."""
+    resolved = dict(model_config)
+    if not is_text_model(resolved):
+        return resolved
+    if isinstance(resolved.get("base_model"), str):
+        resolved["base_model"] = builtin_pin(str(resolved["base_model"])).to_json()
+    schema = parse_data_schema(dict(data_schema))
+    if not isinstance(schema, TextSchema):
+        raise InvalidInput(f"a {resolved.get('kind')} model reads text: the data schema needs kind text")
+    resolved.setdefault("class_names", list(schema.classes))
+    resolved.setdefault("max_tokens", schema.text.max_tokens)
+    return resolved
+
+
+def _check_text_model_fits(
+    model: TextModelConfig,
+    schema: DataSchema | TextSchema,
+    feature_scaling: Mapping[str, object] | None,
+    training: Mapping[str, object],
+) -> None:
+    if not isinstance(schema, TextSchema):
+        raise InvalidInput(f"a {model.kind.value} model reads text: the data schema needs kind text")
+    if model.task is not schema.task or model.num_classes != schema.num_classes:
+        raise InvalidInput(
+            f"the model is {model.task.value} with {model.num_classes} classes but the schema is "
+            f"{schema.task.value} with {schema.num_classes}"
+        )
+    if model.class_names != schema.classes:
+        raise InvalidInput(
+            f"the model's class_names must be the schema's classes in order: {list(schema.classes)}"
+        )
+    if model.max_tokens != schema.text.max_tokens:
+        raise InvalidInput(
+            f"the model reads {model.max_tokens} tokens but the schema's text field declares "
+            f"{schema.text.max_tokens}: give one token limit"
+        )
+    if feature_scaling is not None:
+        raise InvalidInput("feature_scaling applies to numeric features; a text study has none")
+    if float(training.get("proximal_mu", 0.0) or 0.0) > 0:  # type: ignore[arg-type]
+        raise InvalidInput("FedProx's proximal term is not available for text models: set proximal_mu to 0")
 
 
 def _check_privacy_fits(
-    plan: RoundPlan, model: ModelConfig, training: Mapping[str, object], num_participants: int | None
+    plan: RoundPlan, model: AnyModelConfig, training: Mapping[str, object], num_participants: int | None
 ) -> None:
     """Refuse privacy settings the rest of the study cannot honour, with the reason."""
+    kind = model.kind if isinstance(model, ModelConfig) else None  # text models: the plan's adapter rules
+    proximal_mu = float(training.get("proximal_mu", 0.0) or 0.0)  # type: ignore[arg-type]
     try:
-        plan.check(num_participants, model.kind, proximal_mu=float(training.get("proximal_mu", 0.0) or 0.0))  # type: ignore[arg-type]
+        plan.check(num_participants, kind, proximal_mu=proximal_mu)
     except ConfigurationError as error:
         raise InvalidInput(str(error)) from None
 
 
-def _check_model_size(model: ModelConfig) -> None:
+def _check_model_size(model: AnyModelConfig) -> None:
     """Refuse a model too large to build, send and aggregate (counted, never built here)."""
     limit = django_settings.FEDHEALTH_MAX_MODEL_PARAMETERS
     if model.num_parameters > limit:
@@ -118,7 +190,7 @@ def study_create(
     actor: str,
     update_norm_bound: Mapping[str, object] | None = None,
 ) -> Study:
-    study_validate(
+    model_config = study_validate(
         model_config=model_config,
         data_schema=data_schema,
         strategy=strategy,

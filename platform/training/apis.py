@@ -200,6 +200,10 @@ class RoundProgressSerializer(serializers.Serializer):
     duration_seconds = serializers.FloatField(help_text="from opening to closing, or until now while open")
     metrics = serializers.DictField(child=serializers.FloatField())
     failure_reason = serializers.CharField()
+    bytes_up = serializers.IntegerField(help_text="bytes the sites uploaded: their updates")
+    bytes_down = serializers.IntegerField(
+        help_text="bytes the answering sites downloaded: the base model, once each"
+    )
 
     class Meta:
         ref_name = "RoundProgress"
@@ -225,6 +229,10 @@ class JobProgressApi(ApiView):
         job = JobOutputSerializer()
         rounds = RoundProgressSerializer(many=True)
         sites = SiteProgressSerializer(many=True, help_text="every site; a data owner sees only their own")
+        full_model_bytes = serializers.IntegerField(
+            allow_null=True,
+            help_text="a text model's whole size in float32 (only adapters travel); null for other models",
+        )
 
         class Meta:
             ref_name = "JobProgress"

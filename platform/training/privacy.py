@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from federation.aggregation.strategies import build_strategy
 from federation.errors import ConfigurationError
+from federation.models import adapter_aggregation_of, model_config_from_json
 from federation.privacy import accounting
 from federation.privacy.settings import DPLevel, PrivacySettings
 from federation.rounds import BUDGET_TOLERANCE, RoundPlan
@@ -43,7 +44,11 @@ def job_plan_resolve(*, study: Study, num_rounds: int) -> RoundPlan:
         settings = PrivacySettings.from_json(study.privacy)
     except ConfigurationError as error:  # a study set up before these settings were checked
         raise InvalidInput(f"the study's privacy settings are not valid: {error}") from None
-    plan = RoundPlan(strategy=strategy, privacy=settings)
+    try:
+        adapters = adapter_aggregation_of(model_config_from_json(study.model_config))
+    except ConfigurationError as error:
+        raise InvalidInput(f"the study's model is not valid: {error}") from None
+    plan = RoundPlan(strategy=strategy, privacy=settings, adapters=adapters)
     try:
         return plan.resolved(num_rounds=num_rounds)
     except ConfigurationError as error:

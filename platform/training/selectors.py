@@ -6,10 +6,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.selectors import Scope, scope_queryset
+from federation.errors import ConfigurationError
+from federation.models import TextModelConfig, model_config_from_json
 from federation.types import ModelSpec
 from fedplatform.errors import NotFound
 from institutions.models import AgentCredential, Institution
@@ -96,6 +98,9 @@ class RoundProgress:
     duration_seconds: float
     metrics: dict[str, float]
     failure_reason: str
+    #: Bytes the sites sent (their updates) and fetched (the round's base model, once each).
+    bytes_up: int = 0
+    bytes_down: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,8 @@ class JobProgress:
     job: Job
     rounds: list[RoundProgress]
     sites: list[SiteProgress]
+    #: A text model's whole size in float32, which full fine-tuning would send; None otherwise.
+    full_model_bytes: int | None = None
 
 
 def job_progress(*, scope: Scope, job: Job) -> JobProgress:
@@ -124,12 +131,29 @@ def job_progress(*, scope: Scope, job: Job) -> JobProgress:
     participants = StudyParticipant.objects.filter(study_id=job.study_id).select_related("institution")
     participants = scope_queryset(participants, scope=scope, institution_path="institution")
     return JobProgress(
-        job=job, rounds=_rounds_progress(job, now), sites=_sites_progress(job, list(participants), now)
+        job=job,
+        rounds=_rounds_progress(job, now),
+        sites=_sites_progress(job, list(participants), now),
+        full_model_bytes=job_full_model_bytes(job=job),
     )
 
 
+def job_full_model_bytes(*, job: Job) -> int | None:
+    """What the whole model of a text study weighs in float32 (its adapters are what travels)."""
+    try:
+        config = model_config_from_json(job.study.model_config)
+    except ConfigurationError:
+        return None
+    return config.full_model_bytes if isinstance(config, TextModelConfig) else None
+
+
 def _rounds_progress(job: Job, now: datetime) -> list[RoundProgress]:
-    rounds = Round.objects.filter(job=job).annotate(received=Count("updates")).order_by("number")
+    rounds = (
+        Round.objects.filter(job=job)
+        .select_related("base_version")
+        .annotate(received=Count("updates"), bytes_up=Sum("updates__size"))
+        .order_by("number")
+    )
     return [
         RoundProgress(
             number=round_.number,
@@ -144,6 +168,8 @@ def _rounds_progress(job: Job, now: datetime) -> list[RoundProgress]:
             duration_seconds=((round_.closed_at or now) - round_.opened_at).total_seconds(),
             metrics=round_.metrics,
             failure_reason=round_.failure_reason,
+            bytes_up=int(round_.bytes_up or 0),
+            bytes_down=round_.base_version.size * round_.received,
         )
         for round_ in rounds
     ]

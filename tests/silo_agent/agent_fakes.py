@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 
 from federation.data import Standardizer, load_builtin
-from federation.models import ModelConfig, build_model
+from federation.models import ModelConfig, TextModelConfig, build_model, model_config_from_json
 from federation.privacy.settings import PrivacySettings
 from federation.protocol import ModelVersionRef, StudySettings, TaskKind, TrainingSettings, WorkTask
 from federation.wire import deserialize_weights, serialize_weights, sha256_hex
@@ -269,8 +269,9 @@ class FakeServer:
         expected = (task["job_id"], task["round_number"], task["model_version"]["sha256"])  # type: ignore[index]
         if binding != expected:
             return 400, error_body("binding_mismatch", "the update is bound to another round")
-        model = ModelConfig.from_json(task["study"]["model"])  # type: ignore[index]
-        deserialize_weights(tensors, spec=build_model(model).model_spec())  # raises if off-spec
+        model = model_config_from_json(task["study"]["model"])  # type: ignore[index]
+        spec = model.model_spec() if isinstance(model, TextModelConfig) else build_model(model).model_spec()
+        deserialize_weights(tensors, spec=spec)  # raises if off-spec
         self.stored_updates[round_id] = tensors
         return 201, {"update_id": round_id, "sha256": digest, "duplicate": False}
 
@@ -367,4 +368,5 @@ class RunnerHarness:
             store=self.store,
             data=DataCache(config.data, 7),
             progress=lambda step, detail: self.steps.append(step),
+            models=config.models,
         )

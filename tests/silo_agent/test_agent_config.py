@@ -162,3 +162,37 @@ def test_the_error_for_http_names_the_key_in_the_file(tmp_path):
     text = MINIMAL.replace("https://fl.example.org", "http://fl.example.org")
     with pytest.raises(ConfigError, match="server_url: plain http://"):
         load_config(write(tmp_path, text))
+
+
+def test_model_settings_default_to_the_built_in_models_on_any_device(tmp_path):
+    models = load_config(write(tmp_path, MINIMAL)).models
+    assert (models.device, dict(models.folders)) == ("auto", {})
+    assert models.cache_dir == tmp_path / "state" / "model-cache"
+    assert "lora_encoder" not in load_config(write(tmp_path, MINIMAL)).policy.allowed_model_kinds  # opt in
+
+
+def test_model_folders_are_read_relative_to_the_file(tmp_path):
+    (tmp_path / "models" / "clinical").mkdir(parents=True)
+    text = (
+        MINIMAL
+        + '[models]\ndevice = "cpu"\ncache_dir = "cache"\n'
+        + '[models.folders]\n"clinical-8b" = "models/clinical"\n'
+    )
+    models = load_config(write(tmp_path, text)).models
+    assert models.device == "cpu"
+    assert models.cache_dir == tmp_path / "cache"
+    assert dict(models.folders) == {"clinical-8b": tmp_path / "models" / "clinical"}
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[models]\ndevice = "tpu"\n', "models.device: must be one of auto, cpu, cuda"),
+        ("[models]\ngpu = true\n", "models.gpu: unknown key"),
+        ('[models.folders]\n"x" = "missing"\n', "models.folders.x: .* is not a folder"),
+        ('[models.folders]\n"x" = 3\n', "models.folders.x: must be a string"),
+    ],
+)
+def test_bad_model_settings_name_the_key(tmp_path, table, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, MINIMAL + table))

@@ -141,7 +141,7 @@ def _aggregation_commit(
         server_state=server_state,
         provenance=provenance,
     )
-    metrics = round_combined_metrics(round_=round_)
+    metrics = {**round_combined_metrics(round_=round_), **_adapter_metrics(provenance)}
     round_.state, round_.closed_at, round_.metrics = RoundState.CLOSED, timezone.now(), metrics
     round_.save(update_fields=["state", "closed_at", "metrics"])
     privacy.privacy_spend_client_round(round_=round_)
@@ -154,6 +154,14 @@ def _aggregation_commit(
     )
     round_open(job=job_lock(job_id=round_.job_id))
     return AggregationOutcome(work.round_id, version.number)
+
+
+def _adapter_metrics(provenance: dict[str, object]) -> dict[str, float]:
+    """What combining LoRA adapters cost this round (FedIT's error, the SVD's residual)."""
+    details = provenance.get("details")
+    if not isinstance(details, dict):
+        return {}
+    return {name: float(value) for name, value in details.items() if name.startswith("lora_")}
 
 
 @transaction.atomic

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from federation.models import ModelConfig, build_model
+from federation.models import initial_weights, model_config_from_json
 from federation.types import ModelSpec, Weights
 from federation.wire import serialize_weights
 from fedplatform.errors import Conflict, InvalidInput, NotFound
@@ -102,8 +102,8 @@ def job_begin(*, job_id: int) -> ModelVersion | None:
     job = Job.objects.select_related("study").filter(pk=job_id).first()
     if job is None or not _awaits_initial_model(job):
         return None
-    config = ModelConfig.from_json(job.study.model_config)
-    weights = build_model(config, seed=job.study.seed).get_weights()
+    config = model_config_from_json(job.study.model_config)
+    weights = initial_weights(config, seed=job.study.seed)
     with transaction.atomic():
         job = job_lock(job_id=job_id)
         if not _awaits_initial_model(job):

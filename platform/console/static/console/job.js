@@ -132,6 +132,15 @@
     }
   }
 
+  /* Sizes as the server's template shows them (Django's filesizeformat: binary units). */
+  function formatBytes(bytes) {
+    var units = ["bytes", "KB", "MB", "GB", "TB"];
+    var value = bytes || 0;
+    var unit = 0;
+    while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+    return (unit === 0 ? String(value) : value.toFixed(1)) + "\u00a0" + units[unit];
+  }
+
   function setText(id, text) {
     var node = document.getElementById(id);
     if (node) { node.textContent = text; }
@@ -153,6 +162,7 @@
       stateCell,
       cell(round.received + " / " + round.expected_updates, "num"),
       dropouts,
+      element("td", { className: "num nowrap", text: formatBytes(round.bytes_up) + " / " + formatBytes(round.bytes_down), data: { testid: "round-traffic" } }),
       duration,
       cell(formatMetric(round.summary.global_quality), "num mono"),
       cell(formatMetric(round.summary.local_quality), "num mono"),
@@ -208,7 +218,7 @@
 
   function renderTables(data) {
     replaceRows("rounds-body", data.rounds.map(function (round) { return roundRow(round, data.longest_round_seconds); }),
-      "No round yet: the first opens when the job starts.", 8);
+      "No round yet: the first opens when the job starts.", 9);
     replaceRows("sites-body", data.sites.map(siteRow), "No site.", 6);
     replaceRows("models-body", data.models.map(modelRow), "The initial model is written when the job starts.", 9);
   }
