@@ -40,20 +40,32 @@ FedAvg weight cap need each update on its own and are refused, as are fewer than
 The silos' keys and masks come from a stream seeded by the run's seed so that a run repeats
 exactly: a real site draws them from ``os.urandom`` (the default of ``secure_sum``).
 
+Text studies run through the same rounds. With a text data set (:data:`TEXT_DATASETS`:
+seeded synthetic referral notes, or real drug reviews split by condition) and a text model
+(:class:`TextModel`: MiniLM or SmolLM2 with LoRA adapters), each silo fine-tunes the
+adapters of a pretrained model it holds on disk, only the adapters (and an encoder's head)
+travel, and the round plan combines them by the LoRA method chosen
+(:class:`~federation.models.lora.AdapterAggregation`: FedIT, SVD or FFA-LoRA), reporting
+each round's aggregation error. ``max_steps`` fixes each silo's optimizer steps per round;
+the baselines then train for as many steps as one silo takes over the whole federation.
+The report adds what an update weighs against the full model, macro-F1 beside accuracy
+and, for the causal model, the perplexity of the global model before and after.
+
 The command-line front end is :mod:`federation.simulate`.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from federation.aggregation.strategies import AggregationResult, FedProx, Strategy
+from federation.aggregation.strategies import AggregationResult, Details, FedProx, Strategy
 from federation.attacks import AttackKind, attack, little_is_enough_z
 from federation.data import (
     DataSchema,
@@ -66,16 +78,82 @@ from federation.data import (
     local_moments,
     partition,
 )
+from federation.data.clinical_notes import CLINICAL_NOTES_CLASSES, clinical_notes_federation
+from federation.data.drug_reviews import DRUG_REVIEW_CLASSES, SITE_LAYOUTS, drug_review_sites
+from federation.data.text import TextDataset
 from federation.errors import ConfigurationError
 from federation.metric_reports import combine_metrics
 from federation.metrics import compute_metrics
-from federation.models import ModelAdapter, ModelConfig, ModelKind, TrainConfig, build_model
+from federation.models import (
+    AnyModelConfig,
+    ModelAdapter,
+    ModelConfig,
+    ModelKind,
+    TextModelConfig,
+    TrainConfig,
+    build_model,
+)
+from federation.models.lora import AdapterAggregation, LoraSettings, TextModelKind
+from federation.models.pins import builtin_pin
 from federation.privacy.accounting import PrivacyEvent, PrivacyLedgerState, sample_level_noise_for_job
 from federation.privacy.dp import clip_delta
 from federation.privacy.secure_fedavg import secure_sum
 from federation.privacy.settings import DEFAULT_DELTA, DifferentialPrivacy, DPLevel, PrivacySettings
 from federation.rounds import RoundInputs, RoundPlan
-from federation.types import ClientUpdate, Weights
+from federation.types import ClientUpdate, Task, Weights
+from federation.wire import serialize_weights
+
+#: Text data sets (the tabular ones are :data:`federation.data.BUILTIN_DATASETS`): seeded
+#: synthetic referral notes from differently writing sites, and Drugs.com reviews split
+#: into sites by condition.
+TEXT_DATASETS: tuple[str, ...] = ("clinical_notes", "drug_reviews")
+_TEXT_CLASSES: Mapping[str, tuple[str, ...]] = {
+    "clinical_notes": CLINICAL_NOTES_CLASSES,
+    "drug_reviews": DRUG_REVIEW_CLASSES,
+}
+
+
+class TextModel(enum.StrEnum):
+    """The pretrained text models the simulator offers, each with LoRA adapters."""
+
+    #: all-MiniLM-L6-v2 (22.7M parameters), mean-pooled, with a classification head.
+    MINILM_LORA = "minilm_lora"
+    #: SmolLM2-135M-Instruct, scoring the class names as answers to a question.
+    SMOLLM2_LORA = "smollm2_lora"
+
+
+@dataclass(frozen=True)
+class TextModelChoice:
+    """What a :class:`TextModel` stands for: the kind, the built-in base model and the
+    linear layers that carry adapters."""
+
+    kind: TextModelKind
+    base_model: str
+    target_modules: tuple[str, ...]
+
+
+TEXT_MODELS: Mapping[TextModel, TextModelChoice] = {
+    TextModel.MINILM_LORA: TextModelChoice(
+        TextModelKind.LORA_ENCODER, "all-MiniLM-L6-v2", ("query", "key", "value")
+    ),
+    TextModel.SMOLLM2_LORA: TextModelChoice(
+        TextModelKind.LORA_CAUSAL_LM, "SmolLM2-135M-Instruct", ("q_proj", "k_proj", "v_proj", "o_proj")
+    ),
+}
+
+#: Any model the simulator trains: a tabular model kind or a text model.
+SimulatedModel = ModelKind | TextModel
+
+
+def parse_model(value: str) -> SimulatedModel:
+    """A model kind (``logistic``, ...) or text model (``minilm_lora``, ...) by name."""
+    for kind in (ModelKind, TextModel):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    names = [k.value for k in ModelKind] + [t.value for t in TextModel]
+    raise ConfigurationError(f"unknown model {value!r}; choose one of {', '.join(names)}")
 
 
 @dataclass(frozen=True)
@@ -83,7 +161,8 @@ class SimulationConfig:
     """Everything that decides a simulated federation; the seed makes it repeatable."""
 
     strategy: Strategy
-    model_kind: ModelKind = ModelKind.LOGISTIC
+    #: A tabular model kind, or a text model (which needs a text data set).
+    model_kind: SimulatedModel = ModelKind.LOGISTIC
     dataset: str | None = "breast_cancer"
     csv_files: tuple[Path, ...] = ()
     schema: DataSchema | None = None
@@ -118,8 +197,22 @@ class SimulationConfig:
     secure_aggregation_threshold: int | None = None
     #: How many silos (drawn afresh each round) drop after sharing their keys.
     secure_dropouts: int = 0
+    #: Text models: the adapters' rank and alpha (LoRA scales B·A by alpha / rank).
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    #: Text models: how the server combines the sites' adapters.
+    lora_aggregation: AdapterAggregation = AdapterAggregation.FEDIT
+    #: Text models: each silo's optimizer steps per round, exactly (cycling through its data
+    #: as often as that takes; ``local_epochs`` then stays 1). None: ``local_epochs`` decide.
+    max_steps: int | None = None
+    #: Text models: every text is cut to this many tokens.
+    max_tokens: int = 128
+    #: Clinical notes: training notes per silo, and test notes per silo in the pooled test set.
+    notes_per_site: int = 200
+    test_notes_per_site: int = 100
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model_kind", parse_model(self.model_kind))
         if (self.dataset is None) == (not self.csv_files):
             raise ConfigurationError("give either a built-in data set or CSV files (one per silo), not both")
         if self.csv_files and self.schema is None:
@@ -128,11 +221,74 @@ class SimulationConfig:
             raise ConfigurationError("rounds and silos must be at least 1")
         if not 0 < self.test_fraction < 1:
             raise ConfigurationError("test_fraction must lie in (0, 1)")
+        self._check_text()
         self._check_attack()
         self._check_privacy()
         self._check_secure_aggregation()
-        self._unresolved_plan().check(self.num_sites, self.model_kind, proximal_mu=self._proximal_mu)
+        tabular_kind = self.model_kind if isinstance(self.model_kind, ModelKind) else None
+        self._unresolved_plan().check(self.num_sites, tabular_kind, proximal_mu=self._proximal_mu)
         self._check_dropouts()
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the run fine-tunes a text model (on a text data set)."""
+        return isinstance(self.model_kind, TextModel)
+
+    def _check_text(self) -> None:
+        text_data = self.dataset in TEXT_DATASETS
+        if self.is_text != text_data:
+            raise ConfigurationError(_mismatch_reason(self.model_kind, self.dataset))
+        if not self.is_text:
+            if self.max_steps is not None:
+                raise ConfigurationError("max_steps is for text models; tabular models train local_epochs")
+            return
+        try:
+            object.__setattr__(self, "lora_aggregation", AdapterAggregation(self.lora_aggregation))
+        except ValueError:
+            choices = ", ".join(a.value for a in AdapterAggregation)
+            raise ConfigurationError(f"lora_aggregation must be one of {choices}") from None
+        if self.partition is not PartitionKind.IID:
+            raise ConfigurationError(
+                f"{self.dataset} comes split by site already; the partition options apply to tabular data"
+            )
+        if self.dataset == "drug_reviews" and self.num_silos not in SITE_LAYOUTS:
+            raise ConfigurationError(
+                f"the drug reviews split into 1 to {max(SITE_LAYOUTS)} sites by condition, "
+                f"not {self.num_silos}"
+            )
+        if self.notes_per_site < 2 or self.test_notes_per_site < 1:
+            raise ConfigurationError("clinical notes need at least 2 notes per silo and 1 test note per silo")
+        if self.max_steps is not None and (self.max_steps < 1 or self.local_epochs != 1):
+            raise ConfigurationError(
+                "max_steps must be at least 1, and fixes a round's steps: leave local_epochs at 1"
+            )
+        if self._proximal_mu > 0:
+            raise ConfigurationError(
+                "the text models do not apply FedProx's proximal term in local training: use fedavg "
+                "or another rule"
+            )
+        self.text_model_config()  # checks rank, alpha and max_tokens
+
+    def text_model_config(self) -> TextModelConfig:
+        """The study's text model: the built-in base model, its adapters and the data's classes."""
+        classes = _TEXT_CLASSES.get(self.dataset or "")
+        if not isinstance(self.model_kind, TextModel) or classes is None:
+            raise ConfigurationError("a text model config needs a text model and a text data set")
+        choice = TEXT_MODELS[self.model_kind]
+        return TextModelConfig(
+            kind=choice.kind,
+            task=Task.MULTICLASS if len(classes) > 2 else Task.BINARY,
+            num_classes=len(classes),
+            class_names=classes,
+            base_model=builtin_pin(choice.base_model),
+            lora=LoraSettings(
+                rank=self.lora_rank,
+                alpha=self.lora_alpha,
+                target_modules=choice.target_modules,
+                aggregation=self.lora_aggregation,
+            ),
+            max_tokens=self.max_tokens,
+        )
 
     def _check_privacy(self) -> None:
         dp = self.differential_privacy
@@ -181,7 +337,8 @@ class SimulationConfig:
         return self.strategy.proximal_mu if isinstance(self.strategy, FedProx) else 0.0
 
     def _unresolved_plan(self) -> RoundPlan:
-        return RoundPlan(strategy=self.strategy, privacy=self.privacy_settings)
+        adapters = self.lora_aggregation if self.is_text else None
+        return RoundPlan(strategy=self.strategy, privacy=self.privacy_settings, adapters=adapters)
 
     def round_plan(self) -> RoundPlan:
         """The run's round plan (checked when the config was made), client-level noise resolved."""
@@ -223,14 +380,33 @@ class SimulationConfig:
         return list(range(self.num_malicious))
 
 
+def _mismatch_reason(model: SimulatedModel, dataset: str | None) -> str:
+    if isinstance(model, TextModel):
+        source = f"data set {dataset} is" if dataset else "CSV files are"
+        return (
+            f"the {model.value} model reads text, but {source} tabular: choose a text data set "
+            f"({', '.join(TEXT_DATASETS)})"
+        )
+    return (
+        f"{dataset} is a text data set, but {model.value} is a tabular model: choose a text model "
+        f"({', '.join(t.value for t in TextModel)})"
+    )
+
+
+#: The round plan's aggregation details a round record keeps (those of LoRA adapters).
+ADAPTER_DETAILS = ("lora_fedit_error", "lora_svd_residual")
+
+
 @dataclass(frozen=True)
 class RoundRecord:
-    """What one round did: the global model's test metrics and its duration."""
+    """What one round did: the global model's test metrics and its duration, and for LoRA
+    adapters the aggregation's figures (:data:`ADAPTER_DETAILS`, when the plan gave them)."""
 
     round: int
     metrics: dict[str, float]
     train_metrics: dict[str, float]
     seconds: float
+    aggregation: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -261,6 +437,24 @@ class PrivacyReport:
 
 
 @dataclass
+class TextReport:
+    """What a text run adds: the bytes one silo uploads per round (its update as
+    safetensors) against the whole model in float32, the global model's test metrics before
+    the first round and, for a causal model, its perplexity on the test texts before and
+    after."""
+
+    update_bytes: int
+    model_bytes: int
+    before: dict[str, float]
+    perplexity_before: float | None = None
+    perplexity_after: float | None = None
+
+    @property
+    def bytes_ratio(self) -> float:
+        return self.model_bytes / self.update_bytes
+
+
+@dataclass
 class SimulationReport:
     config: SimulationConfig
     silo_sizes: list[int]
@@ -272,12 +466,15 @@ class SimulationReport:
     seconds: float = 0.0
     #: The final global model (not in :meth:`summary`).
     weights: Weights = field(default_factory=dict)
+    #: Text runs only.
+    text: TextReport | None = None
 
     def summary(self) -> dict[str, object]:
-        """The figures a person compares, as one JSON-ready object."""
+        """The figures a person compares, as one JSON-ready object (text runs add
+        :meth:`text_summary`'s)."""
         key = "accuracy" if "accuracy" in self.federated else "r2"
         local = [round(m[key], 4) for m in self.local]
-        return {
+        summary = {
             "metric": key,
             "federated": round(self.federated[key], 4),
             "centralized": round(self.centralized[key], 4) if self.centralized else None,
@@ -294,6 +491,52 @@ class SimulationReport:
             "secure_aggregation": _secure_json(self.config),
             "seconds": round(self.seconds, 2),
         }
+        return {**summary, **self.text_summary()} if self.text else summary
+
+    def text_summary(self) -> dict[str, object]:
+        """Bytes per update against the full model, macro-F1 beside accuracy, the adapters'
+        aggregation error per round and (causal models) perplexity before and after."""
+        text = self.text
+        if text is None:
+            return {}
+        summary: dict[str, object] = {
+            "model": self.config.model_kind.value,
+            "lora_aggregation": self.config.lora_aggregation.value,
+            "max_steps": self.config.max_steps,
+            "update_bytes": text.update_bytes,
+            "model_bytes": text.model_bytes,
+            "bytes_ratio": round(text.bytes_ratio, 1),
+            "accuracy_before": round(text.before["accuracy"], 4),
+            "macro_f1": self._macro_f1(),
+            "per_round_fedit_error": self._per_round("lora_fedit_error"),
+        }
+        if self.config.lora_aggregation is AdapterAggregation.SVD:
+            summary["per_round_svd_residual"] = self._per_round("lora_svd_residual")
+        if text.perplexity_before is not None:
+            summary["perplexity_before"] = round(text.perplexity_before, 4)
+            summary["perplexity_after"] = _rounded(text.perplexity_after)
+        return summary
+
+    def _macro_f1(self) -> dict[str, object]:
+        local = [round(m["macro_f1"], 4) for m in self.local]
+        assert self.text is not None
+        return {
+            "before": round(self.text.before["macro_f1"], 4),
+            "federated": round(self.federated["macro_f1"], 4),
+            "centralized": round(self.centralized["macro_f1"], 4) if self.centralized else None,
+            "local_mean": round(float(np.mean(local)), 4) if local else None,
+            "local": local,
+            "per_round": [round(r.metrics["macro_f1"], 4) for r in self.rounds],
+        }
+
+    def _per_round(self, detail: str) -> list[float | None]:
+        """One aggregation figure per round; None where the plan gave none (under secure
+        aggregation or client-level DP it never sees a single site's adapter)."""
+        return [_rounded(r.aggregation.get(detail), 6) for r in self.rounds]
+
+
+def _rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _secure_json(config: SimulationConfig) -> dict[str, int] | None:
@@ -310,7 +553,15 @@ def _secure_json(config: SimulationConfig) -> dict[str, int] | None:
 ProgressCallback = Callable[[RoundRecord, int], None]
 
 
-def _model_config(config: SimulationConfig, train: Dataset) -> ModelConfig:
+#: A silo's data: a tabular data set, or texts with their labels.
+SiloData = Dataset | TextDataset
+
+
+def _model_config(config: SimulationConfig, train: SiloData) -> AnyModelConfig:
+    if config.is_text:
+        return config.text_model_config()
+    assert isinstance(train, Dataset)
+    assert isinstance(config.model_kind, ModelKind)
     image_size = round(train.features.shape[1] ** 0.5) if config.model_kind is ModelKind.CNN else None
     return ModelConfig(
         kind=config.model_kind,
@@ -319,6 +570,17 @@ def _model_config(config: SimulationConfig, train: Dataset) -> ModelConfig:
         num_classes=train.num_classes,
         hidden_sizes=config.hidden_sizes,
         image_size=image_size,
+    )
+
+
+def load_text_silos(config: SimulationConfig) -> tuple[list[TextDataset], TextDataset]:
+    """The silos' texts and one pooled test set: clinical notes drawn with the run's seed
+    (each silo's own style and label mix), or the drug reviews split by condition. Texts
+    are not standardized."""
+    if config.dataset == "drug_reviews":
+        return drug_review_sites(config.num_silos)
+    return clinical_notes_federation(
+        config.num_silos, config.notes_per_site, config.test_notes_per_site, seed=config.seed
     )
 
 
@@ -345,6 +607,11 @@ def load_silos(config: SimulationConfig, rng: np.random.Generator) -> tuple[list
     return silos, test
 
 
+def _epochs_for_steps(steps: int, num_examples: int, batch_size: int) -> int:
+    """The passes over ``num_examples`` examples that ``steps`` batches need."""
+    return math.ceil(steps / math.ceil(num_examples / batch_size))
+
+
 def _train_config(
     config: SimulationConfig,
     *,
@@ -352,6 +619,7 @@ def _train_config(
     seed: int,
     federated: bool = True,
     noise_multiplier: float | None = None,
+    max_steps: int | None = None,
 ) -> TrainConfig:
     # FedProx's proximal term anchors local training to the round's global model; the
     # baselines train alone, so they have no anchor.
@@ -368,6 +636,19 @@ def _train_config(
         dp_clipping_norm=dp.clipping_norm if dp else None,
         # A simulation repeats exactly; a real site leaves dp_seed None (see TrainConfig).
         dp_seed=seed if dp else None,
+        max_steps=max_steps,
+    )
+
+
+def _local_train_config(
+    config: SimulationConfig, num_examples: int, *, seed: int, noise_multiplier: float | None
+) -> TrainConfig:
+    """One silo's training in one round: ``local_epochs``, or exactly ``max_steps`` steps."""
+    if config.max_steps is None:
+        return _train_config(config, epochs=config.local_epochs, seed=seed, noise_multiplier=noise_multiplier)
+    epochs = _epochs_for_steps(config.max_steps, num_examples, config.batch_size)
+    return _train_config(
+        config, epochs=epochs, seed=seed, noise_multiplier=noise_multiplier, max_steps=config.max_steps
     )
 
 
@@ -474,22 +755,28 @@ def _start_secure_aggregation(config: SimulationConfig) -> _SecureRun | None:
     return _SecureRun(np.random.default_rng([config.seed, _SECAGG_STREAM]), config.secure_dropouts)
 
 
-def _evaluate(model_config: ModelConfig, weights: Weights, data: Dataset, seed: int) -> dict[str, float]:
+def _evaluate(model_config: AnyModelConfig, weights: Weights, data: SiloData, seed: int) -> dict[str, float]:
     model = build_model(model_config, seed=seed)
     model.set_weights(weights)
     return compute_metrics(data.task, data.labels, model.predict(data.features))
 
 
+def _load_data(config: SimulationConfig) -> tuple[Sequence[SiloData], SiloData]:
+    if config.is_text:
+        return load_text_silos(config)
+    return load_silos(config, np.random.default_rng(config.seed))
+
+
 def run_simulation(config: SimulationConfig, progress: ProgressCallback | None = None) -> SimulationReport:
     """Run the federation, then (optionally) the centralized and local-only baselines."""
     started = time.perf_counter()
-    rng = np.random.default_rng(config.seed)
-    silos, test = load_silos(config, rng)
+    silos, test = _load_data(config)
     model_config = _model_config(config, silos[0])
     report = SimulationReport(config=config, silo_sizes=[len(s) for s in silos])
     worker = build_model(model_config, seed=config.seed)
     global_weights = worker.get_weights()
     initial_weights = {name: array.copy() for name, array in global_weights.items()}
+    report.text = _text_start(model_config, initial_weights, test, config.seed)
     state: Weights = {}
     # Its own stream, so an attack never shifts the data split or the training.
     attack_rng = np.random.default_rng([config.seed, _ATTACK_STREAM])
@@ -499,6 +786,8 @@ def run_simulation(config: SimulationConfig, progress: ProgressCallback | None =
     for round_number in range(1, config.rounds + 1):
         round_started = time.perf_counter()
         updates, train_metrics = _local_round(config, worker, global_weights, silos, round_number, privacy)
+        if report.text is not None and not report.text.update_bytes:
+            report.text.update_bytes = len(serialize_weights(updates[0].weights))  # one site's upload
         updates = poison_updates(config, global_weights, updates, attack_rng)
         result = _aggregate(plan, global_weights, updates, state, privacy, secure)
         global_weights, state = result.weights, result.state
@@ -507,16 +796,55 @@ def run_simulation(config: SimulationConfig, progress: ProgressCallback | None =
             metrics=_evaluate(model_config, global_weights, test, config.seed),
             train_metrics=train_metrics,
             seconds=time.perf_counter() - round_started,
+            aggregation=_adapter_details(result.details),
         )
         report.rounds.append(record)
         if progress:
             progress(record, config.rounds)
     report.federated, report.weights = report.rounds[-1].metrics, global_weights
     report.privacy = privacy.report(config, len(silos)) if privacy else None
+    if report.text is not None:
+        report.text.perplexity_after = _perplexity(model_config, global_weights, test, config.seed)
     if config.baselines:
         report.centralized, report.local = _baselines(config, model_config, initial_weights, silos, test)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _adapter_details(details: Details) -> dict[str, float]:
+    """The aggregation figures of LoRA adapters among the plan's details."""
+    return {
+        name: float(value)
+        for name, value in details.items()
+        if name in ADAPTER_DETAILS and isinstance(value, int | float)
+    }
+
+
+def _text_start(
+    model_config: AnyModelConfig, initial_weights: Weights, test: SiloData, seed: int
+) -> TextReport | None:
+    """A text run's report before the first round: the initial model's test metrics and
+    perplexity, and the full model's size (the update's size follows from round 1)."""
+    if not isinstance(model_config, TextModelConfig):
+        return None
+    return TextReport(
+        update_bytes=0,
+        model_bytes=model_config.full_model_bytes,
+        before=_evaluate(model_config, initial_weights, test, seed),
+        perplexity_before=_perplexity(model_config, initial_weights, test, seed),
+    )
+
+
+def _perplexity(model_config: AnyModelConfig, weights: Weights, test: SiloData, seed: int) -> float | None:
+    """The causal model's perplexity on the test texts with ``weights``; None for other models."""
+    if not isinstance(model_config, TextModelConfig) or model_config.kind is not TextModelKind.LORA_CAUSAL_LM:
+        return None
+    from federation.models.text_models import LoraTextAdapter
+
+    model = build_model(model_config, seed=seed)
+    assert isinstance(model, LoraTextAdapter)
+    model.set_weights(weights)
+    return model.perplexity(test.features)
 
 
 #: Mixed into the seed of the attack's random stream.
@@ -554,7 +882,7 @@ def _local_round(
     config: SimulationConfig,
     worker: ModelAdapter,
     global_weights: Weights,
-    silos: Sequence[Dataset],
+    silos: Sequence[SiloData],
     round_number: int,
     privacy: _PrivacyRun | None = None,
 ) -> tuple[list[ClientUpdate], dict[str, float]]:
@@ -567,7 +895,7 @@ def _local_round(
         worker.set_weights(global_weights)
         seed = config.seed * 1_000_003 + round_number * 1_009 + index
         noise = privacy.site_noise(index) if privacy else None
-        train_config = _train_config(config, epochs=config.local_epochs, seed=seed, noise_multiplier=noise)
+        train_config = _local_train_config(config, len(silo), seed=seed, noise_multiplier=noise)
         result = worker.fit(silo.features, silo.labels, train_config)
         weights = worker.get_weights()
         if privacy and result.privacy_spend is not None:
@@ -617,22 +945,35 @@ def _spend_client_round(privacy: _PrivacyRun) -> None:
 
 def _baselines(
     config: SimulationConfig,
-    model_config: ModelConfig,
+    model_config: AnyModelConfig,
     initial_weights: Weights,
-    silos: Sequence[Dataset],
-    test: Dataset,
+    silos: Sequence[SiloData],
+    test: SiloData,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Centralized training on the pooled data, and each silo alone, for as many epochs."""
-    epochs = config.rounds * config.local_epochs
+    """Centralized training on the pooled data, and each silo alone, for as long as one
+    silo trains over the whole federation: as many epochs, or (``max_steps``) as many steps."""
 
-    def train_alone(data: Dataset, seed: int) -> dict[str, float]:
+    def train_alone(data: SiloData, seed: int) -> dict[str, float]:
         model = build_model(model_config, seed=config.seed)
         model.set_weights(initial_weights)
-        model.fit(
-            data.features, data.labels, _train_config(config, epochs=epochs, seed=seed, federated=False)
-        )
+        model.fit(data.features, data.labels, _baseline_train_config(config, len(data), seed))
         return compute_metrics(test.task, test.labels, model.predict(test.features))
 
-    centralized = train_alone(Dataset.concatenate(list(silos)), config.seed)
+    centralized = train_alone(_pooled(silos), config.seed)
     local = [train_alone(silo, config.seed + 1 + index) for index, silo in enumerate(silos)]
     return centralized, local
+
+
+def _baseline_train_config(config: SimulationConfig, num_examples: int, seed: int) -> TrainConfig:
+    if config.max_steps is None:
+        return _train_config(config, epochs=config.rounds * config.local_epochs, seed=seed, federated=False)
+    steps = config.rounds * config.max_steps
+    epochs = _epochs_for_steps(steps, num_examples, config.batch_size)
+    return _train_config(config, epochs=epochs, seed=seed, federated=False, max_steps=steps)
+
+
+def _pooled(silos: Sequence[SiloData]) -> SiloData:
+    texts = [silo for silo in silos if isinstance(silo, TextDataset)]
+    if texts:
+        return TextDataset.concatenate(texts)
+    return Dataset.concatenate([silo for silo in silos if isinstance(silo, Dataset)])
