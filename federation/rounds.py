@@ -231,11 +231,6 @@ class RoundPlan:
     def _adapter_reason(self) -> str | None:
         if self.adapters is None:
             return None
-        if (
-            self.privacy.differential_privacy is not None
-            and self.privacy.differential_privacy.level is DPLevel.SAMPLE
-        ):
-            return "sample-level DP (DP-SGD) is not available for text models yet: use client-level DP"
         if self.adapters is not AdapterAggregation.SVD:
             return None  # FedIT and FFA-LoRA are element-wise: every rule applies to their tensors
         hidden = self.privacy.secure_aggregation or self.privacy.uses_client_dp

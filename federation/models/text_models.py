@@ -31,6 +31,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import contextlib
+import json
 import math
 import shutil
 import tempfile
@@ -47,6 +48,7 @@ from numpy.typing import NDArray
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_model
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
@@ -99,6 +101,11 @@ class _Loaded:
 _LOADED: dict[tuple[str, ...], _Loaded] = {}
 
 
+def forget_loaded() -> None:
+    """Drop the process's loaded model (after it was changed in place, e.g. merged)."""
+    _LOADED.clear()
+
+
 def _load(config: TextModelConfig, folder: Path, device: torch.device, cache_dir: Path | None) -> _Loaded:
     key = (
         repr(sorted(config.base_model.files.items())),
@@ -136,7 +143,8 @@ def _dequantized(pin: BaseModelPin, folder: Path, cache_dir: Path | None) -> Pat
     """A folder of float weights made from the GGUF file once (about 20 s), then reused."""
     assert pin.gguf_file is not None
     root = cache_dir or Path(os.environ.get("FEDHEALTH_MODEL_CACHE", Path.home() / ".cache" / "fedhealth"))
-    target = Path(root) / "dequantized" / pin.files[pin.gguf_file]
+    # The folder's name says what it holds: float32 weights of the GGUF file with this digest.
+    target = Path(root) / "dequantized" / f"{pin.files[pin.gguf_file]}-float32"
     if (target / "config.json").is_file():
         return target
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=pin.gguf_file, local_files_only=True)
@@ -146,7 +154,7 @@ def _dequantized(pin: BaseModelPin, folder: Path, cache_dir: Path | None) -> Pat
     try:
         # save_pretrained refuses a model loaded from GGUF; its float weights are plain tensors.
         save_model(model, str(staging / "model.safetensors"))
-        model.config.save_pretrained(staging)
+        _save_float_config(model.config, staging)
         tokenizer.save_pretrained(staging)
         staging.rename(target)  # whole or not at all: a crash leaves only a staging folder
     except OSError:
@@ -154,6 +162,16 @@ def _dequantized(pin: BaseModelPin, folder: Path, cache_dir: Path | None) -> Pat
         if not (target / "config.json").is_file():
             raise
     return target
+
+
+def _save_float_config(config: Any, folder: Path) -> None:
+    """The model's config without the GGUF quantization note: the saved weights are plain
+    floats, and a model that believes itself quantized refuses to be saved (export)."""
+    config.save_pretrained(folder)
+    path = folder / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.pop("quantization_config", None)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 class _EncoderClassifier(nn.Module):
@@ -254,6 +272,15 @@ class LoraTextAdapter:
         self._answer_tokens = self._class_tokens() if config.kind is TextModelKind.LORA_CAUSAL_LM else None
         self.set_weights(config.initial_weights(seed=seed))
 
+    @property
+    def network(self) -> nn.Module:
+        """The adapted network (for inspection and export; prefer the adapter methods)."""
+        return self._loaded.network
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._loaded.tokenizer
+
     # --- weights -------------------------------------------------------------------------
 
     def model_spec(self) -> ModelSpec:
@@ -276,10 +303,10 @@ class LoraTextAdapter:
     def fit(
         self, features: Sequence[str] | NDArray[Any], labels: NDArray[Any], config: TrainConfig
     ) -> TrainResult:
-        if config.uses_dp_sgd:
-            raise ConfigurationError("DP-SGD on text models is not available yet; use client-level DP")
         texts = _texts(features)
         targets = validate_labels(_label_view(self.config), labels, len(texts))
+        if config.uses_dp_sgd:
+            return self._fit_dp_sgd(texts, targets, config)
         network = self._loaded.network
         trainable = self._trainable()
         optimizer = torch.optim.AdamW(trainable, lr=float(config.learning_rate), weight_decay=0.0)
@@ -304,6 +331,77 @@ class LoraTextAdapter:
             self._freeze_all()
         metrics = {"loss": float(np.mean(losses)), "accuracy": correct / max(seen, 1), "steps": float(steps)}
         return TrainResult(num_examples=len(texts), metrics=metrics)
+
+    def _fit_dp_sgd(self, texts: list[str], targets: NDArray[Any], config: TrainConfig) -> TrainResult:
+        """DP-SGD (Abadi et al., CCS 2016) with Opacus on the trainable parameters only:
+        Poisson-sampled batches, each example's gradient clipped to ``dp_clipping_norm``,
+        Gaussian noise on their sum; the steps taken go to the site's privacy ledger."""
+        from opacus import PrivacyEngine  # seconds to import: only DP studies need it
+
+        from federation.models.torch_models import dp_generators, privacy_spend
+
+        if self.config.kind is TextModelKind.LORA_CAUSAL_LM:
+            raise ConfigurationError(
+                "DP-SGD on a causal language model is not available: Opacus's per-example gradients "
+                "do not survive its gradient checkpointing; use an encoder, or client-level DP"
+            )
+        trainable = self._trainable()
+        sampling, noise = dp_generators(config.dp_seed)
+        indices = TensorDataset(torch.arange(len(texts)), torch.from_numpy(targets))
+        loader = DataLoader(indices, batch_size=config.batch_size, generator=sampling)
+        optimizer = torch.optim.AdamW(trainable, lr=float(config.learning_rate), weight_decay=0.0)
+        engine = PrivacyEngine(accountant="rdp")
+        network = self._loaded.network
+        network.train()  # Opacus checks the mode when it wraps the module
+        with warnings.catch_warnings():
+            # Seeded from the OS CSPRNG at real sites (TrainConfig); frozen inputs fire hooks.
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            try:
+                private, private_optimizer, private_loader = engine.make_private(
+                    module=network,
+                    optimizer=optimizer,
+                    data_loader=loader,
+                    noise_multiplier=config.dp_noise_multiplier,
+                    max_grad_norm=config.dp_clipping_norm,
+                    poisson_sampling=True,
+                    noise_generator=noise,
+                )
+            except (NotImplementedError, ValueError) as error:
+                network.eval()
+                self._freeze_all()
+                raise ConfigurationError(
+                    f"DP-SGD cannot compute per-example gradients here: {error}"
+                ) from None
+            losses: list[float] = []
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(config.seed)
+                    for batch, batch_targets in _dp_batches(private_loader, config):
+                        private_optimizer.zero_grad(set_to_none=True)
+                        if len(batch) == 0:
+                            # An empty Poisson batch still takes its noisy step (and is counted).
+                            for parameter in trainable:
+                                parameter.grad_sample = torch.zeros((0, *parameter.shape))  # type: ignore[attr-defined]
+                            private_optimizer.step()
+                            continue
+                        logits = self._logits([texts[i] for i in batch.tolist()], network=private)
+                        loss = self._loss(logits, batch_targets.to(self.device))
+                        loss.backward()
+                        private_optimizer.step()
+                        losses.append(float(loss.detach()))
+            finally:
+                network.eval()
+                private.cleanup()
+                self._freeze_all()
+        spend = privacy_spend(engine.accountant.history)
+        metrics = {
+            "loss": float(np.mean(losses)) if losses else 0.0,
+            "steps": float(spend.steps),
+            "dp_steps": float(spend.steps),
+            "dp_sampling_rate": spend.sampling_rate,
+        }
+        return TrainResult(num_examples=len(texts), metrics=metrics, privacy_spend=spend)
 
     def _trainable(self) -> list[nn.Parameter]:
         """The adapters and head, less the A factors under FFA-LoRA; everything else frozen."""
@@ -351,7 +449,9 @@ class LoraTextAdapter:
         # A binary task scored by a causal model has two answers: report P(class 1).
         return probabilities[:, 1:2] if self.config.task is Task.BINARY else probabilities
 
-    def _logits(self, texts: list[str]) -> torch.Tensor:
+    def _logits(self, texts: list[str], network: nn.Module | None = None) -> torch.Tensor:
+        """The class logits of ``texts``, through ``network`` (DP-SGD's wrapped one) or the model."""
+        network = network or self._loaded.network
         with self._autocast():
             if self.config.kind is TextModelKind.LORA_ENCODER:
                 encoded = self._loaded.tokenizer(
@@ -361,12 +461,10 @@ class LoraTextAdapter:
                     padding=True,
                     return_tensors="pt",
                 ).to(self.device)
-                logits: torch.Tensor = self._loaded.network(encoded["input_ids"], encoded["attention_mask"])
+                logits: torch.Tensor = network(encoded["input_ids"], encoded["attention_mask"])
                 return logits
             input_ids, attention_mask = self._prompts(texts)
-            output = self._loaded.network(
-                input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1
-            )
+            output = network(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
             assert self._answer_tokens is not None
             answers: torch.Tensor = output.logits[:, -1, self._answer_tokens]
             return answers
@@ -460,6 +558,17 @@ def _batches(n: int, config: TrainConfig, generator: torch.Generator) -> Iterato
             if config.max_steps is not None and steps >= config.max_steps:
                 return
             yield order[begin : begin + config.batch_size]
+            steps += 1
+
+
+def _dp_batches(loader: DataLoader[Any], config: TrainConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Opacus's Poisson batches for ``epochs`` passes, stopping after ``max_steps`` if set."""
+    steps = 0
+    for _ in range(config.epochs):
+        for batch, targets in loader:
+            if config.max_steps is not None and steps >= config.max_steps:
+                return
+            yield batch, targets
             steps += 1
 
 

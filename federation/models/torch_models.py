@@ -247,7 +247,7 @@ class TorchAdapter:
         # Imported here: Opacus takes seconds to import and only DP studies need it.
         from opacus import PrivacyEngine
 
-        sampling_generator, noise_generator = _dp_generators(config.dp_seed)
+        sampling_generator, noise_generator = dp_generators(config.dp_seed)
         loader = DataLoader(TensorDataset(x, y), batch_size=config.batch_size, generator=sampling_generator)
         optimizer = torch.optim.SGD(self._module.parameters(), lr=float(config.learning_rate))
         with warnings.catch_warnings():
@@ -273,7 +273,7 @@ class TorchAdapter:
                         private_optimizer.step()
             finally:
                 private_module.cleanup()  # hooks and per-sample gradients off the bare module
-        return _privacy_spend(engine.accountant.history)
+        return privacy_spend(engine.accountant.history)
 
     def _restore_if_diverged(self, start: list[torch.Tensor], config: TrainConfig) -> None:
         params = list(self._module.parameters())
@@ -313,7 +313,7 @@ class TorchAdapter:
         return np.concatenate(chunks, axis=0)
 
 
-def _dp_generators(dp_seed: int | None) -> tuple[torch.Generator, torch.Generator]:
+def dp_generators(dp_seed: int | None) -> tuple[torch.Generator, torch.Generator]:
     """Two independent generators, for DP-SGD's batch sampling and its noise.
 
     Seeded from ``dp_seed`` (repeatable) or, when it is None, from 128 bits of the OS
@@ -323,7 +323,7 @@ def _dp_generators(dp_seed: int | None) -> tuple[torch.Generator, torch.Generato
     return torch.Generator().manual_seed(int(sampling_seed)), torch.Generator().manual_seed(int(noise_seed))
 
 
-def _privacy_spend(history: list[tuple[float, float, int]]) -> PrivacyEvent:
+def privacy_spend(history: list[tuple[float, float, int]]) -> PrivacyEvent:
     """Opacus's RDP history, ``[(noise_multiplier, sample_rate, steps)]``, as one event:
     one fit keeps the noise and the rate fixed, so there is exactly one entry."""
     if len(history) != 1:

@@ -22,9 +22,9 @@ from federation.models import (
     adapter_aggregation_of,
     model_config_from_json,
 )
-from federation.models.lora import is_text_model
+from federation.models.lora import TextModelKind, is_text_model
 from federation.models.pins import builtin_pin
-from federation.privacy.settings import PrivacySettings
+from federation.privacy.settings import DPLevel, PrivacySettings
 from federation.rounds import RoundPlan
 from fedplatform.errors import Conflict, InvalidInput, NotFound
 from institutions.models import Institution
@@ -76,7 +76,7 @@ def study_validate(
             "only the sum (each site's agent can clip its own update: clip_update_norm in its policy)"
         )
     if isinstance(model, TextModelConfig):
-        _check_text_model_fits(model, schema, feature_scaling, training)
+        _check_text_model_fits(model, schema, feature_scaling, training, plan.privacy)
     elif isinstance(schema, TextSchema):
         raise InvalidInput(
             f"a {model.kind.value} model reads numeric features; a text data schema needs a text model"
@@ -106,11 +106,17 @@ def study_model_config_resolve(
     return resolved
 
 
+def _uses_sample_dp(privacy: PrivacySettings) -> bool:
+    mechanism = privacy.differential_privacy
+    return mechanism is not None and mechanism.level is DPLevel.SAMPLE
+
+
 def _check_text_model_fits(
     model: TextModelConfig,
     schema: DataSchema | TextSchema,
     feature_scaling: Mapping[str, object] | None,
     training: Mapping[str, object],
+    privacy: PrivacySettings,
 ) -> None:
     if not isinstance(schema, TextSchema):
         raise InvalidInput(f"a {model.kind.value} model reads text: the data schema needs kind text")
@@ -132,6 +138,11 @@ def _check_text_model_fits(
         raise InvalidInput("feature_scaling applies to numeric features; a text study has none")
     if float(training.get("proximal_mu", 0.0) or 0.0) > 0:  # type: ignore[arg-type]
         raise InvalidInput("FedProx's proximal term is not available for text models: set proximal_mu to 0")
+    if model.kind is TextModelKind.LORA_CAUSAL_LM and _uses_sample_dp(privacy):
+        raise InvalidInput(
+            "sample-level DP (DP-SGD) is available for text encoders, not for causal language models "
+            "(Opacus's per-example gradients do not survive gradient checkpointing): use client-level DP"
+        )
 
 
 def _check_privacy_fits(

@@ -118,8 +118,48 @@ def test_bad_texts_and_labels_are_refused() -> None:
         adapter.fit(["fine", "  "], np.array([0, 1]), _train())
     with pytest.raises(DataSchemaError, match=r"0\.\.2"):
         adapter.fit(["fine", "also fine"], np.array([0, 3]), _train())
-    with pytest.raises(ConfigurationError, match="DP-SGD"):
-        adapter.fit(TEXTS, LABELS, TrainConfig(dp_noise_multiplier=1.0, dp_clipping_norm=1.0))
+
+
+def test_dp_sgd_on_the_adapters_spends_what_opacus_accounts_and_repeats_by_seed() -> None:
+    config = TrainConfig(
+        epochs=2, batch_size=6, learning_rate=3e-3, dp_noise_multiplier=0.8, dp_clipping_norm=1.0, dp_seed=5
+    )
+    adapter = text_models.LoraTextAdapter(_config(aggregation="ffa"), seed=0)
+    start = adapter.get_weights()
+    result = adapter.fit(TEXTS, LABELS, config)
+    spend = result.privacy_spend
+    assert spend is not None
+    # Poisson sampling at rate batch / n for epochs * n / batch steps (Opacus's schedule).
+    assert (spend.noise_multiplier, spend.sampling_rate, spend.steps) == (0.8, 6 / 24, 8)
+    assert result.metrics["dp_steps"] == 8
+    trained = adapter.get_weights()
+    for name in start:
+        if name.endswith(".lora_A.weight"):  # FFA-LoRA: A frozen under DP-SGD too
+            np.testing.assert_array_equal(trained[name], start[name])
+    again = text_models.LoraTextAdapter(_config(aggregation="ffa"), seed=0)
+    again.fit(TEXTS, LABELS, config)
+    for name, array in again.get_weights().items():
+        np.testing.assert_allclose(array, trained[name], rtol=1e-5, atol=1e-6)
+    # Without the seed the noise comes from the OS: another run differs.
+    fresh = text_models.LoraTextAdapter(_config(aggregation="ffa"), seed=0)
+    fresh.fit(
+        TEXTS,
+        LABELS,
+        TrainConfig(
+            epochs=2, batch_size=6, learning_rate=3e-3, dp_noise_multiplier=0.8, dp_clipping_norm=1.0
+        ),
+    )
+    assert any(not np.allclose(array, trained[name]) for name, array in fresh.get_weights().items())
+
+
+def test_dp_sgd_stops_after_max_steps_and_counts_only_those() -> None:
+    adapter = text_models.LoraTextAdapter(_config(), seed=0)
+    config = TrainConfig(
+        epochs=3, batch_size=4, learning_rate=1e-3, dp_noise_multiplier=1.0, dp_clipping_norm=1.0, max_steps=2
+    )
+    spend = adapter.fit(TEXTS, LABELS, config).privacy_spend
+    assert spend is not None
+    assert spend.steps == 2
 
 
 @pytest.mark.parametrize(
@@ -157,6 +197,50 @@ def test_smollm_scores_answers_learns_and_reports_perplexity(tmp_path: Path) -> 
     assert np.allclose(scores.sum(axis=1), 1.0)
     assert (scores.argmax(axis=1) == LABELS).mean() >= 0.6
     after = adapter.perplexity(TEXTS[:6])
+    dp_sgd = TrainConfig(dp_noise_multiplier=1.0, dp_clipping_norm=1.0)
+    with pytest.raises(ConfigurationError, match="causal language model"):
+        adapter.fit(TEXTS, LABELS, dp_sgd)
+    # Exported, the merged model loads as a plain causal language model.
+    from transformers import AutoModelForCausalLM
+
+    from federation.models.export import export_merged
+    from federation.wire import serialize_weights
+
+    export_merged(config, serialize_weights(adapter.get_weights()), tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", local_files_only=True)
+    assert sum(p.numel() for p in merged.parameters()) == config.base_model.num_parameters
     assert math.isfinite(before)
     assert math.isfinite(after)
     assert after > 1
+
+
+def test_export_merges_the_adapters_into_a_model_transformers_loads(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    from federation.models.export import main as export_main
+    from federation.wire import serialize_weights
+
+    config = _config()
+    adapter = text_models.LoraTextAdapter(config, seed=0)
+    adapter.fit(TEXTS, LABELS, TrainConfig(epochs=2, batch_size=8, learning_rate=3e-3, seed=2))
+    expected = adapter.predict(TEXTS[:6])
+    (tmp_path / "model.json").write_text(json.dumps(config.to_json()))
+    (tmp_path / "version.safetensors").write_bytes(serialize_weights(adapter.get_weights()))
+    out = tmp_path / "merged"
+    argv = ["--model", str(tmp_path / "model.json"), "--adapters", str(tmp_path / "version.safetensors")]
+    assert export_main([*argv, "--out", str(out)]) == 0
+    # A plain transformers user: the merged encoder, mean pooling and the head file.
+    encoder = AutoModel.from_pretrained(out, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert not any("lora" in name for name, _ in encoder.named_parameters())
+    head = load_file(str(out / "classifier.safetensors"))
+    encoded = tokenizer(TEXTS[:6], truncation=True, max_length=32, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = encoder(**encoded).last_hidden_state
+    mask = encoded["attention_mask"].unsqueeze(-1).float()
+    pooled = ((states * mask).sum(1) / mask.sum(1)).numpy()
+    logits = pooled @ head["weight"].T + head["bias"]
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+    assert json.loads((out / "fedhealth_head.json").read_text())["classes"] == list(CLASSES)
