@@ -156,6 +156,9 @@ def test_a_round_combines_adapters_only_and_reports_the_method_error(
     if aggregation == "svd":
         assert 0 < round_.metrics["lora_svd_residual"] < 1
     version = ModelVersion.objects.get(job=job, number=1)
+    pinned = {"name": "all-MiniLM-L6-v2", "files": dict(builtin_pin("all-MiniLM-L6-v2").files)}
+    assert version.provenance["base_model"] == pinned  # the base model these adapters belong to
+    assert ModelVersion.objects.get(job=job, number=0).provenance["base_model"] == pinned
     result = deserialize_weights(blob_store().read(version.sha256), spec=spec)
     for a_name, _ in pairs:
         if aggregation == "ffa":

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from federation.models import initial_weights, model_config_from_json
+from federation.models import TextModelConfig, initial_weights, model_config_from_json
 from federation.types import ModelSpec, Weights
 from federation.wire import serialize_weights
 from fedplatform.errors import Conflict, InvalidInput, NotFound
@@ -116,6 +116,14 @@ def job_begin(*, job_id: int) -> ModelVersion | None:
     return version
 
 
+def _base_model_record(job: Job) -> dict[str, object]:
+    """For a text model, the pinned base model the version's adapters belong to."""
+    config = model_config_from_json(job.study.model_config)
+    if not isinstance(config, TextModelConfig):
+        return {}
+    return {"base_model": {"name": config.base_model.name, "files": dict(config.base_model.files)}}
+
+
 @transaction.atomic
 def job_fail_to_begin(*, job_id: int, reason: str) -> None:
     """A job whose initial model cannot be built fails, with the reason."""
@@ -149,7 +157,7 @@ def model_version_write(
         parent=parent,
         made_by_round=round_,
         server_state_sha256=state_sha256,
-        provenance=provenance or {},
+        provenance={**(provenance or {}), **_base_model_record(job)},
     )
 
 
