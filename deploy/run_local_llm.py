@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -126,6 +127,27 @@ def traffic_figures(progress: Json) -> dict[str, object]:
     }
 
 
+_AGENT_LINE = re.compile(r"^(\S+ \S+) INFO\s+\[job \d+ round (\d+)\] (received a train task|training )")
+
+
+def training_start_delays(logs: list[Path]) -> list[float]:
+    """Seconds from a training task's arrival to the start of training, in every agent's
+    rounds after its first (the base model is loaded by then): from the agents' own logs."""
+    delays = []
+    for log_file in logs:
+        received: dict[str, datetime] = {}
+        for line in log_file.read_text(encoding="utf-8").splitlines():
+            match = _AGENT_LINE.match(line)
+            if match is None:
+                continue
+            when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+            if match.group(3).startswith("received"):
+                received[match.group(2)] = when
+            elif match.group(2) in received and match.group(2) != "1":
+                delays.append((when - received[match.group(2)]).total_seconds())
+    return delays
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     started = time.monotonic()
     silos, test = clinical_notes_federation(
@@ -166,6 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if state != "completed":
             raise RuntimeError(f"job {job['id']} ended {state}: {progress['job'].get('failure_reason')}")
         versions, final_blob, _, finished_job = finished_models(api, job)
+        delays = training_start_delays(sorted((settings.data_dir / "logs").glob("agent-*.log")))
     log("rating the final model on held-out notes")
     metrics = rate_final_model(study, final_blob, test)
     return {
@@ -181,6 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         **timing_figures(progress),
         **privacy_figures(finished_job, versions),
         "training_seconds": round(training_seconds, 1),
+        "training_start_max_seconds": round(max(delays), 3) if delays else None,
         "seconds": round(time.monotonic() - started, 1),
     }
 

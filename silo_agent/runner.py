@@ -104,6 +104,7 @@ class TaskRunner:
         """Carry out one task as returned by ``GET work``."""
         task = parse_task(raw_task)
         with log_context(job_id=task.job_id, round_number=task.round_number):
+            logger.info("received a %s task", task.kind.value)
             try:
                 return self._handle(task)
             except FederationError as error:
