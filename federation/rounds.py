@@ -299,6 +299,8 @@ class RoundPlan:
         """The adapter method on top of the strategy's result, and FedIT's error for the round."""
         pairs = lora_pairs(spec)
         sites = [_weights_of(update, spec) for update in updates]
+        if self.adapters is AdapterAggregation.FFA:  # what counts is the frozen global A
+            sites = [adapter_maths.keep_frozen_a(site, global_weights, pairs) for site in sites]
         shares = _shares(result.details, updates)
         details: Details = {
             **result.details,
@@ -307,7 +309,9 @@ class RoundPlan:
         weights = result.weights
         if self.adapters is AdapterAggregation.SVD:
             rank = spec.by_name()[pairs[0][0]].shape[0] if pairs else 0
-            weights, residual = adapter_maths.svd_aggregate(weights, sites, shares, pairs, rank)
+            weights, residual = adapter_maths.svd_aggregate(
+                weights, sites, shares, pairs, rank, global_weights
+            )
             details["lora_svd_residual"] = residual
         elif self.adapters is AdapterAggregation.FFA:
             weights = adapter_maths.keep_frozen_a(weights, global_weights, pairs)

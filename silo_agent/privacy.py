@@ -72,7 +72,13 @@ def _clipping_bounds(settings: PrivacySettings, filters: UpdateFilters) -> list[
 
 
 def dp_sgd_plan(
-    settings: PrivacySettings, *, num_examples: int, batch_size: int, epochs: int, total_rounds: int
+    settings: PrivacySettings,
+    *,
+    num_examples: int,
+    batch_size: int,
+    epochs: int,
+    total_rounds: int,
+    max_steps: int | None = None,
 ) -> DpSgdPlan | None:
     """The DP-SGD round this site will run, or None if the study uses no sample-level DP.
 
@@ -92,8 +98,11 @@ def dp_sgd_plan(
             epochs=epochs,
             num_examples=num_examples,
             batch_size=batch_size,
+            max_steps=max_steps,
         )
-    steps = epochs * schedule.steps_per_epoch
+    steps = accounting.dp_sgd_steps_per_round(
+        num_examples=num_examples, batch_size=batch_size, epochs=epochs, max_steps=max_steps
+    )
     return DpSgdPlan(noise, mechanism.clipping_norm, schedule.sampling_rate, steps)
 
 

@@ -226,6 +226,7 @@ class TaskRunner:
             batch_size=training.batch_size,
             epochs=training.epochs,
             total_rounds=task.total_rounds,
+            max_steps=training.max_steps,
         )
 
     def _budget_refusal(self, task: WorkTask, privacy: PrivacySettings, plan: DpSgdPlan | None) -> str | None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from federation.errors import ConfigurationError
+from federation.errors import ConfigurationError, InvalidUpdateError
 from federation.types import Weights
 
 Matrix = NDArray[np.floating]
@@ -53,23 +53,39 @@ class Refactored:
     norm: float
 
 
-def svd_refactor(target: Matrix, rank: int) -> Refactored:
+def svd_refactor(target: Matrix, rank: int, unused_a: Matrix | None = None) -> Refactored:
     """``B`` (out x r) and ``A`` (r x in) with ``B @ A`` the best rank-r approximation of
     ``target``; the singular values are split evenly (``B = U sqrt(S)``, ``A = sqrt(S) V^T``)
-    so neither factor dwarfs the other in the next round's training."""
-    u, singular, vt = np.linalg.svd(np.asarray(target, np.float64), full_matrices=False)
-    kept = min(rank, singular.size)
+    so neither factor dwarfs the other in the next round's training.
+
+    Where ``target`` has fewer than r non-zero singular values, the spare rows of A are taken
+    from ``unused_a`` (the previous global A) with zero columns of B: the product is the same,
+    and those rows can still learn (a zero row of A and a zero column of B never would).
+    Raises :class:`InvalidUpdateError` if the factors are not finite in float32."""
+    matrix = np.asarray(target, np.float64)
+    if not np.all(np.isfinite(matrix)):
+        raise InvalidUpdateError("the mean product of the sites' adapters is not finite")
+    u, singular, vt = np.linalg.svd(matrix, full_matrices=False)
+    tolerance = singular[0] * max(matrix.shape) * np.finfo(np.float32).eps if singular.size else 0.0
+    kept = min(rank, int(np.count_nonzero(singular > tolerance)))
     root = np.sqrt(singular[:kept])
-    b = np.zeros((target.shape[0], rank))
-    a = np.zeros((rank, target.shape[1]))
+    b = np.zeros((matrix.shape[0], rank))
+    a = np.zeros((rank, matrix.shape[1]))
     b[:, :kept] = u[:, :kept] * root
     a[:kept, :] = root[:, None] * vt[:kept, :]
-    return Refactored(
-        a=a.astype(np.float32),
-        b=b.astype(np.float32),
+    if unused_a is not None:
+        a[kept:, :] = np.asarray(unused_a, np.float64)[kept:, :]
+    with np.errstate(over="ignore"):  # an overflow is refused just below
+        a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    factors = Refactored(
+        a=a32,
+        b=b32,
         residual_norm=float(np.sqrt(np.sum(singular[kept:] ** 2))),
         norm=float(np.sqrt(np.sum(singular**2))),
     )
+    if not (np.all(np.isfinite(factors.a)) and np.all(np.isfinite(factors.b))):
+        raise InvalidUpdateError("the refactorised adapters overflow float32")
+    return factors
 
 
 def fedit_error(
@@ -100,6 +116,7 @@ def svd_aggregate(
     shares: Sequence[float],
     pairs: Sequence[tuple[str, str]],
     rank: int,
+    global_weights: Weights | None = None,
 ) -> tuple[Weights, float]:
     """``averaged`` (the strategy's result, e.g. FedAvg's means) with every adapter's A and B
     replaced by the rank-r factors of the mean of the sites' products; and the relative
@@ -108,7 +125,7 @@ def svd_aggregate(
     residual, reference = 0.0, 0.0
     for a_name, b_name in pairs:
         target = product_mean([(w[a_name], w[b_name]) for w in site_weights], shares)
-        factors = svd_refactor(target, rank)
+        factors = svd_refactor(target, rank, None if global_weights is None else global_weights[a_name])
         result[a_name], result[b_name] = factors.a, factors.b
         residual += factors.residual_norm**2
         reference += factors.norm**2

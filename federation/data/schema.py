@@ -416,19 +416,27 @@ class Dataset:
         self, test_fraction: float, rng: np.random.Generator, stratify: bool = True
     ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
         """The row indices of :meth:`train_test_split`: ``(train, test)``, each sorted."""
-        if not 0.0 < test_fraction < 1.0:
-            raise ConfigurationError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
-        n = len(self)
-        if n < 2:
-            raise ConfigurationError(f"cannot split a dataset of {n} row(s) into train and test")
-        n_test = min(max(round(n * test_fraction), 1), n - 1)
-        if stratify and self.task is not Task.REGRESSION:
-            test_index = stratified_test_rows(self.labels, n_test, rng)
-        else:
-            test_index = rng.permutation(n)[:n_test]
-        is_test = np.zeros(n, dtype=bool)
-        is_test[test_index] = True
-        return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+        classes = self.labels if stratify and self.task is not Task.REGRESSION else None
+        return split_row_indices(len(self), test_fraction, rng, stratify_by=classes)
+
+
+def split_row_indices(
+    num_rows: int, test_fraction: float, rng: np.random.Generator, *, stratify_by: NDArray[Any] | None
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """``(train, test)`` row indices, each sorted, about ``test_fraction`` of them in test
+    and both non-empty; with ``stratify_by`` (class labels) every class split alike."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigurationError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    if num_rows < 2:
+        raise ConfigurationError(f"cannot split a dataset of {num_rows} row(s) into train and test")
+    n_test = min(max(round(num_rows * test_fraction), 1), num_rows - 1)
+    if stratify_by is not None:
+        test_index = stratified_test_rows(stratify_by, n_test, rng)
+    else:
+        test_index = rng.permutation(num_rows)[:n_test]
+    is_test = np.zeros(num_rows, dtype=bool)
+    is_test[test_index] = True
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
 def stratified_test_rows(

@@ -30,8 +30,8 @@ from typing import Any, TextIO, TypeGuard
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from federation.data.schema import DataSchema, stratified_test_rows
-from federation.errors import ConfigurationError, DataSchemaError
+from federation.data.schema import DataSchema, split_row_indices
+from federation.errors import DataSchemaError
 from federation.types import Task
 
 #: The longest text cell :func:`load_text` accepts, in characters (protects memory).
@@ -283,19 +283,7 @@ class TextDataset:
         self, test_fraction: float, rng: np.random.Generator, stratify: bool = True
     ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
         """The row indices of :meth:`train_test_split`: ``(train, test)``, each sorted."""
-        if not 0.0 < test_fraction < 1.0:
-            raise ConfigurationError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
-        n = len(self)
-        if n < 2:
-            raise ConfigurationError(f"cannot split a dataset of {n} row(s) into train and test")
-        n_test = min(max(round(n * test_fraction), 1), n - 1)
-        if stratify:
-            test_index = stratified_test_rows(self.labels, n_test, rng)
-        else:
-            test_index = rng.permutation(n)[:n_test]
-        is_test = np.zeros(n, dtype=bool)
-        is_test[test_index] = True
-        return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+        return split_row_indices(len(self), test_fraction, rng, stratify_by=self.labels if stratify else None)
 
 
 def load_text(path: str | os.PathLike[str], schema: TextSchema) -> TextDataset:

@@ -27,7 +27,7 @@ import enum
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -127,6 +127,8 @@ class BaseModelPin:
             )
         if self.gguf_file is not None and self.gguf_file not in self.files:
             raise ConfigurationError(f"gguf_file {self.gguf_file!r} is not one of the pinned files")
+        if self.gguf_file is not None and self.family is not BaseModelFamily.CAUSAL_LM:
+            raise ConfigurationError("gguf_file is read for causal language models only")
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -239,11 +241,6 @@ class LoraSettings:
             raise ConfigurationError(
                 f"adapter aggregation {self.aggregation!r} is not one of {choices}"
             ) from None
-
-    @property
-    def scaling(self) -> float:
-        """LoRA's alpha / r: the adapter adds ``scaling * B @ A`` to a layer's weight."""
-        return float(self.alpha) / self.rank
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -401,9 +398,6 @@ class TextModelConfig:
                 weights[tensor.name] = np.zeros(tensor.shape, np.float32)
         return weights
 
-    def with_lora(self, **changes: object) -> TextModelConfig:
-        return replace(self, lora=replace(self.lora, **changes))  # type: ignore[arg-type]
-
     # --- JSON ------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, object]:
@@ -444,6 +438,16 @@ class SiteModelOptions:
     folders: Mapping[str, Path] = field(default_factory=dict)
     device: str = "auto"
     cache_dir: Path | None = None
+
+
+def dp_sgd_refusal(config: TextModelConfig) -> str | None:
+    """Why sample-level DP (DP-SGD) cannot train this text model, or None."""
+    if config.kind is TextModelKind.LORA_CAUSAL_LM:
+        return (
+            "sample-level DP (DP-SGD) is available for text encoders, not for causal language models "
+            "(Opacus's per-example gradients do not survive gradient checkpointing): use client-level DP"
+        )
+    return None
 
 
 def is_text_model(data: Mapping[str, object]) -> bool:

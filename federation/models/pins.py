@@ -86,12 +86,57 @@ def locate_base_model(pin: BaseModelPin, folders: Mapping[str, Path] | None = No
     return locate_builtin(pin.name)
 
 
+#: What transformers reads besides the weights: the architecture and the tokenizer. Pinned too,
+#: so a changed vocabulary or configuration is refused like changed weights.
+_READ_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+    }
+)
+#: Weights in pickle formats: loading them can run code, so they are never pinned or read.
+_PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt"})
+
+
+def files_to_pin(folder: Path, gguf_file: str | None = None) -> list[str]:
+    """The files a study pins for the model in ``folder``: a GGUF file alone (it holds the
+    configuration and the tokenizer), or every safetensors weight file (and shard index)
+    with the configuration and tokenizer files."""
+    if gguf_file:
+        return [gguf_file]
+    names = sorted(path.name for path in Path(folder).iterdir() if path.is_file())
+    weights = [name for name in names if name.endswith((".safetensors", ".safetensors.index.json"))]
+    if not weights:
+        pickled = [name for name in names if Path(name).suffix in _PICKLE_SUFFIXES]
+        hint = (
+            f" (found {', '.join(pickled)}: pickle files are never loaded; convert them)" if pickled else ""
+        )
+        raise BaseModelError(f"{folder} holds no safetensors weights{hint}")
+    return weights + [name for name in names if name in _READ_FILES]
+
+
 def verify_base_model(pin: BaseModelPin, folder: Path) -> None:
-    """Raise :class:`BaseModelError` unless every pinned file in ``folder`` has its pinned digest."""
+    """Raise :class:`BaseModelError` unless every pinned file in ``folder`` has its pinned
+    digest and no unpinned weight file could be loaded in their place. The message names
+    files, never the site's folder (it goes to the control plane in a refusal)."""
+    if pin.gguf_file is None:
+        extra = sorted(path.name for path in Path(folder).glob("*.safetensors") if path.name not in pin.files)
+        if extra:
+            raise BaseModelError(f"base model {pin.name}: weight files {extra} are not in the study's pin")
     for name, expected in pin.files.items():
         path = Path(folder) / name
         if not path.is_file():
-            raise BaseModelError(f"base model {pin.name}: file {name} is missing from {folder}")
+            raise BaseModelError(f"base model {pin.name}: file {name} is missing from this site's copy")
         found = file_sha256(path)
         if found != expected:
             raise BaseModelError(

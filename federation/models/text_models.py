@@ -36,10 +36,10 @@ import math
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -63,12 +63,15 @@ from federation.models.lora import (
     BaseModelPin,
     TextModelConfig,
     TextModelKind,
+    dp_sgd_refusal,
 )
 from federation.models.pins import locate_base_model, verify_base_model
 from federation.types import ModelSpec, Task, Weights
 
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
+
+_T = TypeVar("_T")
 
 #: Texts per forward pass in predict() and perplexity().
 _PREDICT_BATCH = 32
@@ -90,12 +93,13 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass
 class _Loaded:
-    """One adapted model, kept for the process: the network and its tokenizer."""
+    """One adapted model, kept for the process: the network and its tokenizer. Adapters
+    share it; ``owner`` is the adapter whose weights the network holds now."""
 
-    key: tuple[str, ...]
     network: nn.Module
     tokenizer: PreTrainedTokenizerBase
     parameters: dict[str, nn.Parameter]
+    owner: object | None = None
 
 
 _LOADED: dict[tuple[str, ...], _Loaded] = {}
@@ -107,20 +111,18 @@ def forget_loaded() -> None:
 
 
 def _load(config: TextModelConfig, folder: Path, device: torch.device, cache_dir: Path | None) -> _Loaded:
-    key = (
-        repr(sorted(config.base_model.files.items())),
-        repr(config.lora.to_json()),
-        config.kind.value,
-        str(config.num_outputs),
-        str(device),
-    )
+    """The adapted model for ``config``, loaded once; one model is kept at a time (a
+    second study's model replaces the first). The pin is checked on every call: hashes are
+    remembered per file, so a check after the first costs a stat of each file."""
+    verify_base_model(config.base_model, folder)
+    key = (json.dumps(config.to_json(), sort_keys=True), str(Path(folder).resolve()), str(device))
     if key in _LOADED:
         return _LOADED[key]
-    _LOADED.clear()  # one model per process: a new study's model replaces the last one
-    verify_base_model(config.base_model, folder)
+    _LOADED.clear()
     base, tokenizer = _load_base(config.base_model, folder, device, cache_dir)
     network = _adapted_network(config, base).to(device)
-    loaded = _Loaded(key, network, tokenizer, _wire_parameters(config, network))
+    network.eval()  # dropout off until fit() turns training on
+    loaded = _Loaded(network, tokenizer, _wire_parameters(config, network))
     _LOADED[key] = loaded
     return loaded
 
@@ -130,11 +132,13 @@ def _load_base(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if pin.family is BaseModelFamily.ENCODER:
-        model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         return model, tokenizer
     source = _dequantized(pin, folder, cache_dir) if pin.gguf_file else folder
-    model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, local_files_only=True, use_safetensors=True, dtype=dtype
+    )
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     return model, tokenizer
 
@@ -145,8 +149,9 @@ def _dequantized(pin: BaseModelPin, folder: Path, cache_dir: Path | None) -> Pat
     root = cache_dir or Path(os.environ.get("FEDHEALTH_MODEL_CACHE", Path.home() / ".cache" / "fedhealth"))
     # The folder's name says what it holds: float32 weights of the GGUF file with this digest.
     target = Path(root) / "dequantized" / f"{pin.files[pin.gguf_file]}-float32"
-    if (target / "config.json").is_file():
+    if _cache_intact(target):
         return target
+    shutil.rmtree(target, ignore_errors=True)  # damaged or changed: made again
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=pin.gguf_file, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=pin.gguf_file, local_files_only=True)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -156,12 +161,36 @@ def _dequantized(pin: BaseModelPin, folder: Path, cache_dir: Path | None) -> Pat
         save_model(model, str(staging / "model.safetensors"))
         _save_float_config(model.config, staging)
         tokenizer.save_pretrained(staging)
+        _write_manifest(staging)
         staging.rename(target)  # whole or not at all: a crash leaves only a staging folder
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         if not (target / "config.json").is_file():
             raise
     return target
+
+
+_MANIFEST = "fedhealth-digests.json"
+
+
+def _write_manifest(folder: Path) -> None:
+    """The digest of every file written, checked before the cache is used again."""
+    from federation.models.pins import file_sha256
+
+    digests = {path.name: file_sha256(path) for path in sorted(folder.iterdir()) if path.is_file()}
+    (folder / _MANIFEST).write_text(json.dumps(digests, indent=1), encoding="utf-8")
+
+
+def _cache_intact(folder: Path) -> bool:
+    from federation.models.pins import file_sha256
+
+    manifest = folder / _MANIFEST
+    if not manifest.is_file():
+        return False
+    digests = json.loads(manifest.read_text(encoding="utf-8"))
+    return all(
+        (folder / name).is_file() and file_sha256(folder / name) == digest for name, digest in digests.items()
+    )
 
 
 def _save_float_config(config: Any, folder: Path) -> None:
@@ -270,11 +299,13 @@ class LoraTextAdapter:
         self._loaded = _load(config, folder, self.device, cache_dir)
         self._spec = config.model_spec()
         self._answer_tokens = self._class_tokens() if config.kind is TextModelKind.LORA_CAUSAL_LM else None
+        self._weights: Weights = {}
         self.set_weights(config.initial_weights(seed=seed))
 
     @property
     def network(self) -> nn.Module:
-        """The adapted network (for inspection and export; prefer the adapter methods)."""
+        """The adapted network holding this adapter's weights (for inspection and export)."""
+        self._activate()
         return self._loaded.network
 
     @property
@@ -282,21 +313,33 @@ class LoraTextAdapter:
         return self._loaded.tokenizer
 
     # --- weights -------------------------------------------------------------------------
+    # Each adapter keeps its own weights; the process's one network holds those of the
+    # adapter that used it last, and another adapter's weights are copied in before use.
 
     def model_spec(self) -> ModelSpec:
         return self._spec
 
     def get_weights(self) -> Weights:
-        return {
+        return {name: array.copy() for name, array in self._weights.items()}
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        self._weights = validate_weights(self._spec, weights)
+        if self._loaded.owner is self:
+            self._loaded.owner = None  # copied in at the next use
+
+    def _activate(self) -> None:
+        if self._loaded.owner is self:
+            return
+        with torch.no_grad():
+            for name, parameter in self._loaded.parameters.items():
+                parameter.copy_(torch.from_numpy(self._weights[name]).to(parameter.device, parameter.dtype))
+        self._loaded.owner = self
+
+    def _keep_trained(self) -> None:
+        self._weights = {
             name: parameter.detach().float().cpu().numpy().astype(np.float32, copy=True)
             for name, parameter in self._loaded.parameters.items()
         }
-
-    def set_weights(self, weights: Mapping[str, Any]) -> None:
-        checked = validate_weights(self._spec, weights)
-        with torch.no_grad():
-            for name, parameter in self._loaded.parameters.items():
-                parameter.copy_(torch.from_numpy(checked[name]).to(parameter.device, parameter.dtype))
 
     # --- training ----------------------------------------------------------------------------
 
@@ -305,95 +348,68 @@ class LoraTextAdapter:
     ) -> TrainResult:
         texts = _texts(features)
         targets = validate_labels(_label_view(self.config), labels, len(texts))
-        if config.uses_dp_sgd:
-            return self._fit_dp_sgd(texts, targets, config)
+        self._activate()
         network = self._loaded.network
         trainable = self._trainable()
-        optimizer = torch.optim.AdamW(trainable, lr=float(config.learning_rate), weight_decay=0.0)
-        generator = torch.Generator().manual_seed(config.seed)
-        losses, correct, seen, steps = [], 0, 0, 0
         network.train()
         try:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=self._cuda_devices()):
                 torch.manual_seed(config.seed)  # dropout's draws, without touching the caller's RNG
-                for batch in _batches(len(texts), config, generator):
-                    optimizer.zero_grad(set_to_none=True)
-                    logits = self._logits([texts[i] for i in batch])
-                    y = torch.from_numpy(targets[batch]).to(self.device)
-                    loss = self._loss(logits, y)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(float(loss.detach()))
-                    correct += int((self._predicted(logits.detach()) == y).sum())
-                    seen, steps = seen + len(batch), steps + 1
+                if config.uses_dp_sgd:
+                    return self._fit_dp_sgd(texts, targets, config, trainable)
+                return self._fit_adamw(texts, targets, config, trainable)
         finally:
             network.eval()
             self._freeze_all()
-        metrics = {"loss": float(np.mean(losses)), "accuracy": correct / max(seen, 1), "steps": float(steps)}
+            self._keep_trained()
+
+    def _cuda_devices(self) -> list[int]:
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+    def _fit_adamw(
+        self, texts: list[str], targets: NDArray[Any], config: TrainConfig, trainable: list[nn.Parameter]
+    ) -> TrainResult:
+        optimizer = torch.optim.AdamW(trainable, lr=float(config.learning_rate), weight_decay=0.0)
+        order = torch.Generator().manual_seed(config.seed)
+        losses, correct, seen = [], 0, 0
+        for batch in _capped(_shuffled_batches(len(texts), config, order), config.max_steps):
+            optimizer.zero_grad(set_to_none=True)
+            logits = self._logits([texts[i] for i in batch])
+            y = torch.from_numpy(targets[batch]).to(self.device)
+            loss = self._loss(logits, y)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            correct += int((self._predicted(logits.detach()) == y).sum())
+            seen += len(batch)
+        metrics = {
+            "loss": float(np.mean(losses)),
+            "accuracy": correct / max(seen, 1),
+            "steps": float(len(losses)),
+        }
         return TrainResult(num_examples=len(texts), metrics=metrics)
 
-    def _fit_dp_sgd(self, texts: list[str], targets: NDArray[Any], config: TrainConfig) -> TrainResult:
+    def _fit_dp_sgd(
+        self, texts: list[str], targets: NDArray[Any], config: TrainConfig, trainable: list[nn.Parameter]
+    ) -> TrainResult:
         """DP-SGD (Abadi et al., CCS 2016) with Opacus on the trainable parameters only:
         Poisson-sampled batches, each example's gradient clipped to ``dp_clipping_norm``,
         Gaussian noise on their sum; the steps taken go to the site's privacy ledger."""
-        from opacus import PrivacyEngine  # seconds to import: only DP studies need it
+        from federation.models.torch_models import privacy_spend
 
-        from federation.models.torch_models import dp_generators, privacy_spend
-
-        if self.config.kind is TextModelKind.LORA_CAUSAL_LM:
-            raise ConfigurationError(
-                "DP-SGD on a causal language model is not available: Opacus's per-example gradients "
-                "do not survive its gradient checkpointing; use an encoder, or client-level DP"
-            )
-        trainable = self._trainable()
-        sampling, noise = dp_generators(config.dp_seed)
-        indices = TensorDataset(torch.arange(len(texts)), torch.from_numpy(targets))
-        loader = DataLoader(indices, batch_size=config.batch_size, generator=sampling)
+        reason = dp_sgd_refusal(self.config)
+        if reason is not None:
+            raise ConfigurationError(reason)
         optimizer = torch.optim.AdamW(trainable, lr=float(config.learning_rate), weight_decay=0.0)
-        engine = PrivacyEngine(accountant="rdp")
-        network = self._loaded.network
-        network.train()  # Opacus checks the mode when it wraps the module
         with warnings.catch_warnings():
             # Seeded from the OS CSPRNG at real sites (TrainConfig); frozen inputs fire hooks.
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            engine, private, private_optimizer, loader = self._private(len(texts), targets, optimizer, config)
             try:
-                private, private_optimizer, private_loader = engine.make_private(
-                    module=network,
-                    optimizer=optimizer,
-                    data_loader=loader,
-                    noise_multiplier=config.dp_noise_multiplier,
-                    max_grad_norm=config.dp_clipping_norm,
-                    poisson_sampling=True,
-                    noise_generator=noise,
-                )
-            except (NotImplementedError, ValueError) as error:
-                network.eval()
-                self._freeze_all()
-                raise ConfigurationError(
-                    f"DP-SGD cannot compute per-example gradients here: {error}"
-                ) from None
-            losses: list[float] = []
-            try:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(config.seed)
-                    for batch, batch_targets in _dp_batches(private_loader, config):
-                        private_optimizer.zero_grad(set_to_none=True)
-                        if len(batch) == 0:
-                            # An empty Poisson batch still takes its noisy step (and is counted).
-                            for parameter in trainable:
-                                parameter.grad_sample = torch.zeros((0, *parameter.shape))  # type: ignore[attr-defined]
-                            private_optimizer.step()
-                            continue
-                        logits = self._logits([texts[i] for i in batch.tolist()], network=private)
-                        loss = self._loss(logits, batch_targets.to(self.device))
-                        loss.backward()
-                        private_optimizer.step()
-                        losses.append(float(loss.detach()))
+                losses = self._dp_steps(texts, loader, private, private_optimizer, config, trainable)
             finally:
-                network.eval()
                 private.cleanup()
-                self._freeze_all()
         spend = privacy_spend(engine.accountant.history)
         metrics = {
             "loss": float(np.mean(losses)) if losses else 0.0,
@@ -402,6 +418,59 @@ class LoraTextAdapter:
             "dp_sampling_rate": spend.sampling_rate,
         }
         return TrainResult(num_examples=len(texts), metrics=metrics, privacy_spend=spend)
+
+    def _private(
+        self, n: int, targets: NDArray[Any], optimizer: torch.optim.Optimizer, config: TrainConfig
+    ) -> tuple[Any, Any, Any, DataLoader[Any]]:
+        """Opacus's engine, wrapped network, optimizer and Poisson loader over row indices."""
+        from opacus import PrivacyEngine  # seconds to import: only DP studies need it
+
+        from federation.models.torch_models import dp_generators
+
+        sampling, noise = dp_generators(config.dp_seed, device=self.device)
+        rows = TensorDataset(torch.arange(n), torch.from_numpy(targets))
+        engine = PrivacyEngine(accountant="rdp")
+        try:
+            private, private_optimizer, loader = engine.make_private(
+                module=self._loaded.network,
+                optimizer=optimizer,
+                data_loader=DataLoader(rows, batch_size=config.batch_size, generator=sampling),
+                noise_multiplier=config.dp_noise_multiplier,
+                max_grad_norm=config.dp_clipping_norm,
+                poisson_sampling=True,
+                noise_generator=noise,
+            )
+        except (NotImplementedError, ValueError) as error:
+            raise ConfigurationError(f"DP-SGD cannot compute per-example gradients here: {error}") from None
+        return engine, private, private_optimizer, loader
+
+    def _dp_steps(
+        self,
+        texts: list[str],
+        loader: DataLoader[Any],
+        private: nn.Module,
+        optimizer: Any,
+        config: TrainConfig,
+        trainable: list[nn.Parameter],
+    ) -> list[float]:
+        losses = []
+        for batch, targets in _capped(_epochs(loader, config.epochs), config.max_steps):
+            optimizer.zero_grad(set_to_none=True)
+            if len(batch) == 0:
+                # An empty Poisson batch still takes its noisy step (and is counted).
+                for parameter in trainable:
+                    parameter.grad_sample = torch.zeros(  # type: ignore[attr-defined]
+                        (0, *parameter.shape), device=parameter.device, dtype=parameter.dtype
+                    )
+                optimizer.step()
+                continue
+            loss = self._loss(
+                self._logits([texts[i] for i in batch.tolist()], network=private), targets.to(self.device)
+            )
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        return losses
 
     def _trainable(self) -> list[nn.Parameter]:
         """The adapters and head, less the A factors under FFA-LoRA; everything else frozen."""
@@ -433,6 +502,8 @@ class LoraTextAdapter:
     def predict(self, features: Sequence[str] | NDArray[Any]) -> NDArray[np.float64]:
         """Binary: P(class 1), shape (n,); multiclass: class probabilities, shape (n, C)."""
         texts = _texts(features, allow_empty=True)
+        self._activate()
+        self._loaded.network.eval()
         chunks = []
         with torch.inference_mode():
             for begin in range(0, len(texts), _PREDICT_BATCH):
@@ -509,7 +580,9 @@ class LoraTextAdapter:
         if self.config.kind is not TextModelKind.LORA_CAUSAL_LM:
             raise ConfigurationError("perplexity is defined for causal language models only")
         texts = _texts(features)
+        self._activate()
         tokenizer, network = self._loaded.tokenizer, self._loaded.network
+        network.eval()
         total, count = 0.0, 0
         with torch.inference_mode(), self._autocast():
             for begin in range(0, len(texts), _PREDICT_BATCH):
@@ -518,11 +591,11 @@ class LoraTextAdapter:
                 )
                 input_ids, mask = _left_padded(encoded["input_ids"], _pad_id(tokenizer), self.device)
                 logits = network(input_ids=input_ids, attention_mask=mask).logits.float()
-                losses = (
-                    F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
-                    * mask[:, 1:]
-                )
-                total, count = total + float(losses.sum()), count + int(mask[:, 1:].sum())
+                # Only real tokens predicted from real tokens: with left padding, the first
+                # token of a shorter row follows a pad and is not a prediction of the text.
+                scored = mask[:, :-1] * mask[:, 1:]
+                losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
+                total, count = total + float((losses * scored).sum()), count + int(scored.sum())
         return math.exp(total / max(count, 1))
 
 
@@ -549,27 +622,25 @@ class _LabelView:
     num_classes: int
 
 
-def _batches(n: int, config: TrainConfig, generator: torch.Generator) -> Iterator[NDArray[np.intp]]:
-    """Shuffled batches for ``epochs`` passes, stopping after ``max_steps`` if set."""
-    steps = 0
+def _shuffled_batches(n: int, config: TrainConfig, generator: torch.Generator) -> Iterator[NDArray[np.intp]]:
+    """Row indices in shuffled batches, for ``epochs`` passes."""
     for _ in range(config.epochs):
         order = torch.randperm(n, generator=generator).numpy()
         for begin in range(0, n, config.batch_size):
-            if config.max_steps is not None and steps >= config.max_steps:
-                return
             yield order[begin : begin + config.batch_size]
-            steps += 1
 
 
-def _dp_batches(loader: DataLoader[Any], config: TrainConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Opacus's Poisson batches for ``epochs`` passes, stopping after ``max_steps`` if set."""
-    steps = 0
-    for _ in range(config.epochs):
-        for batch, targets in loader:
-            if config.max_steps is not None and steps >= config.max_steps:
-                return
-            yield batch, targets
-            steps += 1
+def _epochs(loader: DataLoader[Any], epochs: int) -> Iterator[Any]:
+    for _ in range(epochs):
+        yield from loader
+
+
+def _capped(batches: Iterable[_T], max_steps: int | None) -> Iterator[_T]:
+    """The batches, stopping after ``max_steps`` of them if set (one optimizer step each)."""
+    for step, batch in enumerate(batches):
+        if max_steps is not None and step >= max_steps:
+            return
+        yield batch
 
 
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -602,14 +673,10 @@ def pin_base_model(
     shapes (read from a weightless copy of the architecture, so any size pins in seconds)."""
     from transformers import AutoConfig
 
-    from federation.models.pins import file_sha256
+    from federation.models.pins import file_sha256, files_to_pin
 
     folder = Path(folder)
-    names = (
-        [gguf_file] if gguf_file else sorted(p.name for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
-    )
-    if not names:
-        raise ConfigurationError(f"{folder} holds no weight files ({', '.join(sorted(_WEIGHT_SUFFIXES))})")
+    names = files_to_pin(folder, gguf_file)
     options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     architecture = AutoConfig.from_pretrained(folder, local_files_only=True, **options)
     loader = AutoModel if family is BaseModelFamily.ENCODER else AutoModelForCausalLM
@@ -629,6 +696,3 @@ def pin_base_model(
         num_parameters=sum(parameter.numel() for parameter in skeleton.parameters()),
         gguf_file=gguf_file,
     )
-
-
-_WEIGHT_SUFFIXES = {".safetensors", ".gguf", ".bin", ".pt"}

@@ -313,14 +313,21 @@ class TorchAdapter:
         return np.concatenate(chunks, axis=0)
 
 
-def dp_generators(dp_seed: int | None) -> tuple[torch.Generator, torch.Generator]:
+def dp_generators(
+    dp_seed: int | None, device: torch.device | None = None
+) -> tuple[torch.Generator, torch.Generator]:
     """Two independent generators, for DP-SGD's batch sampling and its noise.
 
     Seeded from ``dp_seed`` (repeatable) or, when it is None, from 128 bits of the OS
     CSPRNG, so nobody who knows the round's ``seed`` can predict batches or noise."""
     entropy = secrets.randbits(128) if dp_seed is None else dp_seed
     sampling_seed, noise_seed = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(sampling_seed)), torch.Generator().manual_seed(int(noise_seed))
+    # The batch sampler draws on the CPU; Opacus draws the noise where the parameters are.
+    noise_device = device or torch.device("cpu")
+    return (
+        torch.Generator().manual_seed(int(sampling_seed)),
+        torch.Generator(device=noise_device).manual_seed(int(noise_seed)),
+    )
 
 
 def privacy_spend(history: list[tuple[float, float, int]]) -> PrivacyEvent:

@@ -286,6 +286,25 @@ def dp_sgd_schedule(*, num_examples: int, batch_size: int) -> DPSGDSchedule:
     return DPSGDSchedule(1.0 / steps_per_epoch, steps_per_epoch)
 
 
+def dp_sgd_steps_per_round(
+    *, num_examples: int, batch_size: int, epochs: int, max_steps: int | None = None
+) -> int:
+    """The DP-SGD steps of one round: ``epochs`` passes of :func:`dp_sgd_schedule` steps,
+    or ``max_steps`` if that comes first.
+
+    >>> dp_sgd_steps_per_round(num_examples=160, batch_size=32, epochs=2)
+    10
+    >>> dp_sgd_steps_per_round(num_examples=160, batch_size=32, epochs=2, max_steps=3)
+    3
+    """
+    _check_steps(epochs, "epochs")
+    steps = epochs * dp_sgd_schedule(num_examples=num_examples, batch_size=batch_size).steps_per_epoch
+    if max_steps is not None:
+        _check_steps(max_steps, "max_steps")
+        steps = min(steps, max_steps)
+    return steps
+
+
 def sample_level_noise_for_job(
     *,
     target_epsilon: float,
@@ -294,17 +313,20 @@ def sample_level_noise_for_job(
     epochs: int,
     num_examples: int,
     batch_size: int,
+    max_steps: int | None = None,
     tolerance: float = NOISE_TOLERANCE,
 ) -> float:
-    """One site's DP-SGD noise multiplier so its whole job (``rounds * epochs`` epochs of
-    :func:`dp_sgd_schedule` steps) spends at most ``target_epsilon``."""
+    """One site's DP-SGD noise multiplier so its whole job (``rounds`` rounds of
+    :func:`dp_sgd_steps_per_round` steps) spends at most ``target_epsilon``."""
     _check_steps(rounds, "rounds")
-    _check_steps(epochs, "epochs")
     schedule = dp_sgd_schedule(num_examples=num_examples, batch_size=batch_size)
+    per_round = dp_sgd_steps_per_round(
+        num_examples=num_examples, batch_size=batch_size, epochs=epochs, max_steps=max_steps
+    )
     return noise_for_epsilon(
         target_epsilon=target_epsilon,
         delta=delta,
-        steps=rounds * epochs * schedule.steps_per_epoch,
+        steps=rounds * per_round,
         sampling_rate=schedule.sampling_rate,
         tolerance=tolerance,
     )

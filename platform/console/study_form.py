@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import TypedDict, TypeVar
 
 from django import forms
 from django.db.models import QuerySet
@@ -31,6 +31,8 @@ from fedplatform.errors import ServiceError
 from fedplatform.parsers import loads_checked
 from institutions.models import Institution
 from studies.services import study_validate
+
+_V = TypeVar("_V")
 
 EXAMPLE_SCHEMA: dict[str, object] = {
     "features": [
@@ -59,6 +61,11 @@ DEFAULT_TARGETS = {
     TextModelKind.LORA_ENCODER: "query, key, value",
     TextModelKind.LORA_CAUSAL_LM: "q_proj, k_proj, v_proj, o_proj",
 }
+
+
+def _given(value: _V | None, default: _V) -> _V:
+    """A field left empty takes the default; a value given, even 0, is checked as given."""
+    return default if value is None else value
 
 
 def base_model_label(name: str) -> str:
@@ -486,9 +493,9 @@ class StudyForm(forms.Form):
         targets = str(data.get("lora_target_modules") or "").strip() or DEFAULT_TARGETS[kind]
         defaults = LoraSettings()
         lora = LoraSettings(
-            rank=data.get("lora_rank") or defaults.rank,
-            alpha=data.get("lora_alpha") or defaults.alpha,
-            dropout=data.get("lora_dropout") or defaults.dropout,
+            rank=_given(data.get("lora_rank"), defaults.rank),
+            alpha=_given(data.get("lora_alpha"), defaults.alpha),
+            dropout=_given(data.get("lora_dropout"), defaults.dropout),
             target_modules=tuple(part.strip() for part in targets.split(",") if part.strip()),
             aggregation=data.get("lora_aggregation") or defaults.aggregation,
         )

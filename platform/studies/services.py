@@ -22,7 +22,7 @@ from federation.models import (
     adapter_aggregation_of,
     model_config_from_json,
 )
-from federation.models.lora import TextModelKind, is_text_model
+from federation.models.lora import dp_sgd_refusal, is_text_model
 from federation.models.pins import builtin_pin
 from federation.privacy.settings import DPLevel, PrivacySettings
 from federation.rounds import RoundPlan
@@ -77,6 +77,8 @@ def study_validate(
         )
     if isinstance(model, TextModelConfig):
         _check_text_model_fits(model, schema, feature_scaling, training, plan.privacy)
+    elif training.get("max_steps") is not None:
+        raise InvalidInput("max_steps caps a text model's steps per round; a tabular model trains by epochs")
     elif isinstance(schema, TextSchema):
         raise InvalidInput(
             f"a {model.kind.value} model reads numeric features; a text data schema needs a text model"
@@ -138,11 +140,9 @@ def _check_text_model_fits(
         raise InvalidInput("feature_scaling applies to numeric features; a text study has none")
     if float(training.get("proximal_mu", 0.0) or 0.0) > 0:  # type: ignore[arg-type]
         raise InvalidInput("FedProx's proximal term is not available for text models: set proximal_mu to 0")
-    if model.kind is TextModelKind.LORA_CAUSAL_LM and _uses_sample_dp(privacy):
-        raise InvalidInput(
-            "sample-level DP (DP-SGD) is available for text encoders, not for causal language models "
-            "(Opacus's per-example gradients do not survive gradient checkpointing): use client-level DP"
-        )
+    refusal = dp_sgd_refusal(model) if _uses_sample_dp(privacy) else None
+    if refusal is not None:
+        raise InvalidInput(refusal)
 
 
 def _check_privacy_fits(

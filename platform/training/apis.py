@@ -202,7 +202,8 @@ class RoundProgressSerializer(serializers.Serializer):
     failure_reason = serializers.CharField()
     bytes_up = serializers.IntegerField(help_text="bytes the sites uploaded: their updates")
     bytes_down = serializers.IntegerField(
-        help_text="bytes the answering sites downloaded: the base model, once each"
+        help_text="bytes the answering sites downloaded: the round's global model (for a text model "
+        "its adapters and head), once each"
     )
 
     class Meta:

@@ -98,7 +98,8 @@ class RoundProgress:
     duration_seconds: float
     metrics: dict[str, float]
     failure_reason: str
-    #: Bytes the sites sent (their updates) and fetched (the round's base model, once each).
+    #: Bytes the sites sent (their updates) and fetched (the round's global model, once per
+    #: answering site; for a text model, its adapters and head).
     bytes_up: int = 0
     bytes_down: int = 0
 

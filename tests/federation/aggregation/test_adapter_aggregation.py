@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from federation.aggregation.adapters import fedit_error, keep_frozen_a, svd_aggregate, svd_refactor
 from federation.aggregation.strategies import FedAdam, FedAvg, Krum
-from federation.errors import ConfigurationError
+from federation.errors import ConfigurationError, InvalidUpdateError
 from federation.models.lora import AdapterAggregation, lora_pairs
 from federation.privacy.settings import DifferentialPrivacy, DPLevel, PrivacySettings
 from federation.rounds import RoundPlan
@@ -85,7 +85,9 @@ def test_svd_method_is_the_best_rank_r_approximation_of_the_mean_product(shape, 
     discarded = float(np.sqrt(np.sum(singular[rank:] ** 2)))
     # Eckart-Young-Mirsky: the error of the best rank-r approximation is the discarded part.
     assert np.linalg.norm(target - product) == pytest.approx(discarded, rel=1e-4, abs=1e-4)
-    assert np.linalg.matrix_rank(product, tol=1e-4 * max(1.0, singular[0])) <= rank
+    # ... and it keeps the r largest singular values of the mean product (numpy's SVD).
+    kept = np.linalg.svd(product, compute_uv=False)[: min(rank, singular.size)]
+    np.testing.assert_allclose(kept, singular[:rank], rtol=1e-4, atol=1e-4)
     expected_residual = discarded / np.linalg.norm(target)
     assert result.details["lora_svd_residual"] == pytest.approx(expected_residual, rel=1e-4, abs=1e-6)
 
@@ -134,6 +136,7 @@ def test_ffa_keeps_the_global_a_and_is_exact(shape, counts) -> None:
     product = result.weights[B].astype(np.float64) @ result.weights[A].astype(np.float64)
     target = _reference_mean_product(honest, counts)
     assert np.linalg.norm(product - target) <= 1e-5 * max(np.linalg.norm(target), 1e-12)
+    assert result.details["lora_fedit_error"] < 1e-6  # A shared: the mean of the products is exact
 
 
 def test_ffa_keeps_a_under_client_level_dp() -> None:
@@ -150,6 +153,32 @@ def test_ffa_keeps_a_under_client_level_dp() -> None:
     result = plan.aggregate(global_weights, sites, rng=np.random.default_rng(1))
     np.testing.assert_array_equal(result.weights[A], global_weights[A])
     assert not np.array_equal(result.weights[B], global_weights[B])
+
+
+def test_svd_keeps_spare_rows_of_a_trainable_when_the_mean_product_has_low_rank() -> None:
+    rng = np.random.default_rng(1)
+    global_weights = _site(rng, 3, 5, 4)
+    shared_a = rng.normal(size=(3, 5)).astype(np.float32)
+    # Every site's B is zero but in its first column: the mean product has rank 1 < r = 3.
+    sites = []
+    for _ in range(3):
+        b = np.zeros((4, 3), np.float32)
+        b[:, 0] = rng.normal(size=4)
+        sites.append({**_site(rng, 3, 5, 4), A: shared_a, B: b})
+    plan = RoundPlan(FedAvg(), adapters=AdapterAggregation.SVD)
+    result = plan.aggregate(global_weights, [ClientUpdate(w, 10) for w in sites]).weights
+    product = result[B].astype(np.float64) @ result[A].astype(np.float64)
+    target = _reference_mean_product(sites, [10, 10, 10])
+    assert np.linalg.norm(product - target) <= 1e-5 * np.linalg.norm(target)
+    np.testing.assert_array_equal(result[A][1:], global_weights[A][1:])  # spare rows: the old A
+    assert not result[B][:, 1:].any()  # with zero columns of B, so the product is unchanged
+
+
+def test_svd_refuses_adapters_whose_product_overflows() -> None:
+    # Finite float32 factors whose balanced refactorisation is not: B gets sqrt(|a| / |b|) times larger.
+    huge = {A: np.full((1, 100), 3e38, np.float32), B: np.full((2, 1), 3e38, np.float32)}
+    with pytest.raises(InvalidUpdateError, match=r"overflow"):
+        svd_aggregate(huge, [huge, huge], [0.5, 0.5], [(A, B)], rank=1)
 
 
 def test_error_is_zero_while_every_b_is_zero() -> None:

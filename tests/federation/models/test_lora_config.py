@@ -22,7 +22,7 @@ from federation.models.lora import (
     TextModelConfig,
     is_text_model,
 )
-from federation.models.pins import builtin_pin, locate_builtin, verify_base_model
+from federation.models.pins import builtin_pin, files_to_pin, locate_builtin, verify_base_model
 
 MINILM = "all-MiniLM-L6-v2"
 SMOLLM = "SmolLM2-135M-Instruct"
@@ -114,6 +114,7 @@ def test_bad_configs_are_refused_with_the_reason(change: dict[str, object], mess
         ({"linear_layers": {"a.b": [384]}}, "in_features"),
         ({"family": "decoder"}, "family"),
         ({"gguf_file": "other.gguf"}, "gguf_file"),
+        ({"gguf_file": "model.safetensors"}, "causal language models only"),
     ],
 )
 def test_bad_pins_are_refused(change: dict[str, object], message: str) -> None:
@@ -149,8 +150,35 @@ def test_a_changed_weight_file_is_refused_naming_the_file(tmp_path: Path) -> Non
     with pytest.raises(BaseModelError, match=r"file model\.safetensors differs"):
         verify_base_model(pin, copy)
     weights.unlink()
-    with pytest.raises(BaseModelError, match=r"model\.safetensors is missing"):
+    with pytest.raises(BaseModelError, match=r"model\.safetensors is missing") as missing:
         verify_base_model(pin, copy)
+    assert str(tmp_path) not in str(missing.value)  # a refusal goes to the server: no local paths
+
+
+def test_the_tokenizer_and_configuration_are_pinned_too(tmp_path: Path) -> None:
+    pin = builtin_pin(MINILM)
+    assert {"config.json", "tokenizer.json", "vocab.txt", "model.safetensors"} <= set(pin.files)
+    copy = tmp_path / "model"
+    shutil.copytree(locate_builtin(MINILM), copy)
+    vocab = copy / "vocab.txt"
+    vocab.write_text(vocab.read_text().replace("[unused1]", "patient-x", 1))
+    with pytest.raises(BaseModelError, match=r"file vocab\.txt differs"):
+        verify_base_model(pin, copy)
+
+
+def test_an_unpinned_weight_file_beside_the_pinned_ones_is_refused(tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(locate_builtin(MINILM), copy)
+    shutil.copy(copy / "model.safetensors", copy / "model-extra.safetensors")
+    with pytest.raises(BaseModelError, match=r"model-extra\.safetensors"):
+        verify_base_model(builtin_pin(MINILM), copy)
+
+
+def test_pickled_weights_are_never_pinned(tmp_path: Path) -> None:
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(BaseModelError, match=r"pytorch_model\.bin: pickle files are never loaded"):
+        files_to_pin(tmp_path)
 
 
 def test_unknown_builtin_names_the_known_ones() -> None:

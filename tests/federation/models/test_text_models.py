@@ -76,6 +76,23 @@ def test_a_few_steps_learn_separable_notes_and_repeat_by_seed() -> None:
         np.testing.assert_allclose(array, trained[name], rtol=1e-5, atol=1e-6)
 
 
+def test_predictions_do_not_draw_dropout_before_any_training() -> None:
+    adapter = text_models.LoraTextAdapter(_config(dropout=0.5), seed=0)
+    first, second = adapter.predict(TEXTS[:4]), adapter.predict(TEXTS[:4])
+    np.testing.assert_array_equal(first, second)
+
+
+def test_two_adapters_keep_their_own_weights_on_one_loaded_model() -> None:
+    first = text_models.LoraTextAdapter(_config(), seed=0)
+    first.fit(TEXTS, LABELS, TrainConfig(epochs=1, batch_size=8, learning_rate=3e-3))
+    trained, scores = first.get_weights(), first.predict(TEXTS[:4])
+    second = text_models.LoraTextAdapter(_config(), seed=1)  # shares the network, other weights
+    assert any(not np.array_equal(second.get_weights()[n], trained[n]) for n in trained)
+    for name, array in first.get_weights().items():
+        np.testing.assert_array_equal(array, trained[name])
+    np.testing.assert_allclose(first.predict(TEXTS[:4]), scores, rtol=1e-6)
+
+
 def test_max_steps_caps_a_round() -> None:
     adapter = text_models.LoraTextAdapter(_config(), seed=0)
     result = adapter.fit(TEXTS, LABELS, TrainConfig(epochs=5, batch_size=4, learning_rate=1e-3, max_steps=3))
@@ -152,6 +169,18 @@ def test_dp_sgd_on_the_adapters_spends_what_opacus_accounts_and_repeats_by_seed(
     assert any(not np.allclose(array, trained[name]) for name, array in fresh.get_weights().items())
 
 
+def test_dp_sgd_takes_its_noisy_step_on_empty_poisson_batches() -> None:
+    # Batch 1 of 24 texts: each step samples every text with probability 1/24, so about a
+    # third of the 24 steps draw no text at all; each still counts.
+    adapter = text_models.LoraTextAdapter(_config(), seed=0)
+    config = TrainConfig(
+        epochs=1, batch_size=1, learning_rate=1e-3, dp_noise_multiplier=1.0, dp_clipping_norm=1.0, dp_seed=3
+    )
+    spend = adapter.fit(TEXTS, LABELS, config).privacy_spend
+    assert spend is not None
+    assert (spend.steps, spend.sampling_rate) == (24, 1 / 24)
+
+
 def test_dp_sgd_stops_after_max_steps_and_counts_only_those() -> None:
     adapter = text_models.LoraTextAdapter(_config(), seed=0)
     config = TrainConfig(
@@ -191,6 +220,15 @@ def test_smollm_scores_answers_learns_and_reports_perplexity(tmp_path: Path) -> 
     adapter = text_models.LoraTextAdapter(config, seed=0, cache_dir=tmp_path)
     assert any((tmp_path / "dequantized").iterdir())  # the float weights are kept for next time
     before = adapter.perplexity(TEXTS[:6])
+    # Scored per real token: a batch's perplexity is its texts' taken alone, weighted by how
+    # many tokens each predicts (the padding of the shorter text counts for nothing).
+    texts = [TEXTS[0], TEXTS[4] + " and a long history of migraine"]
+    predicted = [
+        len(adapter.tokenizer(text, truncation=True, max_length=32)["input_ids"]) - 1 for text in texts
+    ]
+    alone = [np.log(adapter.perplexity([text])) for text in texts]
+    expected = float(np.exp(np.dot(predicted, alone) / sum(predicted)))
+    assert adapter.perplexity(texts) == pytest.approx(expected, rel=0.02)
     adapter.fit(TEXTS, LABELS, TrainConfig(epochs=2, batch_size=8, learning_rate=2e-3, seed=0))
     scores = adapter.predict(TEXTS)
     assert scores.shape == (len(TEXTS), 3)
