@@ -248,6 +248,10 @@ class SimulationConfig:
             if self.max_steps is not None:
                 raise ConfigurationError("max_steps is for text models; tabular models train local_epochs")
             return
+        self._check_text_options()
+        self.text_model_config()  # checks rank, alpha and max_tokens
+
+    def _check_text_options(self) -> None:
         try:
             object.__setattr__(self, "lora_aggregation", AdapterAggregation(self.lora_aggregation))
         except ValueError:
@@ -273,7 +277,6 @@ class SimulationConfig:
                 "the text models do not apply FedProx's proximal term in local training: use fedavg "
                 "or another rule"
             )
-        self.text_model_config()  # checks rank, alpha and max_tokens
 
     def text_model_config(self) -> TextModelConfig:
         """The study's text model: the built-in base model, its adapters and the data's classes."""
