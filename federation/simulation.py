@@ -98,8 +98,6 @@ from federation.models.pins import builtin_pin
 from federation.privacy.accounting import (
     PrivacyEvent,
     PrivacyLedgerState,
-    dp_sgd_schedule,
-    noise_for_epsilon,
     sample_level_noise_for_job,
 )
 from federation.privacy.dp import clip_delta
@@ -721,17 +719,6 @@ def _noise_multipliers(
     if dp.noise_multiplier is not None:
         return [dp.noise_multiplier] * len(silo_sizes)
     assert config.target_epsilon is not None  # checked by SimulationConfig
-    if config.max_steps is not None:
-        # A round is max_steps DP-SGD steps, however many passes over the data that takes.
-        return [
-            noise_for_epsilon(
-                target_epsilon=config.target_epsilon,
-                delta=config.delta,
-                steps=config.rounds * config.max_steps,
-                sampling_rate=dp_sgd_schedule(num_examples=size, batch_size=config.batch_size).sampling_rate,
-            )
-            for size in silo_sizes
-        ]
     return [
         sample_level_noise_for_job(
             target_epsilon=config.target_epsilon,
@@ -740,6 +727,7 @@ def _noise_multipliers(
             epochs=config.local_epochs,
             num_examples=size,
             batch_size=config.batch_size,
+            max_steps=config.max_steps,
         )
         for size in silo_sizes
     ]
