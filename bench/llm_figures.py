@@ -1,7 +1,7 @@
 """The language-model figures: LoRA adapters federated against pooled and single-site training.
 
     python bench/llm_figures.py                   # all four figures (long: see below)
-    python bench/llm_figures.py --only clinical   # one of: clinical, drugs, methods, smollm
+    python bench/llm_figures.py --only clinical   # one of: clinical, drugs, methods, smollm, dpsgd
     python bench/llm_figures.py --quick           # a smoke run of the same code, tiny settings
 
 Every run goes through :func:`federation.simulation.run_simulation`, the same round plan as
@@ -25,6 +25,9 @@ site alone; all are scored on one pooled test set.
   clinical notes, one seed: each round's aggregation error (FedIT's relative distance to
   the mean of the products; the SVD's truncation residual; FFA-LoRA's FedIT error, which
   is zero up to rounding since every site shares A) and test accuracy.
+* ``dpsgd``: DP-SGD (Opacus) on the adapters and head of MiniLM with FFA-LoRA, clinical
+  notes, at epsilon 3 and 8 (delta 1e-5, clipping norm 1, the noise derived for the whole
+  run's steps), against the same run without DP: test accuracy and macro-F1.
 * ``smollm``: SmolLM2-135M-Instruct with LoRA (rank 8 on q, k, v and o projections)
   scoring the four specialties as answers, on the clinical notes: accuracy and the global
   model's perplexity on the test notes before and after, and the bytes.
@@ -54,6 +57,7 @@ import numpy as np
 from federation.aggregation.strategies import FedAvg
 from federation.metrics import compute_metrics
 from federation.models.lora import AdapterAggregation
+from federation.privacy.settings import DifferentialPrivacy, DPLevel
 from federation.simulation import (
     SimulationConfig,
     SimulationReport,
@@ -64,7 +68,7 @@ from federation.simulation import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FIGURES = ("clinical", "drugs", "methods", "smollm")
+FIGURES = ("clinical", "drugs", "methods", "smollm", "dpsgd")
 SEEDS = (0, 1, 2)
 #: The issue's targets: federated within 3 points of pooled, 5 points above the sites alone,
 #: and an update at least 150 times smaller than the full model.
@@ -84,6 +88,9 @@ MINILM = SimulationConfig(
 CLINICAL = MINILM
 DRUGS = replace(MINILM, dataset="drug_reviews", rounds=4, max_steps=15)
 METHODS = replace(MINILM, rounds=5, max_steps=10, baselines=False)
+DPSGD = replace(MINILM, lora_aggregation=AdapterAggregation.FFA, learning_rate=5e-3, baselines=False)
+#: The budgets of the DP-SGD figure; None is the same run without DP.
+DP_BUDGETS: tuple[float | None, ...] = (None, 8.0, 3.0)
 SMOLLM = replace(
     MINILM,
     model_kind=TextModel.SMOLLM2_LORA,
@@ -394,6 +401,60 @@ def plot_methods(runs: dict[AdapterAggregation, SimulationReport], out: Path) ->
 # --- SmolLM2 ---------------------------------------------------------------------------------------
 
 
+def with_dp_sgd(base: SimulationConfig, epsilon: float | None) -> SimulationConfig:
+    if epsilon is None:
+        return base
+    mechanism = DifferentialPrivacy(level=DPLevel.SAMPLE, clipping_norm=1.0)
+    return replace(base, differential_privacy=mechanism, target_epsilon=epsilon)
+
+
+def dp_command(config: SimulationConfig) -> str:
+    if config.target_epsilon is None:
+        return simulate_command(config)
+    return (
+        simulate_command(config)
+        + f" --dp-level sample --clipping-norm 1.0 --epsilon {config.target_epsilon:g}"
+    )
+
+
+def dpsgd(base: SimulationConfig, out: Path) -> dict[str, object]:
+    runs = [(epsilon, run(with_dp_sgd(base, epsilon))) for epsilon in DP_BUDGETS]
+    result: dict[str, object] = {
+        "title": "DP-SGD on the adapters: MiniLM + FFA-LoRA, clinical notes, 3 sites",
+        "commands": [dp_command(report.config) for _, report in runs],
+        "runs": [
+            {
+                "epsilon": epsilon,
+                "accuracy": round(report.federated["accuracy"], 4),
+                "macro_f1": round(report.federated["macro_f1"], 4),
+                "privacy": report.privacy.to_json() if report.privacy else None,
+                "seconds": round(report.seconds, 1),
+            }
+            for epsilon, report in runs
+        ],
+    }
+    lines = ["| epsilon (delta 1e-5) | test accuracy | macro-F1 |", "|---|---|---|"]
+    for epsilon, report in runs:
+        label = "no DP" if epsilon is None else f"{epsilon:g}"
+        lines.append(f"| {label} | {report.federated['accuracy']:.4f} | {report.federated['macro_f1']:.4f} |")
+    print(f"\n### {result['title']}\n\n" + "\n".join(lines))
+    plot_dpsgd(runs, out)
+    return result
+
+
+def plot_dpsgd(runs: Sequence[tuple[float | None, SimulationReport]], out: Path) -> None:
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    for epsilon, report in runs:
+        label = "no DP" if epsilon is None else f"DP-SGD, epsilon {epsilon:g}"
+        rounds = [r.round for r in report.rounds]
+        axis.plot(rounds, [r.metrics["accuracy"] for r in report.rounds], marker="o", label=label)
+    axis.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1), title="DP-SGD on LoRA adapters (FFA-LoRA)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out / "llm_dpsgd.png")
+    plt.close(figure)
+
+
 def smollm(base: SimulationConfig, out: Path) -> dict[str, object]:
     report = run(base)
     summary, text = report.summary(), report.text
@@ -482,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "methods": lambda: methods(adjust(METHODS), args.out),
         "smollm": lambda: smollm(adjust(SMOLLM), args.out),
+        "dpsgd": lambda: dpsgd(adjust(DPSGD), args.out),
     }
     results = {}
     for name in args.only or FIGURES:
