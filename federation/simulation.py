@@ -724,7 +724,7 @@ def _noise_multipliers(
             target_epsilon=config.target_epsilon,
             delta=config.delta,
             rounds=config.rounds,
-            epochs=config.local_epochs,
+            epochs=_local_train_config(config, size, seed=0, noise_multiplier=None).epochs,  # as silos train
             num_examples=size,
             batch_size=config.batch_size,
             max_steps=config.max_steps,

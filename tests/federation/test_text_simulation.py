@@ -138,3 +138,20 @@ def test_max_steps_is_refused_for_tabular_models() -> None:
 def test_the_command_refuses_a_tabular_model_on_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--dataset", "clinical_notes", "--model", "mlp", "--json-only"]) == 2
     assert "choose a text model (minilm_lora, smollm2_lora)" in capsys.readouterr().err
+
+
+@pytest.mark.llm
+def test_dp_sgd_on_adapters_spends_no_more_than_its_budget_when_rounds_take_several_passes() -> None:
+    from federation.privacy.settings import DifferentialPrivacy, DPLevel
+
+    # 16 notes a site in batches of 8: 2 batches an epoch, so 5 steps a round take 3 passes.
+    config = replace(
+        SMALL,
+        max_steps=5,
+        lora_aggregation=AdapterAggregation.FFA,
+        differential_privacy=DifferentialPrivacy(level=DPLevel.SAMPLE, clipping_norm=1.0),
+        target_epsilon=8.0,
+    )
+    report = run_simulation(config)
+    assert report.privacy is not None
+    assert 7.5 < report.privacy.epsilon <= 8.0 + 1e-6
