@@ -94,8 +94,8 @@ DP_BUDGETS: tuple[float | None, ...] = (None, 8.0, 3.0)
 SMOLLM = replace(
     MINILM,
     model_kind=TextModel.SMOLLM2_LORA,
-    rounds=2,
-    max_steps=4,
+    rounds=3,
+    max_steps=8,
     batch_size=8,
     max_tokens=64,
     notes_per_site=100,
