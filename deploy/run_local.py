@@ -21,6 +21,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -200,17 +201,24 @@ def _exit_on_signal(number: int, frame: object) -> None:
     raise SystemExit(128 + number)  # unwinds through the finally blocks that stop the children
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_and_report(
+    run_federation: Callable[[argparse.Namespace], dict[str, object]], args: argparse.Namespace
+) -> int:
+    """Run one local federation, every child stopped on SIGTERM or SIGHUP; print its figures
+    as the last line (exit 0), or the error (exit 1)."""
     for number in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, _exit_on_signal)
     try:
-        result = run(args)
+        result = run_federation(args)
     except (RuntimeError, httpx.HTTPError) as error:
         log(f"error: {error}")
         return 1
     print(json.dumps(result), flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_and_report(run, parse_args(argv))
 
 
 if __name__ == "__main__":

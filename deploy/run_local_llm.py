@@ -17,10 +17,7 @@ Every process it starts is stopped when it ends, whatever happens.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
-import signal
 import statistics
 import sys
 import time
@@ -28,7 +25,6 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +42,7 @@ from deploy.local.bootstrap import (  # noqa: E402
 )
 from deploy.local.figures import privacy_figures, timing_figures  # noqa: E402
 from deploy.local.processes import log, running_control_plane  # noqa: E402
-from deploy.run_local import finished_models, json_object  # noqa: E402
+from deploy.run_local import finished_models, json_object, run_and_report  # noqa: E402
 from federation.data.clinical_notes import clinical_notes_federation, clinical_notes_schema  # noqa: E402
 from federation.data.text import TextDataset, write_text  # noqa: E402
 from federation.metrics import compute_metrics  # noqa: E402
@@ -231,22 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _exit_on_signal(number: int, frame: object) -> None:
-    raise SystemExit(128 + number)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for number in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, _exit_on_signal)
-    try:
-        result = run(args)
-    except (RuntimeError, httpx.HTTPError) as error:
-        log(f"error: {error}")
-        return 1
-    print(json.dumps(result), flush=True)
-    return 0
+    return run_and_report(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import re
 
 import pytest
 from django.test import Client
-from test_console_studies import _study_form
+from test_console_studies import _field_error, _study_form
 from world import job_make, job_run, study_approve_all, study_make
 
 from federation.data.clinical_notes import clinical_notes_schema
@@ -41,12 +41,6 @@ def _text_form(participants: list[Institution], **changes: object) -> dict[str, 
     )
     body.update(changes)
     return body
-
-
-def _field_error(html: str, field: str) -> str:
-    match = re.search(rf'id="id_{field}_error"[^>]*>(.*?)</ul>', html, re.S)
-    assert match is not None, f"no error next to {field}"
-    return re.sub(r"<[^>]+>", " ", match.group(1)).strip()
 
 
 def test_the_form_offers_text_models_and_lora_settings(coordinator: Client, hospital_a: Institution) -> None:
