@@ -12,11 +12,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_federation(tmp_path: Path, *extra: str, rounds: int = 3) -> dict:  # type: ignore[type-arg]
-    """Three sites, ``rounds`` rounds; ``extra`` are more run_local options."""
+def run_federation(tmp_path: Path, *extra: str, rounds: int = 3, script: str = "run_local.py") -> dict:  # type: ignore[type-arg]
+    """Three sites, ``rounds`` rounds; ``extra`` are more options of ``deploy/<script>``."""
     command = [
         sys.executable,
-        str(REPO / "deploy" / "run_local.py"),
+        str(REPO / "deploy" / script),
         "--sites",
         "3",
         "--rounds",
@@ -29,10 +29,11 @@ def run_federation(tmp_path: Path, *extra: str, rounds: int = 3) -> dict:  # typ
     ]
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, timeout=420, check=False)
-    print(f"run_local {' '.join(extra)}: {time.monotonic() - started:.1f} s wall")
+    print(f"{script} {' '.join(extra)}: {time.monotonic() - started:.1f} s wall")
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.strip().splitlines()
-    assert any(line.startswith(f"[###] round   {rounds}/{rounds}") for line in lines), result.stdout
+    last_round = f"[{'#' * rounds}] round {rounds:>3}/{rounds}"
+    assert any(line.startswith(last_round) for line in lines), result.stdout
     print(lines[-1])
     figures: dict = json.loads(lines[-1])  # type: ignore[type-arg]
     return figures

@@ -4,24 +4,17 @@ runs longer). Once plain, once under secure aggregation with FFA-LoRA."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from e2e_support import REPO, no_process_left
+from e2e_support import no_process_left, run_federation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.llm]
 
 
 def run_text_federation(tmp_path: Path, *extra: str) -> dict:  # type: ignore[type-arg]
-    command = [
-        sys.executable,
-        str(REPO / "deploy" / "run_local_llm.py"),
-        "--rounds",
-        "1",
+    """One round of two steps on 40 notes a site (``deploy/run_local_llm.py``)."""
+    small = [
         "--max-steps",
         "2",
         "--notes",
@@ -30,21 +23,10 @@ def run_text_federation(tmp_path: Path, *extra: str) -> dict:  # type: ignore[ty
         "10",
         "--max-tokens",
         "64",
-        "--data-dir",
-        str(tmp_path / "federation"),
         "--timeout",
         "300",
-        *extra,
     ]
-    started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=480, check=False)
-    print(f"run_local_llm {' '.join(extra)}: {time.monotonic() - started:.1f} s wall")
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = result.stdout.strip().splitlines()
-    assert any(line.startswith("[#] round   1/1: 3 sites") for line in lines), result.stdout
-    print(lines[-1])
-    figures: dict = json.loads(lines[-1])  # type: ignore[type-arg]
-    return figures
+    return run_federation(tmp_path, *small, *extra, rounds=1, script="run_local_llm.py")
 
 
 def check_adapters_only(figures: dict) -> None:  # type: ignore[type-arg]
