@@ -614,11 +614,6 @@ def load_silos(config: SimulationConfig, rng: np.random.Generator) -> tuple[list
     return silos, test
 
 
-def _epochs_for_steps(steps: int, num_examples: int, batch_size: int) -> int:
-    """The passes over ``num_examples`` examples that ``steps`` batches need."""
-    return math.ceil(steps / math.ceil(num_examples / batch_size))
-
-
 def _train_config(
     config: SimulationConfig,
     *,
@@ -648,14 +643,15 @@ def _train_config(
 
 
 def _local_train_config(
-    config: SimulationConfig, num_examples: int, *, seed: int, noise_multiplier: float | None
+    config: SimulationConfig, *, seed: int, noise_multiplier: float | None
 ) -> TrainConfig:
     """One silo's training in one round: ``local_epochs``, or exactly ``max_steps`` steps."""
-    if config.max_steps is None:
-        return _train_config(config, epochs=config.local_epochs, seed=seed, noise_multiplier=noise_multiplier)
-    epochs = _epochs_for_steps(config.max_steps, num_examples, config.batch_size)
     return _train_config(
-        config, epochs=epochs, seed=seed, noise_multiplier=noise_multiplier, max_steps=config.max_steps
+        config,
+        epochs=config.local_epochs,
+        seed=seed,
+        noise_multiplier=noise_multiplier,
+        max_steps=config.max_steps,
     )
 
 
@@ -724,7 +720,7 @@ def _noise_multipliers(
             target_epsilon=config.target_epsilon,
             delta=config.delta,
             rounds=config.rounds,
-            epochs=_local_train_config(config, size, seed=0, noise_multiplier=None).epochs,  # as silos train
+            epochs=config.local_epochs,
             num_examples=size,
             batch_size=config.batch_size,
             max_steps=config.max_steps,
@@ -903,7 +899,7 @@ def _local_round(
         worker.set_weights(global_weights)
         seed = config.seed * 1_000_003 + round_number * 1_009 + index
         noise = privacy.site_noise(index) if privacy else None
-        train_config = _local_train_config(config, len(silo), seed=seed, noise_multiplier=noise)
+        train_config = _local_train_config(config, seed=seed, noise_multiplier=noise)
         result = worker.fit(silo.features, silo.labels, train_config)
         weights = worker.get_weights()
         if privacy and result.privacy_spend is not None:
@@ -964,7 +960,7 @@ def _baselines(
     def train_alone(data: SiloData, seed: int) -> dict[str, float]:
         model = build_model(model_config, seed=config.seed)
         model.set_weights(initial_weights)
-        model.fit(data.features, data.labels, _baseline_train_config(config, len(data), seed))
+        model.fit(data.features, data.labels, _baseline_train_config(config, seed))
         return compute_metrics(test.task, test.labels, model.predict(test.features))
 
     centralized = train_alone(_pooled(silos), config.seed)
@@ -972,12 +968,12 @@ def _baselines(
     return centralized, local
 
 
-def _baseline_train_config(config: SimulationConfig, num_examples: int, seed: int) -> TrainConfig:
+def _baseline_train_config(config: SimulationConfig, seed: int) -> TrainConfig:
     if config.max_steps is None:
         return _train_config(config, epochs=config.rounds * config.local_epochs, seed=seed, federated=False)
-    steps = config.rounds * config.max_steps
-    epochs = _epochs_for_steps(steps, num_examples, config.batch_size)
-    return _train_config(config, epochs=epochs, seed=seed, federated=False, max_steps=steps)
+    return _train_config(
+        config, epochs=1, seed=seed, federated=False, max_steps=config.rounds * config.max_steps
+    )
 
 
 def _pooled(silos: Sequence[SiloData]) -> SiloData:

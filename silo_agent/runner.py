@@ -254,11 +254,8 @@ class TaskRunner:
     ) -> tuple[RoundState, bytes]:
         training = task.study.training
         dp_note = f" with DP-SGD (noise {plan.noise_multiplier:.3f})" if plan else ""
-        steps_note = f", at most {training.max_steps} steps" if training.max_steps else ""
-        self._progress(
-            ProgressStep.TRAINING,
-            f"{training.epochs} epoch(s){steps_note} on {len(data.train)} rows{dp_note}",
-        )
+        length = f"{training.max_steps} steps" if training.max_steps else f"{training.epochs} epoch(s)"
+        self._progress(ProgressStep.TRAINING, f"{length} on {len(data.train)} rows{dp_note}")
         config = TrainConfig(
             epochs=training.epochs,
             batch_size=training.batch_size,

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import count, pairwise
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -72,12 +72,19 @@ class TrainConfig:
     dp_noise_multiplier: float | None = None
     dp_clipping_norm: float | None = None
     dp_seed: int | None = None
-    #: Caps the optimizer steps of one round (text models, whose epochs are long); None: no cap.
+    #: Fixes a round's optimizer steps (text models, whose epochs are long): exactly this many,
+    #: passing over the data as often as needed, so every site takes as many steps whatever
+    #: its size; ``epochs`` must then stay 1. None: ``epochs`` passes.
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps < 1):
             raise ConfigurationError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+        if self.max_steps is not None and self.epochs != 1:
+            raise ConfigurationError(
+                f"max_steps fixes a round's steps (passing over the data as often as needed): "
+                f"leave epochs at 1, not {self.epochs!r}"
+            )
         if not _is_int(self.epochs) or self.epochs < 1:
             raise ConfigurationError(f"epochs must be a positive integer, got {self.epochs!r}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
@@ -91,6 +98,11 @@ class TrainConfig:
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigurationError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         self._check_dp()
+
+    def passes(self) -> Iterator[int]:
+        """The passes over the data: ``epochs`` of them, or under ``max_steps`` as many as it
+        takes (the trainer stops after ``max_steps`` steps)."""
+        return count() if self.max_steps is not None else iter(range(self.epochs))
 
     def _check_dp(self) -> None:
         noise, clipping = self.dp_noise_multiplier, self.dp_clipping_norm

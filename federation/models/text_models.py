@@ -17,7 +17,7 @@ adapted model is kept per process: a second adapter for the same study, or the n
 reuses it and only swaps the adapter weights.
 
 Training is AdamW on the adapters (and the head), shuffled and seeded by
-:attr:`TrainConfig.seed`, for ``epochs`` or at most ``max_steps`` steps. Under FFA-LoRA the
+:attr:`TrainConfig.seed`, for ``epochs`` passes or exactly ``max_steps`` steps. Under FFA-LoRA the
 A factors are frozen. Only adapter and head tensors ever leave :meth:`get_weights`.
 """
 
@@ -454,7 +454,7 @@ class LoraTextAdapter:
         trainable: list[nn.Parameter],
     ) -> list[float]:
         losses = []
-        for batch, targets in _capped(_epochs(loader, config.epochs), config.max_steps):
+        for batch, targets in _capped(_passes(loader, config), config.max_steps):
             optimizer.zero_grad(set_to_none=True)
             if len(batch) == 0:
                 # An empty Poisson batch still takes its noisy step (and is counted).
@@ -623,15 +623,15 @@ class _LabelView:
 
 
 def _shuffled_batches(n: int, config: TrainConfig, generator: torch.Generator) -> Iterator[NDArray[np.intp]]:
-    """Row indices in shuffled batches, for ``epochs`` passes."""
-    for _ in range(config.epochs):
+    """Row indices in shuffled batches, pass after pass (:meth:`TrainConfig.passes`)."""
+    for _ in config.passes():
         order = torch.randperm(n, generator=generator).numpy()
         for begin in range(0, n, config.batch_size):
             yield order[begin : begin + config.batch_size]
 
 
-def _epochs(loader: DataLoader[Any], epochs: int) -> Iterator[Any]:
-    for _ in range(epochs):
+def _passes(loader: DataLoader[Any], config: TrainConfig) -> Iterator[Any]:
+    for _ in config.passes():
         yield from loader
 
 

@@ -290,19 +290,20 @@ def dp_sgd_steps_per_round(
     *, num_examples: int, batch_size: int, epochs: int, max_steps: int | None = None
 ) -> int:
     """The DP-SGD steps of one round: ``epochs`` passes of :func:`dp_sgd_schedule` steps,
-    or ``max_steps`` if that comes first.
+    or exactly ``max_steps`` when that is set (:class:`~federation.models.base.TrainConfig`).
 
     >>> dp_sgd_steps_per_round(num_examples=160, batch_size=32, epochs=2)
     10
-    >>> dp_sgd_steps_per_round(num_examples=160, batch_size=32, epochs=2, max_steps=3)
-    3
+    >>> dp_sgd_steps_per_round(num_examples=160, batch_size=32, epochs=1, max_steps=12)
+    12
     """
     _check_steps(epochs, "epochs")
-    steps = epochs * dp_sgd_schedule(num_examples=num_examples, batch_size=batch_size).steps_per_epoch
+    _check_steps(num_examples, "num_examples")
+    _check_steps(batch_size, "batch_size")
     if max_steps is not None:
         _check_steps(max_steps, "max_steps")
-        steps = min(steps, max_steps)
-    return steps
+        return max_steps
+    return epochs * dp_sgd_schedule(num_examples=num_examples, batch_size=batch_size).steps_per_epoch
 
 
 def sample_level_noise_for_job(

@@ -290,7 +290,10 @@ class StudyForm(forms.Form):
         required=False,
         min_value=1,
         label="Steps per round",
-        help_text="Optional cap on each site's optimizer steps per round (for text models, e.g. 15).",
+        help_text=(
+            "Text models: each site takes exactly this many optimizer steps per round, passing "
+            "over its data as often as needed (e.g. 15); epochs then stays 1."
+        ),
     )
     validation_fraction = forms.FloatField(
         initial=0.2,

@@ -36,6 +36,7 @@ def _text_form(participants: list[Institution], **changes: object) -> dict[str, 
         lora_dropout="0.05",
         lora_target_modules="query, value",
         lora_aggregation="ffa",
+        epochs="1",
         learning_rate="0.002",
         max_steps="15",
     )
@@ -84,6 +85,7 @@ def test_coordinator_creates_a_text_study(
         ({"data_schema": None}, "model_kind", "needs a text data schema"),
         ({"model_kind": "mlp", "hidden_sizes": "8"}, "model_kind", "needs a text model"),
         ({"lora_target_modules": "q_proj"}, "lora_target_modules", "match no linear layer"),
+        ({"epochs": "2"}, "max_steps", "leave epochs at 1"),
     ],
 )
 def test_text_settings_that_do_not_fit_are_shown_next_to_their_field(

@@ -71,6 +71,7 @@ def test_a_text_study_pins_its_base_model_when_created(
         ({"feature_scaling": {"mean": [0.0], "std": [1.0]}}, "numeric features"),
         ({"training": {**TRAINING, "proximal_mu": 0.1}}, "proximal"),
         ({"training": {**TRAINING, "max_steps": 0}}, "max_steps"),
+        ({"training": {**TRAINING, "epochs": 2}}, "leave epochs at 1"),
     ],
 )
 def test_text_studies_that_do_not_fit_are_refused_with_the_reason(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import islice
 
 import pytest
 from hypothesis import assume, given, settings
@@ -40,11 +41,20 @@ from federation.types import Task
         {"seed": -1},
         {"seed": 2**32},
         {"seed": "7"},
+        {"max_steps": 0},
+        {"max_steps": 2.5},
     ],
 )
 def test_train_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError, match=next(iter(kwargs))):
         TrainConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_max_steps_fixes_the_steps_so_epochs_stay_one() -> None:
+    with pytest.raises(ConfigurationError, match="leave epochs at 1"):
+        TrainConfig(epochs=3, max_steps=10)
+    assert list(islice(TrainConfig(epochs=1, max_steps=10).passes(), 50)) == list(range(50))
+    assert list(TrainConfig(epochs=3).passes()) == [0, 1, 2]
 
 
 def test_train_config_defaults() -> None:

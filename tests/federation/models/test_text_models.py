@@ -93,10 +93,13 @@ def test_two_adapters_keep_their_own_weights_on_one_loaded_model() -> None:
     np.testing.assert_allclose(first.predict(TEXTS[:4]), scores, rtol=1e-6)
 
 
-def test_max_steps_caps_a_round() -> None:
+@pytest.mark.parametrize("steps", [3, 9])  # 24 rows at batch 4: 6 steps a pass
+def test_max_steps_fixes_a_rounds_steps_even_past_one_pass(steps: int) -> None:
     adapter = text_models.LoraTextAdapter(_config(), seed=0)
-    result = adapter.fit(TEXTS, LABELS, TrainConfig(epochs=5, batch_size=4, learning_rate=1e-3, max_steps=3))
-    assert result.metrics["steps"] == 3
+    result = adapter.fit(
+        TEXTS, LABELS, TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, max_steps=steps)
+    )
+    assert result.metrics["steps"] == steps
 
 
 def test_ffa_lora_never_moves_a() -> None:
@@ -181,14 +184,20 @@ def test_dp_sgd_takes_its_noisy_step_on_empty_poisson_batches() -> None:
     assert (spend.steps, spend.sampling_rate) == (24, 1 / 24)
 
 
-def test_dp_sgd_stops_after_max_steps_and_counts_only_those() -> None:
+@pytest.mark.parametrize("steps", [2, 8])  # 6 Poisson batches a pass
+def test_dp_sgd_takes_max_steps_even_past_one_pass_and_counts_them(steps: int) -> None:
     adapter = text_models.LoraTextAdapter(_config(), seed=0)
     config = TrainConfig(
-        epochs=3, batch_size=4, learning_rate=1e-3, dp_noise_multiplier=1.0, dp_clipping_norm=1.0, max_steps=2
+        epochs=1,
+        batch_size=4,
+        learning_rate=1e-3,
+        dp_noise_multiplier=1.0,
+        dp_clipping_norm=1.0,
+        max_steps=steps,
     )
     spend = adapter.fit(TEXTS, LABELS, config).privacy_spend
     assert spend is not None
-    assert spend.steps == 2
+    assert spend.steps == steps
 
 
 @pytest.mark.parametrize(
