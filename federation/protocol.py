@@ -54,8 +54,10 @@ class TrainingSettings:
     batch_size: int
     learning_rate: float
     proximal_mu: float
-    #: Caps the optimizer steps of one round (text models); None: the epochs decide.
+    #: Fixes the optimizer steps of one round (text models); None: the epochs decide.
     max_steps: int | None = None
+    #: Weighs examples by the inverse frequency of their class at the site.
+    class_weighting: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,14 +208,17 @@ def _training(data: JsonObject) -> TrainingSettings:
         max_steps=None
         if data.get("max_steps") is None
         else _integer(data, "max_steps", where=where, minimum=1),
+        class_weighting=_boolean(data, "class_weighting", where=where, default=False),
     )
 
 
 def _training_json(training: TrainingSettings) -> dict[str, object]:
-    # max_steps travels only when set, so tabular tasks read as they always did.
+    # The later settings travel only when set, so older tasks read as they always did.
     data = dataclasses.asdict(training)
     if training.max_steps is None:
         del data["max_steps"]
+    if not training.class_weighting:
+        del data["class_weighting"]
     return data
 
 
@@ -239,6 +244,13 @@ def _integer(data: JsonObject, key: str, *, where: str = "", minimum: int = 0) -
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ProtocolError(f"malformed task: {where}{key} must be an integer >= {minimum}")
+    return value
+
+
+def _boolean(data: JsonObject, key: str, *, where: str = "", default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"malformed task: {where}{key} must be true or false")
     return value
 
 

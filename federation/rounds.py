@@ -54,7 +54,7 @@ from federation.aggregation.strategies import (
 from federation.aggregation.streaming import StoredUpdate, UpdateLike
 from federation.errors import ConfigurationError, InvalidUpdateError, SecureAggregationError
 from federation.metric_reports import MAX_NUM_EXAMPLES
-from federation.models.base import ModelKind
+from federation.models.base import CLASS_WEIGHTING_WITH_DP_SGD, ModelKind
 from federation.models.lora import AdapterAggregation, lora_pairs
 from federation.privacy import accounting, dp, secagg
 from federation.privacy.settings import DifferentialPrivacy, DPLevel, PrivacySettings
@@ -177,10 +177,16 @@ class RoundPlan:
     # --- the one compatibility check ----------------------------------------------------
 
     def check(
-        self, num_sites: int | None, model_kind: ModelKind | None = None, *, proximal_mu: float = 0.0
+        self,
+        num_sites: int | None,
+        model_kind: ModelKind | None = None,
+        *,
+        proximal_mu: float = 0.0,
+        class_weighting: bool = False,
     ) -> None:
         """Refuse what this plan cannot honour with ``num_sites`` sites training a
-        ``model_kind`` model (with FedProx's ``proximal_mu`` in local training).
+        ``model_kind`` model (with FedProx's ``proximal_mu`` and ``class_weighting`` in local
+        training).
 
         ``None`` skips the rules about that part. Raises :class:`ConfigurationError` saying why.
         """
@@ -188,7 +194,7 @@ class RoundPlan:
             self._secure_aggregation_reason(num_sites),
             self._client_dp_reason(),
             self._adapter_reason(),
-            _sample_dp_reason(self.privacy.differential_privacy, model_kind, proximal_mu),
+            _sample_dp_reason(self.privacy.differential_privacy, model_kind, proximal_mu, class_weighting),
         )
         reason = next((reason for reason in reasons if reason is not None), None)
         if reason is not None:
@@ -442,7 +448,10 @@ def _noise_for_budget(privacy: PrivacySettings, num_rounds: int) -> float:
 
 
 def _sample_dp_reason(
-    mechanism: DifferentialPrivacy | None, model_kind: ModelKind | None, proximal_mu: float
+    mechanism: DifferentialPrivacy | None,
+    model_kind: ModelKind | None,
+    proximal_mu: float,
+    class_weighting: bool,
 ) -> str | None:
     if mechanism is None or mechanism.level is not DPLevel.SAMPLE:
         return None
@@ -453,6 +462,8 @@ def _sample_dp_reason(
         )
     if proximal_mu > 0:
         return "sample-level DP does not combine with FedProx's proximal_mu; set it to 0"
+    if class_weighting:
+        return CLASS_WEIGHTING_WITH_DP_SGD
     return None
 
 

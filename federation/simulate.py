@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="client learning rate (default 0.1; text models with AdamW on LoRA: try 2e-3)",
     )
+    training.add_argument(
+        "--class-weighting",
+        action="store_true",
+        help="weigh each example by the inverse frequency of its class at its site (classification)",
+    )
     training.add_argument("--seed", type=int, default=0)
     _add_text_arguments(parser)
     _add_attack_arguments(parser)
@@ -255,6 +260,7 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         alpha=args.alpha,
         rounds=args.rounds,
         local_epochs=args.local_epochs,
+        class_weighting=args.class_weighting,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         hidden_sizes=tuple(args.hidden),

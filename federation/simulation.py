@@ -201,6 +201,8 @@ class SimulationConfig:
     secure_aggregation_threshold: int | None = None
     #: How many silos (drawn afresh each round) drop after sharing their keys.
     secure_dropouts: int = 0
+    #: Weigh each example by the inverse frequency of its class at its silo (the baselines too).
+    class_weighting: bool = False
     #: Text models: the adapters' rank and alpha (LoRA scales B·A by alpha / rank).
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -230,7 +232,9 @@ class SimulationConfig:
         self._check_privacy()
         self._check_secure_aggregation()
         tabular_kind = self.model_kind if isinstance(self.model_kind, ModelKind) else None
-        self._unresolved_plan().check(self.num_sites, tabular_kind, proximal_mu=self._proximal_mu)
+        self._unresolved_plan().check(
+            self.num_sites, tabular_kind, proximal_mu=self._proximal_mu, class_weighting=self.class_weighting
+        )
         self._check_dropouts()
 
     @property
@@ -496,6 +500,7 @@ class SimulationReport:
             "malicious_silos": [index + 1 for index in self.config.malicious_silos],
             "privacy": self.privacy.to_json() if self.privacy else None,
             "secure_aggregation": _secure_json(self.config),
+            "class_weighting": self.config.class_weighting,
             "seconds": round(self.seconds, 2),
         }
         return {**summary, **self.text_summary()} if self.text else summary
@@ -639,6 +644,7 @@ def _train_config(
         # A simulation repeats exactly; a real site leaves dp_seed None (see TrainConfig).
         dp_seed=seed if dp else None,
         max_steps=max_steps,
+        class_weighting=config.class_weighting,
     )
 
 

@@ -265,6 +265,7 @@ class TaskRunner:
             dp_noise_multiplier=plan.noise_multiplier if plan else None,
             dp_clipping_norm=plan.clipping_norm if plan else None,
             max_steps=training.max_steps,
+            class_weighting=training.class_weighting,
         )
         result = adapter.fit(data.train.features, data.train.labels, config)
         dp_steps = self._record_dp_round(task, plan, result.metrics)

@@ -36,6 +36,13 @@ from federation.types import ModelSpec, Task, Weights
 MAX_SEED = 2**32 - 1
 
 
+CLASS_WEIGHTING_WITH_DP_SGD = (
+    "class_weighting cannot be combined with DP-SGD (sample-level DP): the weights come from all "
+    "of a site's labels, so one patient's record would change every example's loss, which "
+    "DP-SGD's accounting does not cover"
+)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
@@ -76,6 +83,10 @@ class TrainConfig:
     #: passing over the data as often as needed, so every site takes as many steps whatever
     #: its size; ``epochs`` must then stay 1. None: ``epochs`` passes.
     max_steps: int | None = None
+    #: Weighs each training example by the inverse frequency of its class in the site's own
+    #: labels (:func:`class_weights`), so a rare class counts as much as a common one.
+    #: Classification only; not with DP-SGD.
+    class_weighting: bool = False
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps < 1):
@@ -97,6 +108,8 @@ class TrainConfig:
             raise ConfigurationError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu!r}")
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigurationError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
+        if not isinstance(self.class_weighting, bool | np.bool_):
+            raise ConfigurationError(f"class_weighting must be true or false, got {self.class_weighting!r}")
         self._check_dp()
 
     def passes(self) -> Iterator[int]:
@@ -118,6 +131,8 @@ class TrainConfig:
                 raise ConfigurationError(
                     f"dp_seed must be an integer in [0, 2**32 - 1], got {self.dp_seed!r}"
                 )
+        if self.uses_dp_sgd and self.class_weighting:
+            raise ConfigurationError(CLASS_WEIGHTING_WITH_DP_SGD)
         if self.uses_dp_sgd and self.proximal_mu > 0:
             raise ConfigurationError(
                 "FedProx (proximal_mu > 0) cannot be combined with DP-SGD: Opacus noises per-example "
@@ -416,6 +431,37 @@ def validate_labels(config: ModelConfig, labels: Any, num_rows: int) -> NDArray[
             f"got values in {int(classes.min())}..{int(classes.max())}"
         )
     return classes
+
+
+def class_weights(labels: NDArray[Any], num_classes: int) -> NDArray[np.float64]:
+    """Each class's weight under :attr:`TrainConfig.class_weighting`: ``n / (k * n_c)``, with
+    ``n`` labels, ``k`` classes among them and ``n_c`` of class ``c`` (scikit-learn's
+    "balanced"), so every class present carries the same total weight; 1 for a class absent.
+
+    >>> class_weights(np.array([0, 0, 0, 1]), 3).tolist()
+    [0.6666666666666666, 2.0, 1.0]
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.ones(num_classes, dtype=np.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def check_class_weighting(task: Task, config: TrainConfig) -> None:
+    """Refuse class weighting for a task without classes."""
+    if config.class_weighting and task is Task.REGRESSION:
+        raise ConfigurationError("class_weighting weighs classes; a regression model has none")
+
+
+def example_weights(
+    task: Task, labels: NDArray[Any], num_classes: int, config: TrainConfig
+) -> NDArray[np.float64] | None:
+    """Each training example's weight, or None when every example weighs 1."""
+    if not config.class_weighting:
+        return None
+    check_class_weighting(task, config)
+    return class_weights(labels, num_classes)[np.asarray(labels, dtype=np.int64)]
 
 
 def training_metrics(task: Task, scores: NDArray[np.float64], labels: NDArray[Any]) -> dict[str, float]:

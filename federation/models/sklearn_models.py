@@ -34,6 +34,7 @@ from federation.models.base import (
     ModelKind,
     TrainConfig,
     TrainResult,
+    example_weights,
     training_metrics,
     validate_features,
     validate_labels,
@@ -95,10 +96,11 @@ class SklearnAdapter:
             with warnings.catch_warnings():
                 # An iteration budget of `epochs` is the point; non-convergence is expected.
                 warnings.simplefilter("ignore", ConvergenceWarning)
+                weights = example_weights(self.config.task, y, self.config.num_classes, config)
                 if isinstance(estimator, LogisticRegression):
-                    self._fit_logistic(estimator, x, y)
+                    self._fit_logistic(estimator, x, y, weights)
                 else:
-                    self._fit_sgd(estimator, x, y, config)
+                    self._fit_sgd(estimator, x, y, config, weights)
         except (ValueError, FloatingPointError) as error:
             raise ConfigurationError(
                 f"local training failed ({error}); lower learning_rate (was {config.learning_rate}) "
@@ -168,24 +170,32 @@ class SklearnAdapter:
         x: NDArray[np.float64],
         y: NDArray[Any],
         config: TrainConfig,
+        weights: NDArray[np.float64] | None,
     ) -> None:
         rng = np.random.default_rng(config.seed)
         classes = np.arange(self.config.num_classes)
         for _ in range(config.epochs):
             order = rng.permutation(x.shape[0])
+            weight = None if weights is None else weights[order]
             if isinstance(estimator, SGDClassifier):
-                estimator.partial_fit(x[order], y[order], classes=classes)
+                estimator.partial_fit(x[order], y[order], classes=classes, sample_weight=weight)
             else:
-                estimator.partial_fit(x[order], y[order])
+                estimator.partial_fit(x[order], y[order], sample_weight=weight)
 
-    def _fit_logistic(self, estimator: LogisticRegression, x: NDArray[np.float64], y: NDArray[Any]) -> None:
+    def _fit_logistic(
+        self,
+        estimator: LogisticRegression,
+        x: NDArray[np.float64],
+        y: NDArray[Any],
+        weights: NDArray[np.float64] | None,
+    ) -> None:
         absent = np.setdiff1d(np.arange(self.config.num_classes), y)
         if absent.size == 0:
-            estimator.fit(x, y)
+            estimator.fit(x, y, sample_weight=weights)
             return
         # Zero-weight placeholder rows make every class known to the solver without adding
         # anything to the loss (LogisticRegression normalises by the sum of the weights).
         x_full = np.concatenate([x, np.zeros((absent.size, x.shape[1]))])
         y_full = np.concatenate([y, absent])
-        weight = np.concatenate([np.ones(x.shape[0]), np.zeros(absent.size)])
+        weight = np.concatenate([np.ones(x.shape[0]) if weights is None else weights, np.zeros(absent.size)])
         estimator.fit(x_full, y_full, sample_weight=weight)

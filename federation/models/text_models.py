@@ -53,7 +53,13 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrai
 from transformers.utils import logging as transformers_logging
 
 from federation.errors import ConfigurationError, DataSchemaError
-from federation.models.base import TrainConfig, TrainResult, validate_labels, validate_weights
+from federation.models.base import (
+    TrainConfig,
+    TrainResult,
+    example_weights,
+    validate_labels,
+    validate_weights,
+)
 from federation.models.lora import (
     HEAD_BIAS,
     HEAD_WEIGHT,
@@ -66,6 +72,7 @@ from federation.models.lora import (
     dp_sgd_refusal,
 )
 from federation.models.pins import locate_base_model, verify_base_model
+from federation.models.torch_models import weighted_mean
 from federation.types import ModelSpec, Task, Weights
 
 transformers_logging.set_verbosity_error()
@@ -371,12 +378,13 @@ class LoraTextAdapter:
     ) -> TrainResult:
         optimizer = torch.optim.AdamW(trainable, lr=float(config.learning_rate), weight_decay=0.0)
         order = torch.Generator().manual_seed(config.seed)
+        weights = example_weights(self.config.task, targets, self.config.num_classes, config)
         losses, correct, seen = [], 0, 0
         for batch in _capped(_shuffled_batches(len(texts), config, order), config.max_steps):
             optimizer.zero_grad(set_to_none=True)
             logits = self._logits([texts[i] for i in batch])
             y = torch.from_numpy(targets[batch]).to(self.device)
-            loss = self._loss(logits, y)
+            loss = self._loss(logits, y, None if weights is None else torch.from_numpy(weights[batch]))
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
@@ -487,10 +495,17 @@ class LoraTextAdapter:
         for parameter in self._loaded.parameters.values():
             parameter.requires_grad_(False)
 
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        reduction = "mean" if weights is None else "none"
         if self.config.task is Task.BINARY and logits.shape[-1] == 1:
-            return F.binary_cross_entropy_with_logits(logits[:, 0].float(), targets.float())
-        return F.cross_entropy(logits.float(), targets)
+            losses = F.binary_cross_entropy_with_logits(
+                logits[:, 0].float(), targets.float(), reduction=reduction
+            )
+        else:
+            losses = F.cross_entropy(logits.float(), targets, reduction=reduction)
+        return weighted_mean(losses, weights)
 
     def _predicted(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.shape[-1] == 1:

@@ -46,6 +46,7 @@ from federation.models.base import (
     ModelKind,
     TrainConfig,
     TrainResult,
+    example_weights,
     training_metrics,
     validate_features,
     validate_labels,
@@ -207,7 +208,8 @@ class TorchAdapter:
             if config.uses_dp_sgd:
                 privacy_spend = self._train_dp_sgd(x, y, config)
             else:
-                self._train_sgd(x, y, config, start)
+                weights = example_weights(self.config.task, y_np, self.config.num_classes, config)
+                self._train_sgd(x, y, config, start, None if weights is None else torch.from_numpy(weights))
         finally:
             self._module.eval()
         self._restore_if_diverged(start, config)
@@ -219,9 +221,15 @@ class TorchAdapter:
         return TrainResult(num_examples=int(x.shape[0]), metrics=metrics, privacy_spend=privacy_spend)
 
     def _train_sgd(
-        self, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, start: list[torch.Tensor]
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: TrainConfig,
+        start: list[torch.Tensor],
+        weights: torch.Tensor | None,
     ) -> None:
-        """Minibatch SGD over a seeded shuffle, with FedProx's proximal term to ``start``."""
+        """Minibatch SGD over a seeded shuffle, with FedProx's proximal term to ``start``;
+        ``weights``: each example's weight in the loss (None: all 1)."""
         params = list(self._module.parameters())
         mu = float(config.proximal_mu)
         optimizer = torch.optim.SGD(params, lr=float(config.learning_rate))
@@ -232,7 +240,9 @@ class TorchAdapter:
             for begin in range(0, n, config.batch_size):
                 batch = order[begin : begin + config.batch_size]
                 optimizer.zero_grad(set_to_none=True)
-                loss = self._loss(self._module(x[batch]), y[batch])
+                loss = self._loss(
+                    self._module(x[batch]), y[batch], None if weights is None else weights[batch]
+                )
                 if mu > 0:
                     proximal = sum(
                         (torch.sum((p - p0) ** 2) for p, p0 in zip(params, start, strict=True)),
@@ -291,12 +301,17 @@ class TorchAdapter:
         x = torch.from_numpy(validate_features(self.config, features, allow_empty=True))
         return self._predict(x)
 
-    def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, outputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        reduction = "mean" if weights is None else "none"
         if self.config.task is Task.MULTICLASS:
-            return F.cross_entropy(outputs, targets)
-        if self.config.task is Task.BINARY:
-            return F.binary_cross_entropy_with_logits(outputs[:, 0], targets)
-        return F.mse_loss(outputs[:, 0], targets)
+            losses = F.cross_entropy(outputs, targets, reduction=reduction)
+        elif self.config.task is Task.BINARY:
+            losses = F.binary_cross_entropy_with_logits(outputs[:, 0], targets, reduction=reduction)
+        else:
+            losses = F.mse_loss(outputs[:, 0], targets, reduction=reduction)
+        return weighted_mean(losses, weights)
 
     def _predict(self, x: torch.Tensor) -> NDArray[np.float64]:
         chunks = []
@@ -311,6 +326,14 @@ class TorchAdapter:
                     out = out[:, 0]
                 chunks.append(out.numpy().astype(np.float64))
         return np.concatenate(chunks, axis=0)
+
+
+def weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The batch's loss: the mean of the examples' losses, each times its weight if given
+    (the minibatch estimate of the weighted empirical risk). Already a mean: returned as is."""
+    if weights is None:
+        return losses.mean()
+    return (losses * weights.to(losses.device, losses.dtype)).mean()
 
 
 def dp_generators(

@@ -87,6 +87,7 @@ def _training_settings(training: dict[str, object]) -> TrainingSettings:
         learning_rate=config.learning_rate,
         proximal_mu=config.proximal_mu,
         max_steps=config.max_steps,
+        class_weighting=config.class_weighting,
     )
 
 

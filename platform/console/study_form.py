@@ -79,7 +79,7 @@ def strategy_label(strategy: StrategyName) -> str:
     return f"{strategy_class.label} (robust)" if strategy_class.robust else strategy_class.label
 
 
-TRAINING_FIELDS = ("epochs", "batch_size", "learning_rate", "proximal_mu", "max_steps")
+TRAINING_FIELDS = ("epochs", "batch_size", "learning_rate", "proximal_mu", "max_steps", "class_weighting")
 LORA_FIELDS = (
     "base_model",
     "lora_rank",
@@ -295,6 +295,14 @@ class StudyForm(forms.Form):
             "over its data as often as needed (e.g. 15); epochs then stays 1."
         ),
     )
+    class_weighting = forms.BooleanField(
+        required=False,
+        label="Weigh classes",
+        help_text=(
+            "Each site weighs its examples by the inverse frequency of their class, so a rare "
+            "class counts as much as a common one (classification; not with DP-SGD)."
+        ),
+    )
     validation_fraction = forms.FloatField(
         initial=0.2,
         label="Validation fraction",
@@ -377,6 +385,7 @@ class StudyForm(forms.Form):
                     "learning_rate",
                     "proximal_mu",
                     "max_steps",
+                    "class_weighting",
                     "validation_fraction",
                     "seed",
                     "feature_scaling",
@@ -526,6 +535,8 @@ class StudyForm(forms.Form):
         training = {name: self.cleaned_data[name] for name in TRAINING_FIELDS}
         if training["max_steps"] is None:
             del training["max_steps"]
+        if not training["class_weighting"]:
+            del training["class_weighting"]  # stored only when chosen
         TrainConfig(**training)
         self.cleaned_data["training"] = training
 

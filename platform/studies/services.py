@@ -22,6 +22,7 @@ from federation.models import (
     adapter_aggregation_of,
     model_config_from_json,
 )
+from federation.models.base import check_class_weighting
 from federation.models.lora import dp_sgd_refusal, is_text_model
 from federation.models.pins import builtin_pin
 from federation.privacy.settings import DPLevel, PrivacySettings
@@ -30,7 +31,7 @@ from fedplatform.errors import Conflict, InvalidInput, NotFound
 from institutions.models import Institution
 from studies.models import Decision, Study, StudyParticipant
 
-TRAINING_KEYS = {"epochs", "batch_size", "learning_rate", "proximal_mu", "max_steps"}
+TRAINING_KEYS = {"epochs", "batch_size", "learning_rate", "proximal_mu", "max_steps", "class_weighting"}
 
 
 def study_validate(
@@ -64,7 +65,7 @@ def study_validate(
             raise InvalidInput(
                 f"unknown training settings {sorted(unknown)}; allowed: {sorted(TRAINING_KEYS)}"
             )
-        TrainConfig(**dict(training))  # type: ignore[arg-type]
+        check_class_weighting(model.task, TrainConfig(**dict(training)))  # type: ignore[arg-type]
         if feature_scaling is not None:
             Standardizer(mean=feature_scaling.get("mean"), std=feature_scaling.get("std"))  # type: ignore[arg-type]
     except (FederationError, TypeError, ValueError) as error:
@@ -152,7 +153,12 @@ def _check_privacy_fits(
     kind = model.kind if isinstance(model, ModelConfig) else None  # text models: the plan's adapter rules
     proximal_mu = float(training.get("proximal_mu", 0.0) or 0.0)  # type: ignore[arg-type]
     try:
-        plan.check(num_participants, kind, proximal_mu=proximal_mu)
+        plan.check(
+            num_participants,
+            kind,
+            proximal_mu=proximal_mu,
+            class_weighting=training.get("class_weighting") is True,
+        )
     except ConfigurationError as error:
         raise InvalidInput(str(error)) from None
 

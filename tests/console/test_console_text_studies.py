@@ -77,6 +77,14 @@ def test_coordinator_creates_a_text_study(
     assert config.class_names == ("cardiology", "pulmonology", "gastroenterology", "neurology")
     assert config.max_tokens == 96
     assert study.training["max_steps"] == 15
+    assert "class_weighting" not in study.training
+
+
+def test_a_study_can_weigh_classes(coordinator: Client, hospital_a: Institution) -> None:
+    html = coordinator.get("/studies/new/").content.decode()
+    assert 'type="checkbox" name="class_weighting"' in html
+    coordinator.post("/studies/new/", _text_form([hospital_a], class_weighting="on"))
+    assert Study.objects.get(name="Readmission risk").training["class_weighting"] is True
 
 
 @pytest.mark.parametrize(

@@ -103,12 +103,38 @@ def test_the_command_prints_a_line_per_round_and_a_comparison(capsys: pytest.Cap
     assert json.loads(output.strip().splitlines()[-1])["strategy"] == "fedadam"
 
 
+def test_class_weighting_reaches_every_sites_training(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "--dataset",
+        "digits",
+        "--partition",
+        "dirichlet",
+        "--alpha",
+        "0.3",
+        "--rounds",
+        "2",
+        "--json-only",
+    ]
+    results = []
+    for extra in ([], ["--class-weighting"]):
+        assert main([*argv, *extra]) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    plain, weighted = results
+    assert (plain["class_weighting"], weighted["class_weighting"]) == (False, True)
+    assert weighted["per_round"] != plain["per_round"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--csv", "missing.csv", "--schema", "missing.json"], "No such file"),
         (["--strategy", "fedavg", "--param", "beta=0.1"], "no parameters"),
         (["--partition", "dirichlet", "--alpha", "0.01", "--silos", "40"], "alpha"),
+        (
+            ["--class-weighting", "--model", "mlp", "--dp-level", "sample", "--noise-multiplier", "1"],
+            "class_weighting cannot be combined with DP-SGD",
+        ),
+        (["--class-weighting", "--dataset", "diabetes"], "a regression model has none"),
     ],
 )
 def test_the_command_explains_bad_input(

@@ -74,6 +74,7 @@ def test_optional_study_parts_take_defaults(
         ({"model": {"kind": "logistic", "task": "binary", "num_features": 3}}, "missing fields"),
         ({"training": {"epochs": 0}}, "epochs must be a positive integer"),
         ({"training": {"momentum": 0.9}}, "unknown training settings"),
+        ({"training": {"class_weighting": "yes"}}, "class_weighting must be true or false"),
         ({"strategy_params": {"no_such_param": 1}}, "no parameters"),
         ({"feature_scaling": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}}, "feature_scaling must have 3"),
         ({"institutions": [999]}, "existing institutions"),

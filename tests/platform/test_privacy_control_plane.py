@@ -80,6 +80,13 @@ def test_sample_level_dp_needs_a_torch_model(sites: list[Site]) -> None:
         start_job([s.institution for s in sites], name="sk", model=sklearn_model, privacy=SAMPLE_DP)
 
 
+def test_sample_level_dp_refuses_class_weighting_with_the_reason(sites: list[Site]) -> None:
+    training = {"epochs": 1, "class_weighting": True}
+    with pytest.raises(InvalidInput, match="one patient's record would change every example's loss"):
+        start_job([s.institution for s in sites], name="weighted", privacy=SAMPLE_DP, training=training)
+    start_job([s.institution for s in sites], name="weighted", privacy=CLIENT_DP, training=training)
+
+
 def test_client_level_dp_clips_each_update_and_adds_calibrated_noise(
     sites: list[Site], django_capture_on_commit_callbacks
 ) -> None:  # type: ignore[no-untyped-def]

@@ -74,6 +74,18 @@ def test_a_study_without_training_settings_sends_the_defaults(sites: list[Site])
     assert (task.study.training.epochs, task.study.training.proximal_mu) == (1, 0.0)
 
 
+def test_class_weighting_travels_only_when_the_study_chose_it(sites: list[Site]) -> None:
+    start_job([sites[0].institution], name="weighted", training={"epochs": 1, "class_weighting": True})
+    start_job([sites[1].institution], name="plain", training={"epochs": 1})
+    weighted, plain = sites[0].work() or {}, sites[1].work() or {}
+    assert agent_parse_task(weighted).study.training.class_weighting is True
+    assert agent_parse_task(plain).study.training.class_weighting is False
+    assert "class_weighting" not in plain["study"]["training"]
+    weighted["study"]["training"]["class_weighting"] = "yes"
+    with pytest.raises(TaskError, match="class_weighting must be true or false"):
+        agent_parse_task(weighted)
+
+
 def test_a_message_of_another_protocol_version_is_refused(sites: list[Site]) -> None:
     make_job(sites[:2])
     raw = sites[0].work()

@@ -31,7 +31,14 @@ CONFIG = TextModelConfig(
     lora=LoraSettings(rank=4, alpha=8),
     max_tokens=32,
 )
-TRAINING = {"epochs": 1, "batch_size": 8, "learning_rate": 0.002, "proximal_mu": 0.0, "max_steps": 2}
+TRAINING = {
+    "epochs": 1,
+    "batch_size": 8,
+    "learning_rate": 0.002,
+    "proximal_mu": 0.0,
+    "max_steps": 2,
+    "class_weighting": True,
+}
 
 
 def _text_site(directory: Path, models: str = "") -> Site:

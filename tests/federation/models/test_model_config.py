@@ -7,9 +7,11 @@ import subprocess
 import sys
 from itertools import islice
 
+import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from sklearn.utils.class_weight import compute_class_weight
 
 from federation.errors import ConfigurationError
 from federation.models import (
@@ -22,6 +24,7 @@ from federation.models import (
     TrainResult,
     build_model,
 )
+from federation.models.base import class_weights, example_weights
 from federation.types import Task
 
 
@@ -55,6 +58,29 @@ def test_max_steps_fixes_the_steps_so_epochs_stay_one() -> None:
         TrainConfig(epochs=3, max_steps=10)
     assert list(islice(TrainConfig(epochs=1, max_steps=10).passes(), 50)) == list(range(50))
     assert list(TrainConfig(epochs=3).passes()) == [0, 1, 2]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=60))
+def test_class_weights_are_scikit_learns_balanced_weights(labels: list[int]) -> None:
+    y = np.array(labels)
+    present = np.unique(y)
+    reference = compute_class_weight("balanced", classes=present, y=y)
+    weights = class_weights(y, 5)
+    np.testing.assert_allclose(weights[present], reference, rtol=1e-12)
+    assert np.all(weights[np.setdiff1d(np.arange(5), present)] == 1.0)
+    # Every class present carries the same total weight.
+    totals = [weights[c] * np.sum(y == c) for c in present]
+    np.testing.assert_allclose(totals, len(y) / len(present))
+
+
+def test_class_weighting_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(ConfigurationError, match="class_weighting cannot be combined with DP-SGD"):
+        TrainConfig(class_weighting=True, dp_noise_multiplier=1.0, dp_clipping_norm=1.0)
+    with pytest.raises(ConfigurationError, match="class_weighting must be true or false"):
+        TrainConfig(class_weighting="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="a regression model has none"):
+        example_weights(Task.REGRESSION, np.array([1.5, 2.0]), 1, TrainConfig(class_weighting=True))
+    assert example_weights(Task.BINARY, np.array([0, 1]), 2, TrainConfig()) is None
 
 
 def test_train_config_defaults() -> None:

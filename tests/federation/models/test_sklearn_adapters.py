@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.utils.class_weight import compute_class_weight
 
 from federation.errors import ConfigurationError
 from federation.models import ModelConfig, ModelKind, SklearnAdapter, TrainConfig
@@ -93,6 +94,41 @@ def test_sgd_weights_are_exactly_sklearns_coef_and_intercept(breast_cancer) -> N
     weights = adapter.get_weights()
     np.testing.assert_array_equal(weights["coef"], reference.coef_.astype(np.float32))
     np.testing.assert_array_equal(weights["intercept"], reference.intercept_.astype(np.float32))
+
+
+def _imbalanced(data) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Every benign row (label 1) and a sixth of the malignant ones: about 11 to 1."""
+    keep = (data.y_train == 1) | (np.arange(len(data.y_train)) % 6 == 0)
+    return data.x_train[keep], data.y_train[keep]
+
+
+def test_class_weighted_logistic_is_sklearns_balanced_logistic(breast_cancer) -> None:
+    x, y = _imbalanced(breast_cancer)
+    adapter = SklearnAdapter(ModelConfig(ModelKind.SKLEARN_LOGISTIC, Task.BINARY, 30, 2))
+    adapter.fit(x, y, TrainConfig(epochs=30, class_weighting=True))
+    reference = LogisticRegression(max_iter=30, class_weight="balanced").fit(x.astype(np.float64), y)
+    weights = adapter.get_weights()
+    np.testing.assert_allclose(weights["coef"], reference.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights["intercept"], reference.intercept_, rtol=1e-5, atol=1e-6)
+
+
+def test_class_weighted_sgd_is_sgd_with_sklearns_balanced_class_weights(breast_cancer) -> None:
+    x, y = _imbalanced(breast_cancer)
+    adapter = SklearnAdapter(ModelConfig(ModelKind.SKLEARN_SGD, Task.BINARY, 30, 2))
+    adapter.fit(x, y, TrainConfig(epochs=1, learning_rate=0.02, seed=5, class_weighting=True))
+    balanced = compute_class_weight("balanced", classes=np.arange(2), y=y)
+    reference = SGDClassifier(
+        loss="log_loss",
+        learning_rate="constant",
+        eta0=0.02,
+        shuffle=False,
+        class_weight=dict(enumerate(balanced)),
+    )
+    order = np.random.default_rng(5).permutation(x.shape[0])
+    reference.partial_fit(x[order].astype(np.float64), y[order], classes=np.arange(2))
+    weights = adapter.get_weights()
+    np.testing.assert_allclose(weights["coef"], reference.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights["intercept"], reference.intercept_, rtol=1e-5, atol=1e-6)
 
 
 def test_training_continues_from_the_weights_that_were_set(breast_cancer) -> None:

@@ -93,6 +93,22 @@ def test_two_adapters_keep_their_own_weights_on_one_loaded_model() -> None:
     np.testing.assert_allclose(first.predict(TEXTS[:4]), scores, rtol=1e-6)
 
 
+def test_class_weighting_lifts_the_rare_class() -> None:
+    """Eight notes of two classes and two of the third: weighted, the rare class counts as
+    much as the others and comes out more probable on its own notes than unweighted."""
+    rare = np.flatnonzero(LABELS == 1)[:2]
+    rows = np.concatenate([np.flatnonzero(LABELS != 1), rare])
+    texts, labels = [TEXTS[i] for i in rows], LABELS[rows]
+    probabilities = []
+    for weighting in (False, True):
+        adapter = text_models.LoraTextAdapter(_config(), seed=0)
+        train = TrainConfig(batch_size=6, learning_rate=2e-3, max_steps=6, class_weighting=weighting)
+        adapter.fit(texts, labels, train)
+        probabilities.append(float(adapter.predict([TEXTS[i] for i in rare])[:, 1].mean()))
+    unweighted, weighted = probabilities
+    assert weighted > unweighted + 0.1, (unweighted, weighted)
+
+
 @pytest.mark.parametrize("steps", [3, 9])  # 24 rows at batch 4: 6 steps a pass
 def test_max_steps_fixes_a_rounds_steps_even_past_one_pass(steps: int) -> None:
     adapter = text_models.LoraTextAdapter(_config(), seed=0)

@@ -152,3 +152,23 @@ def test_divergence_is_reported_and_weights_are_restored(diabetes) -> None:
         adapter.fit(diabetes.x_train * 1e3, diabetes.y_train * 1e3, TrainConfig(epochs=2, learning_rate=10.0))
     for name, value in adapter.get_weights().items():
         np.testing.assert_array_equal(value, start[name])
+
+
+@pytest.mark.parametrize("kind", [ModelKind.LOGISTIC, ModelKind.MLP], ids=lambda k: k.value)
+def test_class_weighting_equals_repeating_the_rare_class(digits, kind: ModelKind) -> None:
+    """Classes 0, 1, 2 in the ratio 1 : 2 : 4 get balanced weights in the ratio 4 : 2 : 1, so one
+    full-batch step on the weighted rows is the step on the rows repeated 4, 2 and 1 times."""
+    rows = [np.flatnonzero(digits.y_train == c)[: 10 * 2**c] for c in range(3)]
+    x = np.concatenate([digits.x_train[r] for r in rows])
+    y = np.concatenate([digits.y_train[r] for r in rows])
+    repeated = np.concatenate([np.repeat(r, 4 // 2**c) for c, r in enumerate(rows)])
+    config = ModelConfig(kind, Task.MULTICLASS, 64, 10, hidden_sizes=(8,) if kind is ModelKind.MLP else ())
+    weighted, reference = TorchAdapter(config, seed=3), TorchAdapter(config, seed=3)
+    weighted.fit(x, y, TrainConfig(epochs=1, batch_size=len(y), learning_rate=0.1, class_weighting=True))
+    reference.fit(
+        digits.x_train[repeated],
+        digits.y_train[repeated],
+        TrainConfig(epochs=1, batch_size=len(repeated), learning_rate=0.1),
+    )
+    for name, value in reference.get_weights().items():
+        np.testing.assert_allclose(weighted.get_weights()[name], value, rtol=1e-5, atol=1e-6)
