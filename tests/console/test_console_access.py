@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from console_support import approve_all, credential
 from django.test import Client
@@ -48,6 +50,16 @@ def test_anonymous_visitors_are_sent_to_sign_in(
         response = client.get(url)
         assert response.status_code == 302, url
         assert response["Location"].startswith("/login/?next="), url
+
+
+def test_every_page_title_is_plain_text(coordinator: Client, draft_job: Job, hospital_a: Institution) -> None:
+    for url in [*_pages(draft_job, hospital_a), "/studies/new/"]:
+        html = coordinator.get(url).content.decode()
+        title = re.search(r"<title>(.*?)</title>", html, re.S)
+        assert title is not None, url
+        text = title.group(1).strip()
+        assert "<" not in text, (url, text[:80])
+        assert "\n" not in text, (url, text[:80])
 
 
 def test_anonymous_live_json_is_401_json(client: Client, draft_job: Job) -> None:
