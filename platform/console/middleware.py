@@ -1,4 +1,5 @@
-"""A strict Content-Security-Policy on the console's pages.
+"""A strict Content-Security-Policy on the console's pages, and a page of its own for an
+address visited with the wrong method.
 
 Every script, style, image and font of the console is served by the project itself: the
 policy allows nothing else, no inline script and no inline style. Data reaches scripts
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponseBase
+from django.shortcuts import render
 
 CONTENT_SECURITY_POLICY = "; ".join(
     (
@@ -46,3 +48,26 @@ class ContentSecurityPolicyMiddleware:
         if is_console_request(request) and "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         return response
+
+
+class MethodNotAllowedPageMiddleware:
+    """A console address that takes only a form's POST (start a job, create one), visited by
+    a browser, answers 405 with a console page linking to the page it belongs to, instead of
+    the browser's bare error."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if response.status_code != 405 or not is_console_request(request) or request.method != "GET":
+            return response
+        page = render(request, "405.html", {"back": _parent_path(request.path)}, status=405)
+        page["Allow"] = response["Allow"]
+        return page
+
+
+def _parent_path(path: str) -> str:
+    """``/jobs/3/start/`` -> ``/jobs/3/``: the page whose button posts to ``path``."""
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    return f"{parent}/"

@@ -52,6 +52,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "console.middleware.ContentSecurityPolicyMiddleware",
+    "console.middleware.MethodNotAllowedPageMiddleware",
     "accounts.sessions.SessionTimeoutMiddleware",
     # Last, as django-axes asks: turns a refused sign-in into the lockout page.
     "axes.middleware.AxesMiddleware",

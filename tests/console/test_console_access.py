@@ -62,6 +62,23 @@ def test_every_page_title_is_plain_text(coordinator: Client, draft_job: Job, hos
         assert "\n" not in text, (url, text[:80])
 
 
+@pytest.mark.parametrize(
+    "address", ["/jobs/{job}/start/", "/studies/{study}/jobs/", "/studies/{study}/decision/"]
+)
+def test_a_buttons_address_visited_shows_a_page_back(
+    coordinator: Client, draft_job: Job, address: str
+) -> None:
+    url = address.format(job=draft_job.pk, study=draft_job.study_id)
+    response = coordinator.get(url)
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    assert "Content-Security-Policy" in response
+    back = re.search(r'href="([^"]+)" data-testid="back-link"', response.content.decode())
+    assert back is not None
+    assert back.group(1) == url.rstrip("/").rsplit("/", 1)[0] + "/"
+    assert coordinator.get(back.group(1)).status_code == 200
+
+
 def test_anonymous_live_json_is_401_json(client: Client, draft_job: Job) -> None:
     response = client.get(f"/jobs/{draft_job.pk}/live.json")
     assert response.status_code == 401
