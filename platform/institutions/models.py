@@ -3,15 +3,25 @@
 Only hashes of tokens and credentials are stored: a database leak reveals no secret.
 """
 
+from typing import Any
+
 from django.db import models
+
+from institutions.names import institution_name_key
 
 
 class Institution(models.Model):
     name = models.CharField(max_length=200, unique=True)
+    #: Names that read the same share a key and cannot both exist (``institutions.names``).
+    name_key = models.CharField(max_length=200, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.name_key = institution_name_key(self.name)
+        super().save(*args, **kwargs)
 
     def __str__(self) -> str:
         return self.name

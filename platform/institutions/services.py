@@ -19,8 +19,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from fedplatform.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from fedplatform.errors import Conflict, NotFound, Unauthenticated
 from institutions.models import AgentCredential, EnrollmentToken, Institution
+from institutions.names import check_institution_name, institution_name_key
 
 #: The longest lifetime of an enrollment token that a coordinator may ask for.
 MAX_TOKEN_HOURS = 24 * 30
@@ -37,16 +38,22 @@ def _hash(secret: str) -> str:
 
 @transaction.atomic
 def institution_create(*, name: str, actor: str) -> Institution:
-    name = name.strip()
-    if not name:
-        raise InvalidInput("an institution needs a name")
+    name = check_institution_name(name)
+    key = institution_name_key(name)
     try:
         with transaction.atomic():
             institution = Institution.objects.create(name=name)
     except IntegrityError:
-        raise Conflict(f"an institution named {name!r} exists already", code="duplicate") from None
+        raise Conflict(_taken_message(name, key), code="duplicate") from None
     audit_record(actor=actor, kind="institution.created", institution=institution, details={"name": name})
     return institution
+
+
+def _taken_message(name: str, key: str) -> str:
+    existing = Institution.objects.filter(name_key=key).values_list("name", flat=True).first()
+    if existing is None or existing == name:
+        return f"an institution named {name!r} exists already"
+    return f"an institution named {existing!r} exists already, and {name!r} reads the same"
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,42 @@ def test_duplicate_institution_is_a_conflict(coordinator_client: APIClient, hosp
     assert response.json()["error"]["code"] == "duplicate"
 
 
+@pytest.mark.parametrize(
+    "look_alike",
+    [
+        "hospital a",  # case
+        "HOSPITAL   A",  # case and spacing
+        "Hоspital A",  # Cyrillic o
+        "Ｈｏｓｐｉｔａｌ Ａ",  # fullwidth forms
+        "Hospital Α",  # Greek capital alpha
+    ],
+)
+def test_a_name_that_reads_the_same_as_another_is_a_conflict(
+    coordinator_client: APIClient, hospital_a: Institution, look_alike: str
+) -> None:
+    response = coordinator_client.post("/api/v1/institutions/", {"name": look_alike}, format="json")
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "duplicate"
+    assert "'Hospital A' exists already" in response.json()["error"]["message"]
+    assert Institution.objects.count() == 1
+
+
+def test_names_that_read_differently_are_distinct(coordinator_client: APIClient) -> None:
+    for name in ("Hôpital Nord", "Hopital Nord", "Charité", "Klinikum 2"):
+        response = coordinator_client.post("/api/v1/institutions/", {"name": name}, format="json")
+        assert response.status_code == 201, (name, response.content)
+
+
+@pytest.mark.parametrize("hidden", ["\u200b", "\u202e", "\x07"])
+def test_a_name_with_invisible_characters_is_refused(coordinator_client: APIClient, hidden: str) -> None:
+    response = coordinator_client.post(
+        "/api/v1/institutions/", {"name": f"Hospital{hidden} B"}, format="json"
+    )
+    assert response.status_code == 400
+    assert f"U+{ord(hidden):04X}" in response.json()["error"]["message"]
+    assert not Institution.objects.exists()
+
+
 def test_missing_name_is_a_field_error(coordinator_client: APIClient) -> None:
     response = coordinator_client.post("/api/v1/institutions/", {}, format="json")
     assert response.status_code == 400
