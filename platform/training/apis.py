@@ -197,7 +197,9 @@ class RoundProgressSerializer(serializers.Serializer):
     deadline_at = serializers.DateTimeField()
     last_update_at = serializers.DateTimeField(allow_null=True)
     closed_at = serializers.DateTimeField(allow_null=True)
-    duration_seconds = serializers.FloatField(help_text="from opening to closing, or until now while open")
+    duration_seconds = serializers.FloatField(
+        help_text="from opening to closing, or until now while open, less the time the job was paused"
+    )
     metrics = serializers.DictField(child=serializers.FloatField())
     failure_reason = serializers.CharField()
     bytes_up = serializers.IntegerField(help_text="bytes the sites uploaded: their updates")

@@ -9,6 +9,8 @@ Every transition happens in a service, under a row lock, after a status check, s
 task that runs twice changes nothing the second time.
 """
 
+from datetime import datetime
+
 from django.db import models
 
 from training.fields import RoundPlanField
@@ -43,6 +45,8 @@ class Job(models.Model):
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    #: While paused: since when (the open round's clock stops).
+    paused_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -96,6 +100,9 @@ class Round(models.Model):
     aggregating_since = models.DateTimeField(null=True, blank=True)
     aggregation_attempts = models.PositiveIntegerField(default=0)
     closed_at = models.DateTimeField(null=True, blank=True)
+    paused_seconds = models.FloatField(
+        default=0.0, help_text="time the job was paused while this round was open"
+    )
     metrics = models.JSONField(default=dict, blank=True, help_text="sites' metrics combined by examples")
     failure_reason = models.TextField(blank=True)
     secure_aggregation = models.JSONField(
@@ -105,6 +112,12 @@ class Round(models.Model):
     class Meta:
         ordering = ["job_id", "number"]
         constraints = [models.UniqueConstraint(fields=["job", "number"], name="one_round_number_per_job")]
+
+    def duration_seconds(self, now: datetime, job_paused_at: datetime | None) -> float:
+        """From opening to closing (or ``now`` while open), less the time the job was paused."""
+        end = self.closed_at or now
+        ongoing = (now - job_paused_at).total_seconds() if job_paused_at and not self.closed_at else 0.0
+        return max((end - self.opened_at).total_seconds() - self.paused_seconds - ongoing, 0.0)
 
     def __str__(self) -> str:
         return f"round {self.number} of job {self.job_id}"

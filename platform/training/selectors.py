@@ -166,7 +166,7 @@ def _rounds_progress(job: Job, now: datetime) -> list[RoundProgress]:
             deadline_at=round_.deadline_at,
             last_update_at=round_.last_update_at,
             closed_at=round_.closed_at,
-            duration_seconds=((round_.closed_at or now) - round_.opened_at).total_seconds(),
+            duration_seconds=round_.duration_seconds(now, job.paused_at),
             metrics=round_.metrics,
             failure_reason=round_.failure_reason,
             bytes_up=int(round_.bytes_up or 0),

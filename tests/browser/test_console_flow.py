@@ -138,9 +138,30 @@ def launch_job(driver: WebDriver, stack: Stack, study_url: str) -> str:
         element.clear()
         element.send_keys(value)
     driver.find_element(*by_testid("create-job")).click()
-    wait_for(driver, by_testid("start-button")).click()
+    wait_for(driver, by_testid("start-button"))
+    # Before any round, the charts' axes run from 0 to 1, not Chart.js's padded -0.2 to 1.2.
+    assert chart_axes(driver) == {name: [0, 1] for name in CHARTS}
+    driver.find_element(*by_testid("start-button")).click()
     wait_for(driver, by_testid("message"))
     return driver.current_url
+
+
+CHARTS = ("chart-quality", "chart-loss", "chart-sites")
+
+
+def chart_axes(driver: WebDriver) -> dict[str, list[float]]:
+    script = """
+        return Object.fromEntries(arguments[0].map(id => {
+            const axis = Chart.getChart(id).scales.y;
+            return [id, [axis.min, axis.max]];
+        }));
+    """
+    return driver.execute_script(script, list(CHARTS))  # type: ignore[no-any-return]
+
+
+def chart_tensions(driver: WebDriver) -> set[float]:
+    script = "return arguments[0].flatMap(id => Chart.getChart(id).data.datasets.map(set => set.tension));"
+    return set(driver.execute_script(script, list(CHARTS)))
 
 
 def watch_until_completed(driver: WebDriver, timeout: float = 240) -> None:
@@ -192,6 +213,8 @@ def test_a_coordinator_runs_a_federation_from_the_browser(stack: Stack, browser:
         "fetch(location.pathname.replace(/\\/$/, '') + '/live.json').then(r => r.json()).then(done);"
     )
     assert live["job"]["state"] == "completed"
+    assert not any("started" in m.text for m in browser.find_elements(*by_testid("message")))
+    assert chart_tensions(browser) == {0}  # straight lines between measured rounds
     final = live["models"][-1]["metrics"]  # the sites' evaluation of the final model
     assert final["accuracy"] > 0.9
     rounds = browser.find_elements(*by_testid("round-row"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from institutions.models import AgentCredential, Institution
 from institutions.services import agent_enroll, enrollment_token_create, institution_create
 from training.blobs import blob_store
 from training.models import Job, ModelVersion, Refusal, Update
+from training.services import job_pause, job_resume
 
 pytestmark = pytest.mark.django_db
 
@@ -43,6 +45,26 @@ def _body(response: object) -> bytes:
 
 
 # --- progress ----------------------------------------------------------------------------
+
+
+def _round_seconds(client: APIClient, job: Job) -> float:
+    [round_] = client.get(f"/api/v1/jobs/{job.pk}/progress/").json()["rounds"]
+    return float(round_["duration_seconds"])
+
+
+def test_a_rounds_duration_leaves_out_the_time_its_job_was_paused(
+    coordinator_client: APIClient, running_job: Job
+) -> None:
+    """Opened 300 s ago, paused for 200 s of them: the round has run for 100 s."""
+    now = timezone.now()
+    running_job.rounds.filter(number=1).update(opened_at=now - timedelta(seconds=300))
+    job_pause(job_id=running_job.pk, actor="user:carol")
+    Job.objects.filter(pk=running_job.pk).update(paused_at=now - timedelta(seconds=200))
+    assert _round_seconds(coordinator_client, running_job) == pytest.approx(100, abs=5)  # while paused
+    job_resume(job_id=running_job.pk, actor="user:carol")
+    assert _round_seconds(coordinator_client, running_job) == pytest.approx(100, abs=5)  # and after
+    running_job.refresh_from_db()
+    assert running_job.paused_at is None
 
 
 def test_progress_after_start(coordinator_client: APIClient, running_job: Job) -> None:

@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -175,13 +176,27 @@ def _transition(job_id: int, *, allowed: tuple[str, ...], target: str, actor: st
 
 @transaction.atomic
 def job_pause(*, job_id: int, actor: str) -> Job:
-    return _transition(job_id, allowed=(JobState.RUNNING,), target=JobState.PAUSED, actor=actor)
+    job = _transition(job_id, allowed=(JobState.RUNNING,), target=JobState.PAUSED, actor=actor)
+    job.paused_at = timezone.now()
+    job.save(update_fields=["paused_at"])
+    return job
+
+
+def _end_pause(job: Job) -> None:
+    """Stop the pause's clock: the rounds it held open do not count it as their time."""
+    if job.paused_at is None:
+        return
+    paused = (timezone.now() - job.paused_at).total_seconds()
+    job.rounds.filter(state__in=ACCEPTING_STATES).update(paused_seconds=F("paused_seconds") + paused)
+    job.paused_at = None
+    job.save(update_fields=["paused_at"])
 
 
 @transaction.atomic
 def job_resume(*, job_id: int, actor: str) -> Job:
     """Resume; the current round gets a fresh deadline, since nobody could work while paused."""
     job = _transition(job_id, allowed=(JobState.PAUSED,), target=JobState.RUNNING, actor=actor)
+    _end_pause(job)
     deadline = timezone.now() + timedelta(seconds=job.round_deadline_seconds)
     job.rounds.filter(state__in=ACCEPTING_STATES).update(deadline_at=deadline)
     round_open(job=job)  # in case the pause fell between two rounds
@@ -196,6 +211,7 @@ def job_cancel(*, job_id: int, actor: str) -> Job:
         target=JobState.CANCELLED,
         actor=actor,
     )
+    _end_pause(job)
     job.rounds.filter(state__in=ACTIVE_STATES).update(
         state=RoundState.FAILED, failure_reason="job cancelled", closed_at=timezone.now()
     )

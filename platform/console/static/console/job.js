@@ -232,7 +232,8 @@
   function line(label, values, color, dashed) {
     return {
       label: label, data: values, borderColor: color, backgroundColor: color, borderWidth: 2,
-      pointRadius: 3, pointHoverRadius: 5, tension: 0.25, spanGaps: true, borderDash: dashed ? [6, 4] : []
+      // Straight segments: a curve would show values between rounds that nobody measured.
+      pointRadius: 3, pointHoverRadius: 5, tension: 0, spanGaps: true, borderDash: dashed ? [6, 4] : []
     };
   }
 
@@ -248,6 +249,18 @@
     };
   }
 
+  function hasValues(datasets) {
+    return datasets.some(function (set) { return set.data.some(function (value) { return typeof value === "number"; }); });
+  }
+
+  /* Without a value yet, the axis shows 0 to 1 instead of Chart.js's padded -0.2 to 1.2. */
+  function fitEmptyAxis(options, datasets) {
+    var empty = !hasValues(datasets);
+    options.scales.y.min = empty ? 0 : undefined;
+    options.scales.y.max = empty ? 1 : undefined;
+    return options;
+  }
+
   function draw(id, labels, datasets, yTitle) {
     var canvas = document.getElementById(id);
     if (!canvas) { return; }
@@ -255,10 +268,12 @@
       charts[id].data.labels = labels;
       charts[id].data.datasets = datasets;
       charts[id].options.scales.y.title.text = yTitle;
+      fitEmptyAxis(charts[id].options, datasets);
       charts[id].update("none");
       return;
     }
-    charts[id] = new window.Chart(canvas, { type: "line", data: { labels: labels, datasets: datasets }, options: chartOptions(yTitle) });
+    var options = fitEmptyAxis(chartOptions(yTitle), datasets);
+    charts[id] = new window.Chart(canvas, { type: "line", data: { labels: labels, datasets: datasets }, options: options });
   }
 
   function summaries(rounds, key) {
@@ -331,7 +346,14 @@
 
   /* --- polling ----------------------------------------------------------------------- */
 
+  /* A message about the last action ("Job 3 started") is stale once the job's state moves on. */
+  function clearStaleMessages(previous, job) {
+    if (!previous || previous.job.state === job.state) { return; }
+    document.querySelectorAll(".messages").forEach(function (box) { box.remove(); });
+  }
+
   function render(data) {
+    clearStaleMessages(current, data.job);
     current = data;
     renderJob(data.job);
     renderTables(data);
