@@ -1,4 +1,4 @@
-"""Failed sign-ins and lockouts in the audit trail (never a password).
+"""Sign-ins, failed sign-ins and lockouts in the audit trail (never a password).
 
 Django sends ``user_login_failed`` for every refused sign-in on the console's and the
 admin's pages (a lockout refusal included); django-axes sends ``user_locked_out`` when a
@@ -24,6 +24,14 @@ def _details(request: HttpRequest | None, username: object) -> dict[str, object]
         "client_address": client_address(request) if request is not None else None,
         "page": request.path if request is not None else None,
     }
+
+
+def signed_in_record(
+    *, sender: object, request: HttpRequest | None = None, user: object = None, **kwargs: object
+) -> None:
+    """``user_logged_in`` receiver: who signed in, from where."""
+    username = getattr(user, "username", "")
+    audit_record(actor=f"user:{username}", kind="auth.signed_in", details=_details(request, username))
 
 
 def login_failed_record(

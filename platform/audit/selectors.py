@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from accounts.selectors import Scope, scope_queryset
 from audit.chain import GENESIS_HASH, short_hash
@@ -20,10 +20,18 @@ def audit_event_list(
     actor: str | None = None,
     kind: str | None = None,
 ) -> QuerySet[AuditEvent]:
-    """Newest first; a data owner sees only the events recorded against their institution."""
+    """Newest first; a data owner sees only the events recorded against their institution.
+
+    ``actor`` is matched exactly, and a bare name (no ``kind:`` prefix) also as a user's:
+    ``carol`` finds ``user:carol``.
+    """
     queryset = AuditEvent.objects.order_by("-pk")
-    filters = {"institution_id": institution_id, "job_id": job_id, "actor": actor, "kind": kind}
+    filters = {"institution_id": institution_id, "job_id": job_id, "kind": kind}
     queryset = queryset.filter(**{name: value for name, value in filters.items() if value is not None})
+    if actor is not None:
+        queryset = queryset.filter(
+            Q(actor=actor) | Q(actor=f"user:{actor}") if ":" not in actor else Q(actor=actor)
+        )
     return scope_queryset(queryset, scope=scope, institution_path="institution")
 
 

@@ -91,8 +91,8 @@ class AuditFilterForm(forms.Form):
     actor = forms.CharField(
         required=False,
         max_length=200,
-        widget=forms.TextInput(attrs={"placeholder": "user:alice, agent:3, system"}),
-        help_text="Exact match.",
+        widget=forms.TextInput(attrs={"placeholder": "a user name, agent:3, system"}),
+        help_text="A user name, agent:ID, system or anonymous.",
     )
     kind = forms.ChoiceField(required=False)
 

@@ -190,6 +190,9 @@ def _model(scope: Scope, version: ModelVersion) -> Payload:
     provenance = provenance_visible(scope=scope, version=version)
     updates = provenance.get("updates")
     visible_updates = updates if isinstance(updates, list) else []
+    # How many updates made the version is no secret (the round shows who answered); a data
+    # owner is shown only their own.
+    all_updates = version.provenance.get("updates")
     return {
         "id": version.pk,
         "number": version.number,
@@ -199,7 +202,7 @@ def _model(scope: Scope, version: ModelVersion) -> Payload:
         "parent_number": version.parent.number if version.parent else None,
         "made_by_round": version.made_by_round.number if version.made_by_round else None,
         "strategy": provenance.get("strategy") or "initial model",
-        "num_updates": len(visible_updates),
+        "num_updates": len(all_updates) if isinstance(all_updates, list) else len(visible_updates),
         "updates": [
             {
                 "institution": str(entry.get("institution", "")),

@@ -48,4 +48,5 @@ urlpatterns = [
     path("models/<int:version_id>/download", jobs.model_download, name="model-download"),
     # the audit trail
     path("audit/", audit.audit_log, name="audit-log"),
+    path("audit/export.csv", audit.audit_export, name="audit-export"),
 ]

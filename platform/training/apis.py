@@ -20,7 +20,6 @@ from fedplatform.serializers import MAX_ID, InstitutionRefSerializer
 from institutions.selectors import institution_get
 from studies.models import Decision, Study
 from training import selectors, services
-from training.blobs import blob_store
 from training.models import Job, JobState, ModelVersion, RoundKind, RoundState
 
 TAGS = ["jobs"]
@@ -320,8 +319,9 @@ class ModelDownloadApi(ApiView):
     )
     def get(self, request: Request, version_id: int) -> FileResponse:
         """Download a global model's safetensors file; its checksum is verified on read."""
-        version = selectors.model_version_get(scope=request_scope(request), version_id=version_id)
-        data = blob_store().read(version.sha256)  # raises BlobCorrupt if the bytes do not match
+        version, data = services.model_version_download(  # BlobCorrupt if the bytes do not match
+            scope=request_scope(request), version_id=version_id, actor=request_actor(request)
+        )
         response = FileResponse(
             io.BytesIO(data),
             as_attachment=True,

@@ -113,6 +113,15 @@ class Round(models.Model):
         ordering = ["job_id", "number"]
         constraints = [models.UniqueConstraint(fields=["job", "number"], name="one_round_number_per_job")]
 
+    @property
+    def label(self) -> str:
+        """How people read this round: by its number in the job, or as the final evaluation."""
+        return "the final evaluation" if self.kind == RoundKind.EVALUATE else f"round {self.number}"
+
+    def audit_details(self) -> dict[str, object]:
+        """The audit trail's name for this round (an evaluation's number is no training round)."""
+        return {"final_evaluation": True} if self.kind == RoundKind.EVALUATE else {"round": self.number}
+
     def duration_seconds(self, now: datetime, job_paused_at: datetime | None) -> float:
         """From opening to closing (or ``now`` while open), less the time the job was paused."""
         end = self.closed_at or now

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
+from itertools import pairwise
 
 import pytest
 from django.test import Client
@@ -38,6 +42,7 @@ def test_newest_first_with_every_filter_offered(
         ("kind=study.created", ["study.created"]),
         ("actor=user:setup&kind=institution.created", ["institution.created", "institution.created"]),
         ("actor=user:nobody", []),
+        ("actor=setup&kind=institution.created", ["institution.created", "institution.created"]),
     ],
 )
 def test_filters(observer: Client, draft_job: Job, query: str, expected: list[str]) -> None:
@@ -92,3 +97,35 @@ def test_long_digests_are_shortened(observer: Client, db: None) -> None:
     html = observer.get("/audit/").content.decode()
     assert f"{digest[:12]}…" in html
     assert f'title="{digest}"' in html
+
+
+def _csv(response: object) -> list[dict[str, str]]:
+    body = b"".join(response.streaming_content).decode()  # type: ignore[attr-defined]
+    return list(csv.DictReader(io.StringIO(body)))
+
+
+def test_the_filtered_log_exports_as_csv_with_its_hash_chain(observer: Client, draft_job: Job) -> None:
+    html = observer.get("/audit/?kind=institution.created").content.decode()
+    assert 'href="/audit/export.csv?kind=institution.created"' in html
+    response = observer.get("/audit/export.csv?kind=institution.created")
+    assert response["Content-Type"].startswith("text/csv")
+    assert response["Content-Disposition"].startswith('attachment; filename="audit-')
+    rows = _csv(response)
+    assert [row["kind"] for row in rows] == ["institution.created", "institution.created"]
+    assert [row["institution"] for row in rows] == ["Hospital A", "Hospital B"]  # oldest first
+    everything = _csv(observer.get("/audit/export.csv"))
+    assert len(everything) == AuditEvent.objects.count()
+    for previous, row in pairwise(everything):
+        assert row["previous_hash"] == previous["hash"]  # the chain, checkable offline
+    stored = AuditEvent.objects.get(sequence=int(everything[-1]["sequence"]))
+    assert json.loads(everything[-1]["details"]) == stored.details
+
+
+def test_a_data_owner_exports_only_their_institutions_events(
+    owner_a: Client, hospital_a: Institution, hospital_b: Institution
+) -> None:
+    audit_record(actor="user:x", kind="note.a", institution=hospital_a)
+    audit_record(actor="user:x", kind="note.b", institution=hospital_b)
+    kinds = [row["kind"] for row in _csv(owner_a.get("/audit/export.csv"))]
+    assert "note.a" in kinds
+    assert "note.b" not in kinds

@@ -12,6 +12,7 @@ from console_support import approve_all, credential, record_update
 from django.test import Client
 from django.utils import timezone
 
+from audit.models import AuditEvent
 from federation.wire import deserialize_weights, serialize_weights
 from institutions.models import Institution
 from training.blobs import blob_store
@@ -213,7 +214,8 @@ def test_provenance_after_a_real_round_is_scoped(
     assert (models[1]["strategy"], models[1]["num_updates"]) == ("fedavg", 2)
     assert models[0]["metrics"] == {"accuracy": 0.6}  # the sites rated the initial model
     own = owner_a.get(f"/jobs/{running_job.pk}/live.json").json()["models"][1]
-    assert own["num_updates"] == 1
+    # The count matches the round's "2 / 2 answered"; the list holds only the owner's own.
+    assert own["num_updates"] == 2
     assert [update["institution"] for update in own["updates"]] == ["Hospital A"]
     live = coordinator.get(f"/jobs/{running_job.pk}/live.json").json()
     assert [r["state"] for r in live["rounds"]] == ["closed", "open"]
@@ -234,6 +236,12 @@ def test_model_download_matches_its_checksum(observer: Client, running_job: Job)
     assert len(data) == version.size
     assert response["Content-Type"] == "application/octet-stream"
     assert f"model-{running_job.pk}-0-{version.sha256[:12]}.safetensors" in response["Content-Disposition"]
+    [event] = AuditEvent.objects.filter(kind="model.downloaded")
+    assert (event.actor, event.job_id, event.details) == (
+        "user:oscar",
+        running_job.pk,
+        {"version": 0, "sha256": version.sha256},
+    )
 
 
 def test_a_corrupt_model_is_not_served(coordinator: Client, running_job: Job) -> None:

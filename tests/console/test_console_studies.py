@@ -206,8 +206,7 @@ def test_a_data_owner_never_sees_another_institution_s_user_names(
     for path in (f"/studies/{study_ab.pk}/", "/studies/", "/", "/audit/"):
         response = owner_b.get(path)
         assert response.status_code == 200
-        # (the audit page's actor filter shows "user:alice" as an example: not a user's name)
-        assert b"alice" not in response.content.replace(b'placeholder="user:alice', b""), path
+        assert b"alice" not in response.content, path
     html = owner_b.get(f"/studies/{study_ab.pk}/").content.decode()
     rows = dict(re.findall(r'data-institution="(\d+)">(.*?)</tr>', html, re.S))
     assert "data owner of Hospital A" in rows[str(hospital_a.pk)]

@@ -96,8 +96,19 @@ def test_a_whole_job_runs_round_by_round_to_an_evaluated_final_model(
         "update.received",
         "round.aggregating",
         "round.closed",
+        "evaluation.received",
         "job.completed",
     } <= kinds
+    # The final evaluation is named as such, never "round 3", and carries no empty digest.
+    for event in AuditEvent.objects.filter(job=job, kind__in=["round.opened", "round.closed"]):
+        assert ("round" in event.details) != ("final_evaluation" in event.details), event.details
+    assert {e.details.get("round") for e in AuditEvent.objects.filter(job=job, kind="round.closed")} == {
+        1,
+        2,
+        None,
+    }
+    answers = AuditEvent.objects.filter(job=job, kind="evaluation.received")
+    assert [(e.details["final_evaluation"], "sha256" in e.details) for e in answers] == [(True, False)] * 3
 
 
 def test_a_retried_upload_is_accepted_once_and_counted_once(sites: list[Site]) -> None:

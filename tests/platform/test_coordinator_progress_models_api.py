@@ -12,6 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import Role
+from audit.models import AuditEvent
 from institutions.models import AgentCredential, Institution
 from institutions.services import agent_enroll, enrollment_token_create, institution_create
 from training.blobs import blob_store
@@ -163,6 +164,8 @@ def test_model_download_bytes_match_the_checksums(
     assert response["Content-Type"] == "application/octet-stream"
     expected_name = f"model-{running_job.pk}-0-{version.sha256[:12]}.safetensors"
     assert response["Content-Disposition"] == f'attachment; filename="{expected_name}"'
+    event = AuditEvent.objects.get(kind="model.downloaded")
+    assert (event.actor, event.details["version"]) == ("user:alice", 0)
 
 
 def test_corrupt_blob_is_not_served(
@@ -177,6 +180,7 @@ def test_corrupt_blob_is_not_served(
     assert response.status_code == 500
     assert response["Content-Type"] == "application/json"
     assert response.json()["error"]["code"] == "blob_corrupt"
+    assert not AuditEvent.objects.filter(kind="model.downloaded").exists()  # nothing went out
 
 
 def test_model_download_outside_scope_is_404(

@@ -157,9 +157,12 @@ def test_failed_sign_ins_and_lockouts_are_audited_without_the_password(people: N
     assert PASSWORD not in stored
 
 
-def test_a_successful_sign_in_is_not_audited_as_a_failure(people: None) -> None:
+def test_a_successful_sign_in_is_audited_as_one_and_not_as_a_failure(people: None) -> None:
     assert sign_in("console", "alice", PASSWORD, "10.0.0.1")[0] == 302
-    assert not AuditEvent.objects.filter(kind__startswith="auth.").exists()
+    [event] = AuditEvent.objects.filter(kind__startswith="auth.")
+    assert (event.kind, event.actor) == ("auth.signed_in", "user:alice")
+    assert (event.details["client_address"], event.details["page"]) == ("10.0.0.1", "/login/")
+    assert PASSWORD not in json.dumps(event.details)
 
 
 def test_a_forged_forwarded_for_header_is_ignored_without_trusted_proxies(people: None) -> None:

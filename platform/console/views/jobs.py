@@ -13,10 +13,10 @@ from console.access import actor_of, console_json_view, console_view, require_co
 from console.live import job_live
 from console.pages import page
 from fedplatform.errors import ServiceError
-from training.blobs import BlobCorrupt, blob_store
+from training.blobs import BlobCorrupt
 from training.models import Job, JobState
 from training.selectors import job_get, job_list, model_version_get
-from training.services import job_cancel, job_pause, job_resume, job_start
+from training.services import job_cancel, job_pause, job_resume, job_start, model_version_download
 
 TRANSITIONS = {"start": job_start, "pause": job_pause, "resume": job_resume, "cancel": job_cancel}
 DONE_MESSAGES = {
@@ -96,12 +96,14 @@ def job_cancel_view(request: HttpRequest, job_id: int) -> HttpResponseBase:
 @require_GET
 def model_download(request: HttpRequest, version_id: int) -> HttpResponseBase:
     """A global model's safetensors file; its checksum is verified before it is sent."""
-    version = model_version_get(scope=scope_of(request), version_id=version_id)
+    scope = scope_of(request)
     try:
-        data = blob_store().read(version.sha256)
+        version, data = model_version_download(scope=scope, version_id=version_id, actor=actor_of(request))
     except BlobCorrupt as error:
         messages.error(request, f"The model cannot be downloaded: {error.message}.")
-        return redirect("console:job-detail", job_id=version.job_id)
+        return redirect(
+            "console:job-detail", job_id=model_version_get(scope=scope, version_id=version_id).job_id
+        )
     response = FileResponse(
         io.BytesIO(data),
         as_attachment=True,

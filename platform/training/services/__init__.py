@@ -31,6 +31,7 @@ from training.services.jobs import (
     job_refuse,
     job_resume,
     job_start,
+    model_version_download,
 )
 from training.services.rounds import (
     TRANSIENT_DATABASE_ERRORS,
@@ -67,6 +68,7 @@ __all__ = [
     "job_refuse",
     "job_resume",
     "job_start",
+    "model_version_download",
     "round_aggregate",
     "round_fail_aggregation",
     "round_fail_unexpected",

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from accounts.selectors import Scope
 from audit.services import audit_record
 from federation.models import TextModelConfig, initial_weights, model_config_from_json
 from federation.types import ModelSpec, Weights
@@ -29,6 +30,7 @@ from training.models import (
     Round,
     RoundState,
 )
+from training.selectors import model_version_get
 from training.services.rounds import job_fail, job_lock, round_open, rounds_recount
 
 #: The most rounds a job may have, and the longest round deadline: the API and the
@@ -237,3 +239,17 @@ def job_refuse(*, job_id: int, credential: AgentCredential, reason: str) -> Refu
         )
         rounds_recount(job=job)
     return refusal
+
+
+def model_version_download(*, scope: Scope, version_id: int, actor: str) -> tuple[ModelVersion, bytes]:
+    """A global model's bytes, checked against its digest (BlobCorrupt if they differ), and
+    the download recorded in the audit trail: who took which model out."""
+    version = model_version_get(scope=scope, version_id=version_id)
+    data = blob_store().read(version.sha256)
+    audit_record(
+        actor=actor,
+        kind="model.downloaded",
+        job=version.job,
+        details={"version": version.number, "sha256": version.sha256},
+    )
+    return version, data

@@ -124,7 +124,7 @@ def round_open(*, job: Job) -> Round | None:
         actor="system",
         kind="round.opened",
         job=job,
-        details={"round": number, "kind": opened.kind, "base_version": base.number},
+        details={**opened.audit_details(), "base_version": base.number},
     )
     return opened
 
@@ -209,7 +209,7 @@ def _round_close_collection(round_: Round) -> None:
         return
     round_.state, round_.aggregating_since = RoundState.AGGREGATING, timezone.now()
     round_.save(update_fields=["state", "aggregating_since"])
-    audit_record(actor="system", kind="round.aggregating", job=round_.job, details={"round": round_.number})
+    audit_record(actor="system", kind="round.aggregating", job=round_.job, details=round_.audit_details())
     round_id = round_.pk
     transaction.on_commit(lambda: queue.round_aggregate_enqueue(round_id))
 
@@ -223,7 +223,7 @@ def _round_close_evaluation(round_: Round) -> None:
     round_.state, round_.closed_at, round_.metrics = RoundState.CLOSED, timezone.now(), metrics
     round_.save(update_fields=["state", "closed_at", "metrics"])
     ModelVersion.objects.filter(pk=round_.base_version_id).update(metrics=metrics)
-    audit_record(actor="system", kind="round.closed", job=round_.job, details={"round": round_.number})
+    audit_record(actor="system", kind="round.closed", job=round_.job, details=round_.audit_details())
     round_open(job=job_lock(job_id=round_.job_id))
 
 
@@ -255,9 +255,9 @@ def round_fail(*, round_: Round, reason: str) -> None:
         actor="system",
         kind="round.failed",
         job=round_.job,
-        details={"round": round_.number, "reason": reason},
+        details={**round_.audit_details(), "reason": reason},
     )
-    job_fail(job=round_.job, reason=f"round {round_.number} failed: {reason}")
+    job_fail(job=round_.job, reason=f"{round_.label} failed: {reason}")
 
 
 def job_fail(*, job: Job, reason: str) -> None:
@@ -385,7 +385,7 @@ def _round_extend(round_: Round, received: int) -> str:
         actor="system",
         kind="round.extended",
         job=round_.job,
-        details={"round": round_.number, "received": received},
+        details={**round_.audit_details(), "received": received},
     )
     return "extended"
 

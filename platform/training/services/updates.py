@@ -244,12 +244,18 @@ def update_record(
     if round_.state == RoundState.OPEN:
         round_.state = RoundState.COLLECTING
     round_.save(update_fields=["last_update_at", "state"])
+    evaluation = round_.kind == RoundKind.EVALUATE
     audit_record(
         actor=f"agent:{credential.pk}",
-        kind="update.received",
+        kind="evaluation.received" if evaluation else "update.received",
         institution=credential.institution,
         job=round_.job,
-        details={"round": round_.number, "sha256": sha256, "num_examples": num_examples},
+        # An evaluation sends metrics, not tensors: it has no digest.
+        details={
+            **round_.audit_details(),
+            "num_examples": num_examples,
+            **({} if evaluation else {"sha256": sha256}),
+        },
     )
     round_advance(round_=round_)
     return update

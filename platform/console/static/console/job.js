@@ -189,7 +189,9 @@
       var list = element("ul", { className: "plain-list small" }, model.updates.map(function (update) {
         return element("li", { text: update.institution + " · " + update.sha256_short + " · " + update.num_examples + " examples" });
       }));
-      var summary = element("summary", { text: model.num_updates + " update" + (model.num_updates === 1 ? "" : "s") });
+      var hidden = model.num_updates - model.updates.length;
+      var text = model.num_updates + " update" + (model.num_updates === 1 ? "" : "s") + (hidden > 0 ? " (yours shown)" : "");
+      var summary = element("summary", { text: text });
       provenance.appendChild(element("details", {}, [summary, list]));
     } else {
       provenance.appendChild(element("span", { className: "muted", text: "–" }));
