@@ -21,7 +21,12 @@ from federation.data import load_builtin
 
 pytestmark = pytest.mark.browser
 
-SITES = ("Hospital Aurora", "Hospital Borealis")
+# Long names without spaces to break at: the pages must still fit a narrow window.
+SITES = (
+    "Hospital Aurora Universitätsklinikum-Schleswig-Holstein-Campus-Lübeck-Kinderklinik",
+    "Hospital Borealis Centre-Hospitalier-Universitaire-de-Saint-Étienne-Hôpital-Nord",
+)
+STUDY = "Breast cancer, browser test: Mammographie-Screening-Programm-Nord-West-Kohorte-2026"
 ROUNDS = 3
 
 
@@ -99,7 +104,7 @@ def enroll_agents(stack: Stack, tokens: dict[str, str]) -> list[object]:
 def create_study(driver: WebDriver, stack: Stack, sites: list[object]) -> str:
     dataset = load_builtin("breast_cancer")
     driver.get(f"{stack.url}/studies/new/")
-    driver.find_element(By.ID, "id_name").send_keys("Breast cancer, browser test")
+    driver.find_element(By.ID, "id_name").send_keys(STUDY)
     for checkbox in driver.find_elements(By.CSS_SELECTOR, 'input[name="institutions"]'):
         checkbox.click()
     # An error first: a schema that is not JSON is explained next to its field.
@@ -147,6 +152,18 @@ def launch_job(driver: WebDriver, stack: Stack, study_url: str) -> str:
 
 
 CHARTS = ("chart-quality", "chart-loss", "chart-sites")
+
+
+def overflowing(driver: WebDriver) -> list[str]:
+    """The elements that stick out past the window's right edge (tables scroll in their own box)."""
+    script = """
+        const width = document.documentElement.clientWidth;
+        if (document.documentElement.scrollWidth <= width) { return []; }
+        return Array.from(document.querySelectorAll("body *"))
+            .filter(e => e.getBoundingClientRect().right > width + 1 && !e.closest(".table-wrap"))
+            .map(e => `${e.tagName.toLowerCase()}.${e.className} ${e.textContent.trim().slice(0, 40)}`);
+    """
+    return driver.execute_script(script)  # type: ignore[no-any-return]
 
 
 def chart_axes(driver: WebDriver) -> dict[str, list[float]]:
@@ -221,8 +238,15 @@ def test_a_coordinator_runs_a_federation_from_the_browser(stack: Stack, browser:
     assert len(rounds) >= ROUNDS
     assert browser.find_elements(*by_testid("model-row"))
     screenshot(browser, "job-completed")
-    browser.set_window_size(768, 1024)
-    screenshot(browser, "job-completed-tablet", width=768)
+    browser.set_window_size(800, 1024)
+    pages = ("/studies/new/", "/institutions/", "/jobs/")
+    for url in (job_url, study_url, *(f"{stack.url}{path}" for path in pages)):
+        browser.get(url)
+        wait_for(browser, (By.TAG_NAME, "footer"))
+        assert overflowing(browser) == [], url  # nothing makes the page scroll sideways
+    browser.get(job_url)
+    wait_for(browser, by_testid("job-state"))
+    screenshot(browser, "job-completed-tablet", width=800)
     links = browser.find_elements(*by_testid("download-model"))
     links[-1].click()
     blob = downloaded_file(Path(browser.download_dir)).read_bytes()  # type: ignore[attr-defined]
