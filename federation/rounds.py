@@ -191,6 +191,7 @@ class RoundPlan:
         ``None`` skips the rules about that part. Raises :class:`ConfigurationError` saying why.
         """
         reasons = (
+            self._too_few_sites_reason(num_sites),
             self._secure_aggregation_reason(num_sites),
             self._client_dp_reason(),
             self._adapter_reason(),
@@ -199,6 +200,16 @@ class RoundPlan:
         reason = next((reason for reason in reasons if reason is not None), None)
         if reason is not None:
             raise ConfigurationError(reason)
+
+    def _too_few_sites_reason(self, num_sites: int | None) -> str | None:
+        minimum = self.strategy.minimum_updates()
+        if num_sites is None or num_sites >= minimum:
+            return None
+        settings = ", ".join(f"{name}={value}" for name, value in self.strategy.params().items())
+        return (
+            f"strategy {self.strategy.name.value} ({settings}) needs at least {minimum} sites' updates "
+            f"each round, and only {num_sites} can take part"
+        )
 
     def _secure_aggregation_reason(self, num_sites: int | None) -> str | None:
         if not self.privacy.secure_aggregation:

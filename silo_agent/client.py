@@ -215,7 +215,7 @@ class AgentClient:
         """Upload one update (``masked``: a secure-aggregation round's masked vector); a
         retry with the same bytes is answered as a duplicate."""
         answer = self._json_call(
-            f"upload to round {round_id}",
+            "upload of this round's update",
             "POST",
             f"rounds/{round_id}/secagg/masked" if masked else f"rounds/{round_id}/update",
             data={"meta": json.dumps(meta)},
@@ -228,13 +228,13 @@ class AgentClient:
     def post_evaluation(self, round_id: int, num_examples: int, metrics: Mapping[str, float]) -> None:
         """Report the final model's metrics on this site's validation rows."""
         body = {"num_examples": num_examples, "metrics": dict(metrics)}
-        self._json_call(f"evaluation of round {round_id}", "POST", f"rounds/{round_id}/evaluation", json=body)
+        self._json_call("report of the final evaluation", "POST", f"rounds/{round_id}/evaluation", json=body)
 
     def post_secure_aggregation(self, round_id: int, step: str, body: Mapping[str, object]) -> bool:
         """Send this site's message of one secure-aggregation phase (``keys``, ``shares`` or
         ``unmasking``); True if the server already had it."""
         answer = self._json_call(
-            f"secure-aggregation {step} of round {round_id}",
+            f"this round's secure-aggregation {step}",
             "POST",
             f"rounds/{round_id}/secagg/{step}",
             json=dict(body),

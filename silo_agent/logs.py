@@ -26,9 +26,11 @@ class ContextFilter(logging.Filter):
 
 
 @contextmanager
-def log_context(*, job_id: int, round_number: int) -> Iterator[None]:
-    """Prefix log lines emitted inside the block with the job and round."""
-    token = _context.set(f"[job {job_id} round {round_number}] ")
+def log_context(*, job_id: int, round_number: int, final_evaluation: bool = False) -> Iterator[None]:
+    """Prefix log lines emitted inside the block with the job and the round's number in it
+    (or "final evaluation": its number is past the training rounds)."""
+    stage = "final evaluation" if final_evaluation else f"round {round_number}"
+    token = _context.set(f"[job {job_id} {stage}] ")
     try:
         yield
     finally:

@@ -103,7 +103,8 @@ class TaskRunner:
     def handle(self, raw_task: Mapping[str, object]) -> TaskOutcome:
         """Carry out one task as returned by ``GET work``."""
         task = parse_task(raw_task)
-        with log_context(job_id=task.job_id, round_number=task.round_number):
+        evaluation = task.kind is TaskKind.EVALUATE
+        with log_context(job_id=task.job_id, round_number=task.round_number, final_evaluation=evaluation):
             logger.info("received a %s task", task.kind.value)
             try:
                 return self._handle(task)

@@ -104,16 +104,13 @@ class SecureRound:
                 data = json.loads(self._path.read_text(encoding="utf-8"))
                 client = secagg.SecAggClient.from_json(data)
             except (OSError, ValueError, FederationError) as error:
-                raise TaskError(
-                    f"the secure-aggregation state of round {self.round_id} is damaged: {error}"
-                ) from None
+                raise TaskError(f"the secure-aggregation state of this round is damaged: {error}") from None
             if client.config != self._config:
-                raise TaskError(f"round {self.round_id} changed its secure-aggregation settings mid-round")
+                raise TaskError("this round changed its secure-aggregation settings mid-round")
             return client
         if not create:
             raise TaskError(
-                f"the secure-aggregation keys of round {self.round_id} are lost; "
-                "this site cannot continue the round"
+                "the secure-aggregation keys of this round are lost; this site cannot continue the round"
             )
         return secagg.SecAggClient(site_id=self._site_id, config=self._config)
 

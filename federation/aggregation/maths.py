@@ -516,19 +516,25 @@ def pairwise_squared_distances(stacked: NDArray[np.floating]) -> NDArray[np.floa
     return distances
 
 
-def _krum_neighbours(n: int, num_byzantine: int) -> int:
-    """How many nearest neighbours Krum sums: ``n - f - 2``, after checking ``n >= 2f + 3``."""
+def krum_minimum_updates(num_byzantine: int) -> int:
+    """The fewest updates Krum can score with ``f = num_byzantine`` hostile ones: ``2f + 3``."""
     try:
         f = operator.index(num_byzantine)
     except TypeError as error:
         raise ConfigurationError(f"num_byzantine must be an integer, got {num_byzantine!r}") from error
     if f < 0:
         raise ConfigurationError(f"num_byzantine must be >= 0, got {f}")
-    if n < 2 * f + 3:
+    return 2 * f + 3
+
+
+def _krum_neighbours(n: int, num_byzantine: int) -> int:
+    """How many nearest neighbours Krum sums: ``n - f - 2``, after checking ``n >= 2f + 3``."""
+    minimum = krum_minimum_updates(num_byzantine)
+    if n < minimum:
         raise ConfigurationError(
-            f"Krum with num_byzantine={f} needs at least 2f + 3 = {2 * f + 3} updates, got {n}"
+            f"Krum with num_byzantine={num_byzantine} needs at least 2f + 3 = {minimum} updates, got {n}"
         )
-    return n - f - 2
+    return n - num_byzantine - 2
 
 
 def krum_scores(squared_distances: NDArray[np.floating], *, num_byzantine: int) -> NDArray[np.float64]:

@@ -26,6 +26,7 @@ The papers behind each rule are cited in :mod:`federation.aggregation.maths`.
 from __future__ import annotations
 
 import enum
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -88,6 +89,10 @@ class Strategy(ABC):
     #: Robust to hostile silos: the rule looks at each update on its own (order statistics,
     #: distances), so secure aggregation and client-level noise on the sum cannot apply.
     robust: ClassVar[bool] = False
+
+    def minimum_updates(self) -> int:
+        """The fewest updates a round may combine under this rule (1 for the means)."""
+        return 1
 
     @classmethod
     def parameters(cls) -> tuple[StrategyParameter, ...]:
@@ -396,6 +401,11 @@ class MultiKrum(Strategy):
         _require(self.num_byzantine >= 0, "num_byzantine must be non-negative")
         _require(self.num_selected >= 1, "num_selected must be at least 1")
 
+    def minimum_updates(self) -> int:
+        """Krum scores each update by its n - f - 2 nearest neighbours: ``n >= 2f + 3``
+        (Blanchard et al., NeurIPS 2017), and Multi-Krum keeps ``num_selected`` of them."""
+        return max(maths.krum_minimum_updates(self.num_byzantine), self.num_selected)
+
     def aggregate(
         self,
         global_weights: Weights,
@@ -461,6 +471,20 @@ STRATEGIES: dict[StrategyName, type[Strategy]] = _registry(
 )
 
 
+def _check_parameter_value(strategy: str, parameter: StrategyParameter, value: object) -> None:
+    """Refuse a value of the wrong type before the strategy compares it with a number."""
+    if value is None and parameter.optional:
+        return
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if number and (not parameter.is_integer or isinstance(value, int)):
+        return
+    kind = "an integer" if parameter.is_integer else "a finite number"
+    raise ConfigurationError(
+        f"strategy {strategy!r}: {parameter.name} must be {kind}{' or null' if parameter.optional else ''}, "
+        f"got {value!r}"
+    )
+
+
 def build_strategy(name: str, params: Mapping[str, float | int | None] | None = None) -> Strategy:
     """The strategy called ``name`` configured with ``params``, with clear errors."""
     try:
@@ -472,6 +496,9 @@ def build_strategy(name: str, params: Mapping[str, float | int | None] | None = 
     known = {f.name for f in fields(strategy_class)}
     unknown = sorted(set(params or {}) - known)
     _require(not unknown, f"strategy {name!r} has no parameters {unknown}; it takes {sorted(known)}")
+    for parameter in strategy_class.parameters():
+        if parameter.name in (params or {}):
+            _check_parameter_value(name, parameter, (params or {})[parameter.name])
     try:
         return strategy_class(**dict(params or {}))
     except TypeError as error:

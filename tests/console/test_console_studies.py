@@ -141,6 +141,7 @@ def test_coordinator_creates_a_study(
             "non-negative",
         ),
         ({"strategy": "krum", "param_krum_num_selected": "3"}, "strategy", "exactly one"),
+        ({"strategy": "krum"}, "strategy", "needs at least 5 sites"),
         (
             {"strategy": "fedavg", "param_fedavg_max_weight_share": "2"},
             "param_fedavg_max_weight_share",

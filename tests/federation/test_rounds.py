@@ -100,7 +100,25 @@ def test_rules_that_need_single_updates_refuse_secure_aggregation_and_client_dp(
     with pytest.raises(ConfigurationError, match="each update on its own"):
         RoundPlan(strategy, _settings(level=DPLevel.CLIENT)).check(5)
     RoundPlan(strategy, _settings(level=DPLevel.SAMPLE)).check(5, ModelKind.MLP)
-    RoundPlan(strategy).check(1)
+    RoundPlan(strategy).check(strategy.minimum_updates())
+
+
+@given(f=st.integers(min_value=0, max_value=3), selected=st.integers(min_value=1, max_value=6))
+@settings(max_examples=25, deadline=None)
+def test_a_plan_refuses_exactly_the_site_counts_its_rule_cannot_combine(f: int, selected: int) -> None:
+    """The plan's check and the aggregation itself agree: with as many sites as the check
+    allows, Multi-Krum combines a round; with one fewer, the check refuses at setup, before
+    any site trains (Krum needs n >= 2f + 3: Blanchard et al., NeurIPS 2017)."""
+    strategy = MultiKrum(num_byzantine=f, num_selected=selected)
+    fewest = strategy.minimum_updates()
+    assert fewest == max(2 * f + 3, selected)
+    plan = RoundPlan(strategy)
+    plan.check(fewest)
+    with pytest.raises(ConfigurationError, match=f"needs at least {fewest} sites"):
+        plan.check(fewest - 1)
+    rng = np.random.default_rng(f)
+    updates = [ClientUpdate({"w": rng.normal(size=3).astype(np.float32)}, 10) for _ in range(fewest)]
+    strategy.aggregate({"w": np.zeros(3, np.float32)}, updates)
 
 
 @pytest.mark.parametrize("strategy", MEAN_RULES, ids=lambda s: s.name.value)

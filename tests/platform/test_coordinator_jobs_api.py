@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 from rest_framework.test import APIClient
+from world import study_make
 
 from accounts.models import Role
 from audit.models import AuditEvent
@@ -50,6 +51,23 @@ def test_min_updates_above_the_participants_is_refused(
     )
     assert response.status_code == 400
     assert "min_updates must lie between 1 and the 2 participants" in response.json()["error"]["message"]
+    assert not Job.objects.exists()
+
+
+def test_min_updates_below_what_the_rule_can_combine_is_refused(
+    coordinator_client: APIClient, hospital_a: Institution, hospital_b: Institution
+) -> None:
+    """Multi-Krum with f = 0 scores each update by its 2f + 3 - f - 2 = 1 nearest neighbour
+    among at least 3: a job of 3 sites whose rounds could close with 2 cannot run."""
+    hospital_c = institution_create(name="Hospital C", actor="user:setup")
+    sites = [hospital_a, hospital_b, hospital_c]
+    params = {"num_byzantine": 0, "num_selected": 2}
+    study = study_make("Two kept", sites, strategy="multi_krum", strategy_params=params)
+    response = coordinator_client.post(
+        "/api/v1/jobs/", {"study": study.pk, "num_rounds": 3, "min_updates": 2}, format="json"
+    )
+    assert response.status_code == 400
+    assert "multi_krum needs at least 3 updates" in response.json()["error"]["message"]
     assert not Job.objects.exists()
 
 

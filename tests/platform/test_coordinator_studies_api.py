@@ -75,6 +75,12 @@ def test_optional_study_parts_take_defaults(
         ({"training": {"epochs": 0}}, "epochs must be a positive integer"),
         ({"training": {"momentum": 0.9}}, "unknown training settings"),
         ({"training": {"class_weighting": "yes"}}, "class_weighting must be true or false"),
+        (
+            {"strategy": "trimmed_mean", "strategy_params": {"beta": "0.2"}},
+            "trimmed_mean': beta must be a finite number, got '0.2'",
+        ),
+        # Krum with f = 1 needs 2f + 3 = 5 sites; refused now, not after round 1 trained.
+        ({"strategy": "krum", "strategy_params": {"num_byzantine": 1}}, "needs at least 5 sites' updates"),
         ({"strategy_params": {"no_such_param": 1}}, "no parameters"),
         ({"feature_scaling": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}}, "feature_scaling must have 3"),
         ({"institutions": [999]}, "existing institutions"),

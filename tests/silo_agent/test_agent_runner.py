@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from silo_agent.client import RetryPolicy
 from silo_agent.config import load_config
 from silo_agent.errors import ServerUnreachableError, TaskError
 from silo_agent.local_data import DataCache
+from silo_agent.logs import ContextFilter
 from silo_agent.runner import ProgressStep, TaskOutcome, training_seed
 from silo_agent.state import STATE_FILE, Step
 from silo_agent.tasks import parse_task
@@ -161,13 +163,19 @@ def test_a_model_whose_digest_differs_from_the_task_is_rejected(server, site, ma
     assert server.upload_attempts == []
 
 
-def test_an_evaluate_task_posts_the_final_models_metrics(server, site, make_harness):
+def test_an_evaluate_task_posts_the_final_models_metrics(server, site, make_harness, caplog):
     model = global_model_bytes()
     task = make_task(model, kind="evaluate", round_id=30, round_number=3)
     server.offer(task, model)
     harness = make_harness()
+    caplog.handler.addFilter(ContextFilter())
 
-    assert harness.runner.handle(task) is TaskOutcome.EVALUATED
+    with caplog.at_level(logging.INFO, logger="silo_agent"):
+        assert harness.runner.handle(task) is TaskOutcome.EVALUATED
+
+    # Its log lines name the final evaluation, not a "round 3" that no site trained.
+    contexts = {record.context for record in caplog.records}  # type: ignore[attr-defined]
+    assert contexts == {f"[job {task['job_id']} final evaluation] "}
 
     body = server.evaluations[30]
     assert body["num_examples"] == 40  # a quarter of the site's 160 rows

@@ -51,7 +51,7 @@ def test_settings_that_name_another_round_are_refused(tmp_path):
 
 
 def test_lost_keys_end_the_sites_part_in_the_round_with_a_clear_error(tmp_path):
-    with pytest.raises(TaskError, match="keys of round 21 are lost"):
+    with pytest.raises(TaskError, match="keys of this round are lost"):
         SecureRound(tmp_path, _task("share", roster={}), site_id=7).shares()
 
 

@@ -54,9 +54,16 @@ def job_create(
         raise InvalidInput(f"min_updates must lie between 1 and the {participants} participants of the study")
     if num_rounds < 1:
         raise InvalidInput("a job needs at least one round")
+    plan = privacy.job_plan_resolve(study=study, num_rounds=num_rounds)
+    fewest = plan.strategy.minimum_updates()
+    if min_updates < fewest:
+        raise InvalidInput(
+            f"min_updates is {min_updates}, but {plan.strategy.name.value} needs at least {fewest} updates "
+            "to combine a round: a round closed with fewer would fail"
+        )
     job = Job.objects.create(
         study=study,
-        plan=privacy.job_plan_resolve(study=study, num_rounds=num_rounds),
+        plan=plan,
         num_rounds=num_rounds,
         min_updates=min_updates,
         round_deadline_seconds=round_deadline_seconds,
