@@ -148,7 +148,35 @@ def build_parser() -> argparse.ArgumentParser:
     moments.add_argument(
         "--schema", type=Path, metavar="PATH", help="the study's data schema (JSON); needed for CSV data"
     )
+    _add_schema_commands(commands)
     return parser
+
+
+def _add_schema_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``schema suggest``: needs no configuration, only the file."""
+    text = "data schemas: propose one from this site's own file"
+    schema = commands.add_parser("schema", help=text, description=text)
+    actions = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+    text = "propose a data schema from a CSV file: column kinds, categories, task and classes"
+    suggest = actions.add_parser(
+        "suggest",
+        help=text,
+        description=text,
+        epilog=_EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    suggest.add_argument("csv", type=Path, metavar="CSV", help="the site's data file")
+    suggest.add_argument("--label", required=True, metavar="COLUMN", help="the column to predict")
+    suggest.add_argument(
+        "--task",
+        choices=["binary", "multiclass", "regression"],
+        help="override the guess from the label's values",
+    )
+    suggest.add_argument(
+        "--output", type=Path, metavar="PATH", help="write the schema here instead of printing it"
+    )
+    suggest.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    suggest.set_defaults(handler=command_schema_suggest)
 
 
 def _add_command(
@@ -262,6 +290,35 @@ def command_moments(arguments: argparse.Namespace, runtime: Runtime) -> int:
     except FederationError as error:
         raise ConfigError(str(error)) from None
     print(json.dumps(moments.to_json()))
+    return EXIT_OK
+
+
+def command_schema_suggest(arguments: argparse.Namespace, runtime: Runtime) -> int:
+    """Print (or write) the proposed schema as JSON; notes for review go to stderr."""
+    from federation.data.suggest import suggest_schema
+    from federation.errors import FederationError
+    from federation.types import Task
+
+    try:
+        task = None if arguments.task is None else Task(arguments.task)
+        suggestion = suggest_schema(arguments.csv, label=arguments.label, task=task)
+    except FederationError as error:
+        raise ConfigError(str(error)) from None
+    text = json.dumps(suggestion.schema.to_json(), indent=2)
+    if arguments.output is None:
+        print(text)
+    else:
+        arguments.output.write_text(text + "\n", encoding="utf-8")
+    schema = suggestion.schema
+    width = len(schema.encoded_feature_names())
+    summary = (
+        f"{suggestion.rows} rows, {len(schema.features)} features ({width} encoded), {schema.task.value}"
+    )
+    print(f"proposed from {arguments.csv}: {summary}", file=sys.stderr)
+    for note in suggestion.notes:
+        print(f"  review: {note}", file=sys.stderr)
+    if arguments.output is not None:
+        print(f"written to {arguments.output}", file=sys.stderr)
     return EXIT_OK
 
 

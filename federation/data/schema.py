@@ -262,9 +262,7 @@ class DataSchema:
         if not isinstance(task, str) or task not in {t.value for t in Task}:
             choices = ", ".join(t.value for t in Task)
             raise DataSchemaError(f"'task' must be one of {choices}")
-        classes = data.get("classes")
-        if classes is not None and (not _is_list(classes) or not all(isinstance(c, str) for c in classes)):
-            raise DataSchemaError("'classes' must be a list of strings (or null for regression)")
+        classes = _class_labels(data.get("classes"))
         site_column = data.get("site_column")
         if site_column is not None and not isinstance(site_column, str):
             raise DataSchemaError("'site_column' must be a string or null")
@@ -275,6 +273,20 @@ class DataSchema:
             classes=None if classes is None else tuple(classes),
             site_column=site_column,
         )
+
+
+def _class_labels(classes: object) -> list[str] | None:
+    """The declared classes as the label column writes them: strings, or whole numbers
+    (``[0, 1]`` reads as the labels ``"0"`` and ``"1"``)."""
+    if classes is None:
+        return None
+    if not _is_list(classes) or not all(isinstance(c, str) or _is_whole(c) for c in classes):  # type: ignore[union-attr]
+        raise DataSchemaError("'classes' must be a list of strings or whole numbers (or null for regression)")
+    return [c if isinstance(c, str) else str(c) for c in classes]  # type: ignore[union-attr]
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_list(value: object) -> bool:
