@@ -280,9 +280,13 @@ def _class_labels(classes: object) -> list[str] | None:
     (``[0, 1]`` reads as the labels ``"0"`` and ``"1"``)."""
     if classes is None:
         return None
-    if not _is_list(classes) or not all(isinstance(c, str) or _is_whole(c) for c in classes):  # type: ignore[union-attr]
+    if (
+        not isinstance(classes, Sequence)
+        or isinstance(classes, str | bytes)
+        or not all(isinstance(c, str) or _is_whole(c) for c in classes)
+    ):
         raise DataSchemaError("'classes' must be a list of strings or whole numbers (or null for regression)")
-    return [c if isinstance(c, str) else str(c) for c in classes]  # type: ignore[union-attr]
+    return [c if isinstance(c, str) else str(c) for c in classes]
 
 
 def _is_whole(value: object) -> bool:
