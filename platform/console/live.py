@@ -36,7 +36,8 @@ ACTION_STATES: dict[str, tuple[str, ...]] = {
     "cancel": (JobState.DRAFT, JobState.RUNNING, JobState.PAUSED),
 }
 TERMINAL_STATES = (JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED)
-FINISHED_ROUND_STATES = (RoundState.CLOSED, RoundState.FAILED)
+#: Rounds whose missing answers are dropouts (a cancelled round's are not).
+DROPOUT_ROUND_STATES = (RoundState.CLOSED, RoundState.FAILED)
 
 Payload = dict[str, object]
 
@@ -129,7 +130,7 @@ def privacy_summary(job: Job) -> Payload:
 def _round(
     round_: RoundProgress, answered: set[int], sites: list[SiteProgress], charts: dict[str, str]
 ) -> Payload:
-    finished = round_.state in FINISHED_ROUND_STATES
+    ended = round_.state in DROPOUT_ROUND_STATES
     missing = [
         site.institution.name
         for site in sites
@@ -142,8 +143,8 @@ def _round(
         "state": round_.state,
         "expected_updates": round_.expected_updates,
         "received": round_.received,
-        "dropouts": max(round_.expected_updates - round_.received, 0) if finished else 0,
-        "dropout_sites": missing if finished else [],
+        "dropouts": max(round_.expected_updates - round_.received, 0) if ended else 0,
+        "dropout_sites": missing if ended else [],
         "duration_seconds": round(round_.duration_seconds, 1),
         "opened_at": round_.opened_at,
         "deadline_at": round_.deadline_at,

@@ -74,6 +74,8 @@ class RoundState(models.TextChoices):
     AGGREGATING = "aggregating"
     CLOSED = "closed"
     FAILED = "failed"
+    #: Ended by a person cancelling its job: no site dropped out.
+    CANCELLED = "cancelled"
 
 
 #: States in which a round accepts updates.

@@ -71,7 +71,7 @@ def test_pause_resume_and_cancel(coordinator: Client, running_job: Job) -> None:
     assert "is cancelled" in _message_after(coordinator, f"{url}/cancel/")
     running_job.refresh_from_db()
     assert running_job.state == JobState.CANCELLED
-    assert running_job.rounds.get(number=1).state == RoundState.FAILED
+    assert running_job.rounds.get(number=1).state == RoundState.CANCELLED
 
 
 def test_a_transition_the_state_does_not_allow_is_explained(coordinator: Client, draft_job: Job) -> None:

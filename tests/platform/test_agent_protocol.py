@@ -254,6 +254,20 @@ def test_a_refusal_is_recorded_and_the_round_closes_without_that_site(
     assert sites[2].work() is None
 
 
+def test_a_job_every_site_refuses_fails_with_each_site_and_its_reason(
+    sites: list[Site], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    job = make_job(sites[:2], min_updates=2)
+    reasons = ["the job asks for 2 rounds; the policy allows 1", "study not approved locally"]
+    for site, reason in zip(sites[:2], reasons, strict=True):
+        with django_capture_on_commit_callbacks(execute=True):
+            site.client.post(f"/api/agent/v1/jobs/{job.pk}/refuse", {"reason": reason}, format="json")
+    job.refresh_from_db()
+    assert job.state == JobState.FAILED
+    assert job.failure_reason.startswith("round 1 failed: only 1 site still takes part; the job needs 2")
+    assert f"Hospital A refused: {reasons[0]}" in job.failure_reason
+
+
 def test_aggregating_twice_changes_nothing(sites: list[Site]) -> None:
     job = make_job(sites[:1], rounds=1)
     task = sites[0].work()

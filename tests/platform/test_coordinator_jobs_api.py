@@ -185,7 +185,11 @@ def test_pause_resume_cancel(coordinator_client: APIClient, running_job: Job) ->
     assert cancelled.status_code == 200
     assert cancelled.json()["state"] == "cancelled"
     assert cancelled.json()["finished_at"] is not None
-    assert running_job.rounds.get().state == RoundState.FAILED
+    round_ = running_job.rounds.get()
+    # A person ended it: recorded as a cancellation, not as a round the sites failed.
+    assert (round_.state, round_.failure_reason) == (RoundState.CANCELLED, "job cancelled by user:carol")
+    progress = coordinator_client.get(f"{base}/progress/").json()
+    assert progress["rounds"][0]["state"] == "cancelled"
     assert coordinator_client.post(f"{base}/cancel/").status_code == 409
     kinds = list(
         AuditEvent.objects.filter(job=running_job, actor="user:carol").values_list("kind", flat=True)

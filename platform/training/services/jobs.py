@@ -222,7 +222,7 @@ def job_cancel(*, job_id: int, actor: str) -> Job:
     )
     _end_pause(job)
     job.rounds.filter(state__in=ACTIVE_STATES).update(
-        state=RoundState.FAILED, failure_reason="job cancelled", closed_at=timezone.now()
+        state=RoundState.CANCELLED, failure_reason=f"job cancelled by {actor}", closed_at=timezone.now()
     )
     return job
 

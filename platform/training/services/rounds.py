@@ -32,6 +32,7 @@ from training.models import (
     Job,
     JobState,
     ModelVersion,
+    Refusal,
     Round,
     RoundKind,
     RoundState,
@@ -105,7 +106,7 @@ def round_open(*, job: Job) -> Round | None:
         return None
     sites = _active_site_count(job)
     if sites < job.min_updates:
-        job_fail(job=job, reason=f"only {sites} sites still take part; the job needs {job.min_updates}")
+        job_fail(job=job, reason=_too_few_sites(job, sites))
         return None
     base = job.model_versions.order_by("-number").first()
     if base is None:
@@ -234,6 +235,15 @@ def round_combined_metrics(*, round_: Round) -> dict[str, float]:
     return combine_metrics(per_site) if per_site else {}
 
 
+def _too_few_sites(job: Job, sites: int) -> str:
+    """Why a job cannot go on: how many sites are left, and each refusal with its reason."""
+    left = "1 site still takes part" if sites == 1 else f"{sites} sites still take part"
+    reason = f"only {left}; the job needs {job.min_updates}"
+    refusals = Refusal.objects.filter(job=job).select_related("institution").order_by("at")
+    named = [f"{refusal.institution.name} refused: {refusal.reason}" for refusal in refusals]
+    return f"{reason} ({'; '.join(named)})" if named else reason
+
+
 def rounds_recount(*, job: Job) -> None:
     """Count a job's accepting rounds' expected sites again (after a refusal): each may
     reach its quorum at once, or fail with too few sites. Call under the job's lock."""
@@ -242,7 +252,7 @@ def rounds_recount(*, job: Job) -> None:
         round_.expected_updates = sites
         round_.save(update_fields=["expected_updates"])
         if sites < job.min_updates:
-            round_fail(round_=round_, reason=f"only {sites} sites still take part")
+            round_fail(round_=round_, reason=_too_few_sites(job, sites))
         else:
             round_advance(round_=round_)
 
