@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import pytest
 from console_support import approve_all, credential, record_update
 from django.test import Client
 from django.utils import timezone
+from world import job_make
 
 from audit.models import AuditEvent
 from federation.wire import deserialize_weights, serialize_weights
 from institutions.models import Institution
+from studies.models import Study
 from training.blobs import blob_store
 from training.models import Job, JobState, ModelVersion, RoundState
 from training.selectors import job_model_spec_get
@@ -295,3 +298,15 @@ def test_the_job_page_shows_its_privacy_and_the_epsilon_spent(
     html = coordinator.get(f"/jobs/{running_job.pk}/").content.decode()
     assert "secure aggregation, client-level DP" in html
     assert "epsilon 1.250 of 8.0" in html
+
+
+def test_a_job_is_cloned_into_the_new_job_form(coordinator: Client, study_ab: Study) -> None:
+    source = job_make(study_ab, num_rounds=7, min_updates=1, round_deadline_seconds=900)
+    html = coordinator.get(f"/jobs/{source.pk}/").content.decode()
+    clone_url = f"/studies/{study_ab.pk}/?clone={source.pk}#new-job"
+    assert f'href="{clone_url}" data-testid="clone-button"' in html
+    form = coordinator.get(clone_url.split("#")[0]).content.decode()
+    for field, value in (("num_rounds", 7), ("min_updates", 1), ("round_deadline_seconds", 900)):
+        assert re.search(rf'name="{field}" value="{value}"', form), field
+    plain = coordinator.get(f"/studies/{study_ab.pk}/?clone=999").content.decode()
+    assert re.search(r'name="num_rounds" value="10"', plain)  # an unknown job: the defaults

@@ -74,8 +74,26 @@ def _study_page(request: HttpRequest, scope: Scope, study: Study, job_form: JobF
 @console_view
 @require_safe
 def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
+    """The study; ``?clone=<job id>`` fills the new-job form with that job's settings."""
     scope = scope_of(request)
-    return _study_page(request, scope, study_get(scope=scope, study_id=study_id), None)
+    study = study_get(scope=scope, study_id=study_id)
+    return _study_page(request, scope, study, _cloned_job_form(request, scope, study))
+
+
+def _cloned_job_form(request: HttpRequest, scope: Scope, study: Study) -> JobForm | None:
+    clone = request.GET.get("clone", "")
+    if not clone.isdigit():
+        return None
+    source = job_list(scope=scope, study_id=study.pk).filter(pk=int(clone)).first()
+    if source is None:
+        return None
+    initial = {
+        "num_rounds": source.num_rounds,
+        "min_updates": source.min_updates,
+        "round_deadline_seconds": source.round_deadline_seconds,
+        "max_deadline_extensions": source.max_deadline_extensions,
+    }
+    return JobForm(participants=study.participants.count(), initial=initial)
 
 
 @console_view
