@@ -190,12 +190,12 @@ class RoundPlan:
 
         ``None`` skips the rules about that part. Raises :class:`ConfigurationError` saying why.
         """
-        reasons = (
-            self._too_few_sites_reason(num_sites),
+        reasons = (  # what cannot combine first, then whether there are sites enough
             self._secure_aggregation_reason(num_sites),
             self._client_dp_reason(),
             self._adapter_reason(),
             _sample_dp_reason(self.privacy.differential_privacy, model_kind, proximal_mu, class_weighting),
+            self._too_few_sites_reason(num_sites),
         )
         reason = next((reason for reason in reasons if reason is not None), None)
         if reason is not None:

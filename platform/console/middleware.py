@@ -52,8 +52,9 @@ class ContentSecurityPolicyMiddleware:
 
 class MethodNotAllowedPageMiddleware:
     """A console address that takes only a form's POST (start a job, create one), visited by
-    a browser, answers 405 with a console page linking to the page it belongs to, instead of
-    the browser's bare error."""
+    a browser, answers 405 with a console page linking to its section's list, instead of the
+    browser's bare error. Not to the object's own page: that page may be outside the
+    visitor's scope, and the link must not point at what they cannot see."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
@@ -62,12 +63,12 @@ class MethodNotAllowedPageMiddleware:
         response = self.get_response(request)
         if response.status_code != 405 or not is_console_request(request) or request.method != "GET":
             return response
-        page = render(request, "405.html", {"back": _parent_path(request.path)}, status=405)
+        page = render(request, "405.html", {"back": _section_path(request.path)}, status=405)
         page["Allow"] = response["Allow"]
         return page
 
 
-def _parent_path(path: str) -> str:
-    """``/jobs/3/start/`` -> ``/jobs/3/``: the page whose button posts to ``path``."""
-    parent = path.rstrip("/").rsplit("/", 1)[0]
-    return f"{parent}/"
+def _section_path(path: str) -> str:
+    """``/jobs/3/start/`` -> ``/jobs/``: the list of the section ``path`` belongs to."""
+    section = path.strip("/").split("/", 1)[0]
+    return f"/{section}/" if section else "/"

@@ -295,6 +295,7 @@ ROUTES: dict[str, Rule] = {
     "jobs/<int:job_id>/cancel/": console(GET=COORDINATORS, POST=COORDINATORS),
     "models/<int:version_id>/download": console(GET=PEOPLE),
     "audit/": console(GET=PEOPLE, queries=AUDIT_QUERIES),
+    "audit/export.csv": console(GET=PEOPLE, queries=AUDIT_QUERIES),
     **_admin_routes(),
 }
 
