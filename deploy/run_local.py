@@ -10,6 +10,8 @@ and local-only training. The last line printed is one JSON object with the figur
     python deploy/run_local.py --database-url postgresql://postgres@127.0.0.1:5432/test \\
         --broker-url redis://127.0.0.1:6379/0           # the production stack
     python deploy/run_local.py --privacy '{"secure_aggregation": true}'   # docs/privacy.md
+    python deploy/run_local.py --csv a.csv b.csv c.csv --schema schema.json --test test.csv
+                                                        # the consortium's own files, one per site
 
 Every process it starts is stopped when it ends, whatever happens.
 """
@@ -50,7 +52,14 @@ from deploy.local.bootstrap import (  # noqa: E402
     write_site,
     write_sites,
 )
-from deploy.local.figures import figures, privacy_figures  # noqa: E402
+from deploy.local.figures import figures, privacy_figures, timing_figures  # noqa: E402
+from deploy.local.own_data import (  # noqa: E402
+    OwnData,
+    own_figures,
+    own_study_body,
+    scaling_for,
+    write_csv_sites,
+)
 from deploy.local.processes import (  # noqa: E402
     BIN,
     Processes,
@@ -139,7 +148,63 @@ def finished_models(api: Api, job: Json) -> tuple[list[Json], bytes, bytes, Json
     return versions, final_blob, initial_blob, api.call("GET", f"jobs/{job['id']}/")
 
 
+def check_completed(job: Json, progress: Json) -> None:
+    state = progress["job"]["state"]
+    log(f"job {job['id']} {state}")
+    if state != "completed":
+        raise RuntimeError(f"job {job['id']} ended {state}: {progress['job'].get('failure_reason')}")
+
+
+def set_up_own_job(
+    processes: Processes, settings: Settings, own: OwnData, args: argparse.Namespace
+) -> tuple[Api, Json, Json]:
+    """As :func:`set_up_job`, each site with its own CSV file and the consortium's schema."""
+    api = Api(settings.url, create_user(settings, "coordinator", "coordinator"))
+    sites = write_csv_sites(settings.data_dir, own, settings.url)
+    institution_ids, owners = enroll_sites(api, settings, sites)
+    log(f"{len(sites)} sites enrolled ({', '.join(str(len(site.rows)) for site in sites)} rows)")
+    scaling = scaling_for(own, sites, settings.env, scale=not args.no_scaling)
+    log("feature scaling agreed from per-site sums" if scaling else "no feature scaling (--no-scaling)")
+    study = api.call("POST", "studies/", json=own_study_body(own, args, scaling, institution_ids))
+    approve_study(owners, institution_ids, study["id"])
+    job_body = {"study": study["id"], "num_rounds": args.rounds, "min_updates": len(sites)}
+    job = api.call("POST", "jobs/", json={**job_body, "round_deadline_seconds": 120})
+    start_agents(processes, settings, sites, "--exit-when-idle", "300")
+    api.call("POST", f"jobs/{job['id']}/start/")
+    log(f"job {job['id']} started: {args.rounds} rounds of {args.strategy} with {len(sites)} agents")
+    return api, study, job
+
+
+def run_own_data(args: argparse.Namespace) -> dict[str, object]:
+    """The whole federation on the consortium's files (``--csv``), ending with its figures."""
+    started = time.monotonic()
+    own = OwnData.from_args(args)
+    with running_control_plane(
+        Path(args.data_dir).resolve(), args.port, args.database_url, args.broker_url, len(own.site_files)
+    ) as (processes, settings):
+        api, study, job = set_up_own_job(processes, settings, own, args)
+        progress = follow_job(api, job["id"], args.rounds, processes, timeout=args.timeout)
+        if progress["job"]["state"] != "completed":
+            raise RuntimeError(
+                f"job {job['id']} ended {progress['job']['state']}: {progress['job'].get('failure_reason')}"
+            )
+        versions, final_blob, initial_blob, finished_job = finished_models(api, job)
+    final = [r for r in progress["rounds"] if r["kind"] == "evaluate"]
+    return {
+        **own_figures(own, study, final_blob, initial_blob, args),
+        "sites_final_evaluation": final[0]["metrics"] if final else {},
+        "rounds": sum(1 for r in progress["rounds"] if r["kind"] == "train" and r["state"] == "closed"),
+        "sites": len(own.site_files),
+        "feature_scaling": study["feature_scaling"] is not None,
+        **timing_figures(progress),
+        **privacy_figures(finished_job, versions),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
+    if args.csv:
+        return run_own_data(args)
     started = time.monotonic()
     dataset = load_builtin(args.dataset)
     shares, test_rows = split_data(dataset, args.sites, args.seed)
@@ -151,10 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         log(f"control plane at {settings.url}, data in {settings.data_dir}")
         api, study, job = set_up_job(processes, settings, dataset, shares, args)
         progress = follow_job(api, job["id"], args.rounds, processes, timeout=args.timeout)
-        state = progress["job"]["state"]
-        log(f"job {job['id']} {state}")
-        if state != "completed":
-            raise RuntimeError(f"job {job['id']} ended {state}: {progress['job'].get('failure_reason')}")
+        check_completed(job, progress)
         versions, final_blob, initial_blob, finished_job = finished_models(api, job)
     log("computing the figures: pooled and local-only baselines")
     result = figures(dataset, shares, test_rows, study, final_blob, initial_blob, progress, args, started)
@@ -176,6 +238,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database-url", help="default: SQLite in the data folder")
     parser.add_argument("--broker-url", help="default: the filesystem transport in the data folder")
     parser.add_argument("--timeout", type=float, default=900, help="seconds the job may take")
+    own = parser.add_argument_group("the consortium's own data (instead of --dataset)")
+    own.add_argument("--csv", nargs="+", metavar="FILE", help="one CSV file per site")
+    own.add_argument("--schema", metavar="FILE", help="the study's data schema (silo-agent schema suggest)")
+    own.add_argument("--test", metavar="FILE", help="rows no site holds, to score the final model on")
+    own.add_argument(
+        "--no-scaling", action="store_true", help="send no feature scaling (an explicit choice; often worse)"
+    )
     parser.add_argument(
         "--privacy",
         type=json_object,
@@ -183,7 +252,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="JSON",
         help="the study's privacy settings (docs/privacy.md), e.g. '{\"secure_aggregation\": true}'",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.csv and not args.schema:
+        parser.error("--csv needs --schema, the study's data schema (silo-agent schema suggest proposes one)")
+    if (args.schema or args.test or args.no_scaling) and not args.csv:
+        parser.error("--schema, --test and --no-scaling go with --csv")
+    return args
 
 
 def json_object(text: str) -> dict[str, object]:

@@ -139,9 +139,14 @@ def enroll_sites(api: Api, settings: Settings, sites: list[Site]) -> tuple[list[
     return institution_ids, [Api(settings.url, token) for token in in_parallel(enroll, sites)]
 
 
-def agreed_scaling(sites: list[Site], env: dict[str, str]) -> dict[str, list[float]]:
-    """Each site reports only count, sum and sum of squares per feature; combined here."""
-    reports = in_parallel(lambda site: run_agent_command(site, env, "moments"), sites)
+def agreed_scaling(
+    sites: list[Site], env: dict[str, str], *, schema: Path | None = None
+) -> dict[str, list[float]]:
+    """Each site reports only count, sum and sum of squares per feature; combined here.
+    ``schema``: the study's data schema, for sites whose data are CSV files (relative to
+    each site's folder)."""
+    options = ("--schema", str(schema)) if schema is not None else ()
+    reports = in_parallel(lambda site: run_agent_command(site, env, "moments", *options), sites)
     moments = [FeatureMoments.from_json(json.loads(report)) for report in reports]
     scaler = Standardizer.from_moments(combine_moments(moments))
     return {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
