@@ -41,9 +41,16 @@ _T = TypeVar("_T")
 
 
 def load_csv(
-    path: str | os.PathLike[str], schema: DataSchema, *, allow_missing_numeric: bool = False
+    path: str | os.PathLike[str],
+    schema: DataSchema,
+    *,
+    allow_missing_numeric: bool = False,
+    with_labels: bool = True,
 ) -> Dataset:
     """Read ``path`` (UTF-8, optional BOM) into a :class:`Dataset` shaped by ``schema``.
+
+    ``with_labels=False`` reads rows to predict: only the feature columns are required, and
+    the labels are zeros.
 
     Raises :class:`~federation.errors.DataSchemaError` if the header lacks a declared
     column, a row has the wrong number of cells, a cell cannot be parsed as its declared
@@ -56,14 +63,16 @@ def load_csv(
         raise DataSchemaError(f"{file}: cannot open ({error.strerror or error})") from error
     with handle:
         try:
-            return _read(handle, file, schema, allow_missing_numeric)
+            return _read(handle, file, schema, allow_missing_numeric, with_labels)
         except UnicodeDecodeError as error:
             raise DataSchemaError(f"{file}: not valid UTF-8 text") from error
         except csv.Error as error:
             raise DataSchemaError(f"{file}: malformed CSV ({error})") from error
 
 
-def _read(handle: TextIO, file: Path, schema: DataSchema, allow_missing_numeric: bool) -> Dataset:
+def _read(
+    handle: TextIO, file: Path, schema: DataSchema, allow_missing_numeric: bool, with_labels: bool
+) -> Dataset:
     reader = csv.reader(handle)
     header_row = next(reader, None)
     if header_row is None:
@@ -75,7 +84,7 @@ def _read(handle: TextIO, file: Path, schema: DataSchema, allow_missing_numeric:
         if name in positions:
             repeated.add(name)
         positions.setdefault(name, position)
-    required = schema.required_columns()
+    required = schema.required_columns() if with_labels else tuple(f.name for f in schema.features)
     missing = [name for name in required if name not in positions]
     if missing:
         raise DataSchemaError(f"{file}: header is missing declared column(s): {', '.join(missing)}")
@@ -87,9 +96,9 @@ def _read(handle: TextIO, file: Path, schema: DataSchema, allow_missing_numeric:
         (positions[feature.name], feature.name, _feature_parser(feature, allow_missing_numeric))
         for feature in schema.features
     ]
-    label_position = positions[schema.label]
+    label_position = positions[schema.label] if with_labels else None
     label_parser = _label_parser(schema)
-    site_position = None if schema.site_column is None else positions[schema.site_column]
+    site_position = None if schema.site_column is None or not with_labels else positions[schema.site_column]
 
     rows: list[list[float]] = []
     labels: list[float | int] = []
@@ -104,7 +113,10 @@ def _read(handle: TextIO, file: Path, schema: DataSchema, allow_missing_numeric:
         for position, column, parse in parsers:
             encoded.extend(_parse_cell(parse, row[position], file, line, column))
         rows.append(encoded)
-        labels.append(_parse_cell(label_parser, row[label_position], file, line, schema.label))
+        if label_position is not None:
+            labels.append(_parse_cell(label_parser, row[label_position], file, line, schema.label))
+        else:
+            labels.append(0)
         if site_position is not None:
             site = row[site_position].strip()
             if not site:

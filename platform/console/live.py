@@ -216,4 +216,5 @@ def _model(scope: Scope, version: ModelVersion) -> Payload:
         "metrics": version.metrics,
         "created_at": version.created_at,
         "download_url": reverse("console:model-download", args=[version.pk]),
+        "bundle_url": reverse("console:model-bundle", args=[version.pk]),
     }

@@ -46,6 +46,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/resume/", jobs.job_action, {"action": "resume"}, name="job-resume"),
     path("jobs/<int:job_id>/cancel/", jobs.job_cancel_view, name="job-cancel"),
     path("models/<int:version_id>/download", jobs.model_download, name="model-download"),
+    path("models/<int:version_id>/bundle", jobs.model_bundle, name="model-bundle"),
     # the audit trail
     path("audit/", audit.audit_log, name="audit-log"),
     path("audit/export.csv", audit.audit_export, name="audit-export"),

@@ -332,6 +332,40 @@ class ModelDownloadApi(ApiView):
         return response
 
 
+class ZipRenderer(OctetStreamRenderer):
+    """Lets a client ask for ``application/zip``; errors are still JSON."""
+
+    media_type = "application/zip"
+    format = "zip"
+
+
+class ModelBundleApi(ApiView):
+    renderer_classes = (JSONRenderer, OctetStreamRenderer, ZipRenderer)
+
+    @extend_schema(
+        tags=TAGS,
+        responses={
+            (200, "application/zip"): OpenApiResponse(
+                response=OpenApiTypes.BINARY,
+                description="the model bundle: weights, model.json (schema, scaling, class map), "
+                "provenance, metrics and a model card (docs/api.md)",
+            ),
+            **json_error_responses(401, 404),
+        },
+    )
+    def get(self, request: Request, version_id: int) -> FileResponse:
+        """Download a model version as one zip to hand over (``python -m federation.predict``)."""
+        version, data = services.model_bundle_download(
+            scope=request_scope(request), version_id=version_id, actor=request_actor(request)
+        )
+        return FileResponse(
+            io.BytesIO(data),
+            as_attachment=True,
+            content_type="application/zip",
+            filename=f"model-{version.job_id}-{version.number}-bundle.zip",
+        )
+
+
 class PrivacySpendOutputSerializer(serializers.Serializer):
     job = serializers.IntegerField(source="job_id")
     study = StudyRefSerializer(source="job.study")

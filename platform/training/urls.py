@@ -14,6 +14,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/progress/", apis.JobProgressApi.as_view(), name="job-progress"),
     path("jobs/<int:job_id>/models/", apis.JobModelListApi.as_view(), name="job-models"),
     path("models/<int:version_id>/download/", apis.ModelDownloadApi.as_view(), name="model-download"),
+    path("models/<int:version_id>/bundle/", apis.ModelBundleApi.as_view(), name="model-bundle"),
     path(
         "institutions/<int:institution_id>/privacy-ledger/",
         apis.PrivacyLedgerApi.as_view(),

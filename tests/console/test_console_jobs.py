@@ -243,8 +243,12 @@ def test_model_download_matches_its_checksum(observer: Client, running_job: Job)
     assert (event.actor, event.job_id, event.details) == (
         "user:oscar",
         running_job.pk,
-        {"version": 0, "sha256": version.sha256},
+        {"version": 0, "sha256": version.sha256, "form": "weights"},
     )
+    assert f'href="/models/{version.pk}/bundle" download' in html
+    bundle = observer.get(f"/models/{version.pk}/bundle")
+    assert bundle["Content-Type"] == "application/zip"
+    assert f"model-{running_job.pk}-0-bundle.zip" in bundle["Content-Disposition"]
 
 
 def test_a_corrupt_model_is_not_served(coordinator: Client, running_job: Job) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import zipfile
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -166,6 +169,32 @@ def test_model_download_bytes_match_the_checksums(
     assert response["Content-Disposition"] == f'attachment; filename="{expected_name}"'
     event = AuditEvent.objects.get(kind="model.downloaded")
     assert (event.actor, event.details["version"]) == ("user:alice", 0)
+
+
+def test_a_model_bundle_holds_what_applying_it_needs(
+    owner_a_client: APIClient, running_job: Job, hospital_a: Institution, hospital_b: Institution
+) -> None:
+    version = ModelVersion.objects.get(job=running_job)
+    ModelVersion.objects.filter(pk=version.pk).update(
+        provenance={"updates": [{"institution": "Hospital A"}, {"institution": "Hospital B"}]}
+    )
+    response = owner_a_client.get(f"/api/v1/models/{version.pk}/bundle/", HTTP_ACCEPT="application/zip")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(_body(response))) as archive:
+        manifest = json.loads(archive.read("model.json"))
+        weights = archive.read("model.safetensors")
+        provenance = json.loads(archive.read("provenance.json"))
+        card = archive.read("MODEL_CARD.md").decode()
+    assert hashlib.sha256(weights).hexdigest() == manifest["weights"]["sha256"] == version.sha256
+    assert manifest["data_schema"] == running_job.study.data_schema
+    assert manifest["model"] == running_job.study.model_config
+    assert manifest["job"]["id"] == running_job.pk
+    # A data owner's bundle lists only their own site's update, as the progress page does.
+    assert [u["institution"] for u in provenance["updates"]] == ["Hospital A"]
+    assert f"# Model card: {running_job.study.name}" in card
+    event = AuditEvent.objects.get(kind="model.downloaded")
+    assert (event.actor, event.details["form"]) == ("user:alice", "bundle")
 
 
 def test_corrupt_blob_is_not_served(

@@ -270,6 +270,7 @@ ROUTES: dict[str, Rule] = {
     "api/v1/jobs/<int:job_id>/progress/": api("GET"),
     "api/v1/jobs/<int:job_id>/models/": api("GET"),
     "api/v1/models/<int:version_id>/download/": api("GET"),
+    "api/v1/models/<int:version_id>/bundle/": api("GET"),
     "api/v1/me/": api("GET", gate=Gate.SIGNED_IN),
     "api/v1/audit-events/": api("GET", queries=AUDIT_QUERIES),
     # --- the web console: a signed-in session --------------------------------------------
@@ -294,6 +295,7 @@ ROUTES: dict[str, Rule] = {
     "jobs/<int:job_id>/resume/": console(POST=COORDINATORS),
     "jobs/<int:job_id>/cancel/": console(GET=COORDINATORS, POST=COORDINATORS),
     "models/<int:version_id>/download": console(GET=PEOPLE),
+    "models/<int:version_id>/bundle": console(GET=PEOPLE),
     "audit/": console(GET=PEOPLE, queries=AUDIT_QUERIES),
     "audit/export.csv": console(GET=PEOPLE, queries=AUDIT_QUERIES),
     **_admin_routes(),

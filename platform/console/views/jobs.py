@@ -16,7 +16,14 @@ from fedplatform.errors import ServiceError
 from training.blobs import BlobCorrupt
 from training.models import Job, JobState
 from training.selectors import job_get, job_list, model_version_get
-from training.services import job_cancel, job_pause, job_resume, job_start, model_version_download
+from training.services import (
+    job_cancel,
+    job_pause,
+    job_resume,
+    job_start,
+    model_bundle_download,
+    model_version_download,
+)
 
 TRANSITIONS = {"start": job_start, "pause": job_pause, "resume": job_resume, "cancel": job_cancel}
 DONE_MESSAGES = {
@@ -90,6 +97,24 @@ def job_cancel_view(request: HttpRequest, job_id: int) -> HttpResponseBase:
     if request.method == "POST":
         return _transition(request, job, "cancel")
     return page(request, "console/jobs/cancel.html", {"job": job}, section="jobs")
+
+
+@console_view
+@require_GET
+def model_bundle(request: HttpRequest, version_id: int) -> HttpResponseBase:
+    """A model version as one zip to hand over (weights, schema, scaling, card)."""
+    scope = scope_of(request)
+    try:
+        version, data = model_bundle_download(scope=scope, version_id=version_id, actor=actor_of(request))
+    except BlobCorrupt as error:
+        messages.error(request, f"The model cannot be downloaded: {error.message}.")
+        return redirect(
+            "console:job-detail", job_id=model_version_get(scope=scope, version_id=version_id).job_id
+        )
+    filename = f"model-{version.job_id}-{version.number}-bundle.zip"
+    return FileResponse(
+        io.BytesIO(data), as_attachment=True, content_type="application/zip", filename=filename
+    )
 
 
 @console_view

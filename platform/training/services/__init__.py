@@ -31,6 +31,7 @@ from training.services.jobs import (
     job_refuse,
     job_resume,
     job_start,
+    model_bundle_download,
     model_version_download,
 )
 from training.services.rounds import (
@@ -68,6 +69,7 @@ __all__ = [
     "job_refuse",
     "job_resume",
     "job_start",
+    "model_bundle_download",
     "model_version_download",
     "round_aggregate",
     "round_fail_aggregation",

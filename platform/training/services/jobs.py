@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from accounts.selectors import Scope
 from audit.services import audit_record
+from federation.bundle import BundleContents, write_bundle
 from federation.models import TextModelConfig, initial_weights, model_config_from_json
 from federation.types import ModelSpec, Weights
 from federation.wire import serialize_weights
@@ -28,9 +29,10 @@ from training.models import (
     ModelVersion,
     Refusal,
     Round,
+    RoundKind,
     RoundState,
 )
-from training.selectors import model_version_get
+from training.selectors import job_epsilon_spent, model_version_get, provenance_visible
 from training.services.rounds import job_fail, job_lock, round_open, rounds_recount
 
 #: The most rounds a job may have, and the longest round deadline: the API and the
@@ -248,15 +250,55 @@ def job_refuse(*, job_id: int, credential: AgentCredential, reason: str) -> Refu
     return refusal
 
 
-def model_version_download(*, scope: Scope, version_id: int, actor: str) -> tuple[ModelVersion, bytes]:
+def model_version_download(
+    *, scope: Scope, version_id: int, actor: str, form: str = "weights"
+) -> tuple[ModelVersion, bytes]:
     """A global model's bytes, checked against its digest (BlobCorrupt if they differ), and
-    the download recorded in the audit trail: who took which model out."""
+    the download recorded in the audit trail: who took which model out, in which form."""
     version = model_version_get(scope=scope, version_id=version_id)
     data = blob_store().read(version.sha256)
     audit_record(
         actor=actor,
         kind="model.downloaded",
         job=version.job,
-        details={"version": version.number, "sha256": version.sha256},
+        details={"version": version.number, "sha256": version.sha256, "form": form},
     )
     return version, data
+
+
+def model_bundle_download(*, scope: Scope, version_id: int, actor: str) -> tuple[ModelVersion, bytes]:
+    """A model version as one zip (:mod:`federation.bundle`): the weights, what applying them
+    needs (schema, scaling, class map), its provenance as the person may see it, the sites'
+    metrics and a generated model card."""
+    version, weights = model_version_download(scope=scope, version_id=version_id, actor=actor, form="bundle")
+    job, study = version.job, version.job.study
+    rounds = job.rounds.filter(kind=RoundKind.TRAIN, state=RoundState.CLOSED).order_by("number")
+    contents = BundleContents(
+        weights=weights,
+        study={
+            "name": study.name,
+            "description": study.description,
+            "model": study.model_config,
+            "data_schema": study.data_schema,
+            "feature_scaling": study.feature_scaling,
+            "strategy": study.strategy,
+            "privacy": {**study.privacy, "epsilon_spent": job_epsilon_spent(job=job)},
+            "training": study.training,
+        },
+        job={
+            "id": job.pk,
+            "num_rounds": job.num_rounds,
+            "rounds_done": rounds.count(),
+            "sites": study.participants.count(),
+            "state": job.state,
+        },
+        version={
+            "number": version.number,
+            "sha256": version.sha256,
+            "made_by_round": version.made_by_round.number if version.made_by_round else None,
+        },
+        provenance=provenance_visible(scope=scope, version=version),
+        metrics=version.metrics,
+        rounds=[{"number": r.number, "received": r.updates.count(), "metrics": r.metrics} for r in rounds],
+    )
+    return version, write_bundle(contents)

@@ -196,9 +196,12 @@
     } else {
       provenance.appendChild(element("span", { className: "muted", text: "–" }));
     }
-    var link = element("a", { className: "button button--secondary button--small", text: "Download", data: { testid: "download-model" } });
+    var link = element("a", { className: "button button--secondary button--small", text: "Weights", data: { testid: "download-model" } });
     link.href = model.download_url;
     link.setAttribute("download", "");
+    var bundle = element("a", { className: "button button--secondary button--small", text: "Bundle", title: "weights, schema, scaling, metrics and a model card", data: { testid: "download-bundle" } });
+    bundle.href = model.bundle_url;
+    bundle.setAttribute("download", "");
     return element("tr", { data: { testid: "model-row", version: model.number } }, [
       cell(model.number, "num strong"),
       element("td", { className: "mono", text: model.sha256_short, title: model.sha256 }),
@@ -208,7 +211,7 @@
       provenance,
       chips(model.metrics),
       cell(formatSize(model.size), "num nowrap"),
-      element("td", { className: "actions" }, [link])
+      element("td", { className: "actions" }, [link, document.createTextNode(" "), bundle])
     ]);
   }
 
