@@ -76,6 +76,15 @@ class JobForm(forms.Form):
         label="Deadline extensions",
         help_text="How often a round below quorum gets more time before the job fails.",
     )
+    early_stopping_rounds = forms.IntegerField(
+        min_value=1,
+        max_value=MAX_ROUNDS,
+        required=False,
+        label="Early stopping (rounds)",
+        help_text=(
+            "Optional: stop training once the sites' validation loss has not improved for this many rounds."
+        ),
+    )
 
     def __init__(self, *args: object, participants: int, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

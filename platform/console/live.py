@@ -21,6 +21,7 @@ from training.models import Job, JobState, ModelVersion, RoundKind, RoundState, 
 from training.selectors import (
     RoundProgress,
     SiteProgress,
+    best_model_version,
     job_epsilon_spent,
     job_progress,
     model_version_list,
@@ -61,13 +62,14 @@ def job_live(*, scope: Scope, job: Job) -> Payload:
         answered[update.round.number].add(update.institution_id)
     charts = chart_metrics(str(job.study.model_config.get("task", Task.BINARY)))
     rounds = [_round(round_, answered[round_.number], progress.sites, charts) for round_ in progress.rounds]
+    best = best_model_version(job=job)
     return {
         "job": _job(job, progress.rounds),
         "rounds": rounds,
         "longest_round_seconds": max((r.duration_seconds for r in progress.rounds), default=0.0),
         "full_model_bytes": progress.full_model_bytes,
         "sites": _sites(progress.sites, updates),
-        "models": [_model(scope, version) for version in model_version_list(job=job)],
+        "models": [_model(scope, version, best) for version in model_version_list(job=job)],
         "charts": charts,
         "server_time": timezone.now(),
     }
@@ -187,7 +189,7 @@ def _sites(sites: list[SiteProgress], updates: Iterable[Update]) -> list[Payload
     ]
 
 
-def _model(scope: Scope, version: ModelVersion) -> Payload:
+def _model(scope: Scope, version: ModelVersion, best: ModelVersion | None) -> Payload:
     provenance = provenance_visible(scope=scope, version=version)
     updates = provenance.get("updates")
     visible_updates = updates if isinstance(updates, list) else []
@@ -217,4 +219,6 @@ def _model(scope: Scope, version: ModelVersion) -> Payload:
         "created_at": version.created_at,
         "download_url": reverse("console:model-download", args=[version.pk]),
         "bundle_url": reverse("console:model-bundle", args=[version.pk]),
+        # The lowest loss on the sites' validation rows so far.
+        "best": best is not None and best.pk == version.pk,
     }

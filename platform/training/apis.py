@@ -49,7 +49,14 @@ class JobOutputSerializer(serializers.Serializer):
         source="plan.privacy.to_json", help_text="the study's privacy settings with this job's noise resolved"
     )
     training_stopped_after = serializers.IntegerField(
-        allow_null=True, help_text="last training round when the privacy budget ended training early"
+        allow_null=True,
+        help_text="last training round when training ended early (the privacy budget, or early stopping)",
+    )
+    early_stopping_rounds = serializers.IntegerField(
+        allow_null=True, help_text="rounds without a better validation loss before training ends; null: never"
+    )
+    best_version = serializers.SerializerMethodField(
+        help_text="number of the model version with the lowest validation loss the sites measured"
     )
     epsilon_spent = serializers.SerializerMethodField(
         help_text="the most any site has spent of its privacy in this job; null without DP"
@@ -64,6 +71,10 @@ class JobOutputSerializer(serializers.Serializer):
 
     def get_epsilon_spent(self, job: Job) -> float | None:
         return selectors.job_epsilon_spent(job=job)
+
+    def get_best_version(self, job: Job) -> int | None:
+        best = selectors.best_model_version(job=job)
+        return None if best is None else best.number
 
 
 class JobListApi(ApiView):
@@ -102,6 +113,14 @@ class JobCreateApi(ApiView):
             min_value=1, max_value=services.MAX_DEADLINE_SECONDS, default=600
         )
         max_deadline_extensions = serializers.IntegerField(min_value=0, max_value=100, default=1)
+        early_stopping_rounds = serializers.IntegerField(
+            min_value=1,
+            max_value=services.MAX_ROUNDS,
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="end training once the sites' validation loss has not improved for this many rounds",
+        )
 
         class Meta:
             ref_name = "JobCreate"

@@ -40,7 +40,14 @@ class Job(models.Model):
         "resolved for this job, and the model spec (federation.rounds.RoundPlan)"
     )
     training_stopped_after = models.PositiveIntegerField(
-        null=True, blank=True, help_text="last training round when the privacy budget ended training early"
+        null=True,
+        blank=True,
+        help_text="last training round when training ended early (the privacy budget, or early stopping)",
+    )
+    early_stopping_rounds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="end training once the sites' validation loss has not improved for this many rounds",
     )
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)

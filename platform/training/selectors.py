@@ -253,6 +253,32 @@ def privacy_ledger(*, institution: Institution) -> PrivacyLedger:
     )
 
 
+#: The sites' validation loss of a model version, by task: the first one its metrics hold.
+VALIDATION_LOSSES = ("log_loss", "mse")
+
+
+def version_validation_loss(version: ModelVersion) -> float | None:
+    """The loss the sites measured on their validation rows for ``version`` (the next
+    round's ``global_`` metrics), or None before they have."""
+    for name in VALIDATION_LOSSES:
+        value = version.metrics.get(name)
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
+def measured_versions(*, job: Job) -> list[tuple[ModelVersion, float]]:
+    """The job's model versions the sites have evaluated, in order, with their loss."""
+    versions = job.model_versions.order_by("number")
+    return [(v, loss) for v in versions if (loss := version_validation_loss(v)) is not None]
+
+
+def best_model_version(*, job: Job) -> ModelVersion | None:
+    """The version with the lowest validation loss (the earliest of equals)."""
+    measured = measured_versions(job=job)
+    return min(measured, key=lambda pair: pair[1])[0] if measured else None
+
+
 def job_epsilon_spent(*, job: Job) -> float | None:
     """The most any site has spent in ``job`` (None: the job uses no DP). Jobs from
     :func:`job_list` carry it annotated; others cost one query."""

@@ -314,3 +314,16 @@ def test_a_job_is_cloned_into_the_new_job_form(coordinator: Client, study_ab: St
         assert re.search(rf'name="{field}" value="{value}"', form), field
     plain = coordinator.get(f"/studies/{study_ab.pk}/?clone=999").content.decode()
     assert re.search(r'name="num_rounds" value="10"', plain)  # an unknown job: the defaults
+
+
+def test_the_best_version_is_marked_and_early_stopping_can_be_set(
+    coordinator: Client, running_job: Job, study_ab: Study
+) -> None:
+    ModelVersion.objects.filter(job=running_job, number=0).update(metrics={"log_loss": 0.4})
+    live = coordinator.get(f"/jobs/{running_job.pk}/live.json").json()
+    assert [model["best"] for model in live["models"]] == [True]
+    assert 'data-testid="best-version"' in coordinator.get(f"/jobs/{running_job.pk}/").content.decode()
+    body = {"num_rounds": "5", "min_updates": "2", "round_deadline_seconds": "600"}
+    body |= {"max_deadline_extensions": "1", "early_stopping_rounds": "3"}
+    coordinator.post(f"/studies/{study_ab.pk}/jobs/", body)
+    assert Job.objects.order_by("-pk").first().early_stopping_rounds == 3  # type: ignore[union-attr]

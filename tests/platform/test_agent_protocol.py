@@ -18,7 +18,7 @@ from federation.wire import deserialize_weights, serialize_weights
 from institutions import services as institution_services
 from institutions.models import Institution
 from training import services as training_services
-from training.models import JobState, ModelVersion, Refusal, Round, RoundKind, RoundState, Update
+from training.models import Job, JobState, ModelVersion, Refusal, Round, RoundKind, RoundState, Update
 
 pytestmark = pytest.mark.django_db
 
@@ -387,3 +387,27 @@ def test_an_aggregation_that_keeps_dying_fails_its_round_after_a_bounded_number_
     job.refresh_from_db()
     assert job.state == JobState.FAILED
     assert "attempts" in job.failure_reason
+
+
+def test_training_stops_early_once_the_validation_loss_stops_improving(
+    sites: list[Site], coordinator_client: APIClient, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    """Versions 0..3 score 0.7, 0.5, 0.6, 0.65 on the sites' validation rows: with a patience
+    of 2, training ends after round 4 (version 1 unbeaten for two versions) and the final
+    evaluation follows; version 1 is the best."""
+    job = make_job(sites[:1], rounds=10)
+    Job.objects.filter(pk=job.pk).update(early_stopping_rounds=2)
+    for loss in (0.7, 0.5, 0.6, 0.65):
+        task = sites[0].work()
+        assert task["kind"] == "train"
+        metrics = {"global_log_loss": loss, "global_accuracy": 0.8, "local_accuracy": 0.8}
+        with django_capture_on_commit_callbacks(execute=True):
+            assert (
+                sites[0].upload(task, trained(sites[0].model(task), 0.1), metrics=metrics).status_code == 201
+            )
+    assert sites[0].work()["kind"] == "evaluate"
+    job.refresh_from_db()
+    assert job.training_stopped_after == 4
+    event = AuditEvent.objects.get(job=job, kind="job.early_stopped")
+    assert (event.details["best_version"], event.details["rounds_without_improvement"]) == (1, 2)
+    assert coordinator_client.get(f"/api/v1/jobs/{job.pk}/").json()["best_version"] == 1

@@ -92,6 +92,7 @@ def _cloned_job_form(request: HttpRequest, scope: Scope, study: Study) -> JobFor
         "min_updates": source.min_updates,
         "round_deadline_seconds": source.round_deadline_seconds,
         "max_deadline_extensions": source.max_deadline_extensions,
+        "early_stopping_rounds": source.early_stopping_rounds,
     }
     return JobForm(participants=study.participants.count(), initial=initial)
 

@@ -50,6 +50,7 @@ def job_create(
     round_deadline_seconds: int,
     max_deadline_extensions: int,
     actor: str,
+    early_stopping_rounds: int | None = None,
 ) -> Job:
     participants = study.participants.count()
     if not 1 <= min_updates <= participants:
@@ -70,6 +71,7 @@ def job_create(
         min_updates=min_updates,
         round_deadline_seconds=round_deadline_seconds,
         max_deadline_extensions=max_deadline_extensions,
+        early_stopping_rounds=early_stopping_rounds,
         created_by=actor,
     )
     audit_record(

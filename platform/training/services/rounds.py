@@ -37,7 +37,12 @@ from training.models import (
     RoundKind,
     RoundState,
 )
-from training.selectors import approved_site_id_list, counted_update_list, job_model_spec_get
+from training.selectors import (
+    approved_site_id_list,
+    counted_update_list,
+    job_model_spec_get,
+    measured_versions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +104,8 @@ def round_open(*, job: Job) -> Round | None:
     number = (last.number + 1) if last else 1
     if number <= job.last_training_round:
         _training_stop_if_over_budget(job, number)
+    if number <= job.last_training_round:
+        _training_stop_if_not_improving(job, number)
     if number > job.last_training_round + 1:
         job.state, job.finished_at = JobState.COMPLETED, timezone.now()
         job.save(update_fields=["state", "finished_at"])
@@ -138,6 +145,34 @@ def _secure_round_init(job: Job, number: int, base: ModelVersion) -> dict[str, o
         spec=job_model_spec_get(job=job),
         plan=job.plan,
         sites=_active_site_count(job),
+    )
+
+
+def _training_stop_if_not_improving(job: Job, number: int) -> None:
+    """Early stopping: end training before round ``number`` once the sites' validation loss
+    has not improved on its best for ``early_stopping_rounds`` evaluated versions."""
+    patience = job.early_stopping_rounds
+    if not patience:
+        return
+    measured = measured_versions(job=job)
+    losses = [loss for _, loss in measured]
+    if len(losses) <= patience:
+        return
+    best = losses.index(min(losses))
+    if len(losses) - 1 - best < patience:
+        return
+    job.training_stopped_after = number - 1
+    job.save(update_fields=["training_stopped_after"])
+    audit_record(
+        actor="system",
+        kind="job.early_stopped",
+        job=job,
+        details={
+            "round": number - 1,
+            "best_version": measured[best][0].number,
+            "best_loss": losses[best],
+            "rounds_without_improvement": len(losses) - 1 - best,
+        },
     )
 
 

@@ -202,8 +202,13 @@
     var bundle = element("a", { className: "button button--secondary button--small", text: "Bundle", title: "weights, schema, scaling, metrics and a model card", data: { testid: "download-bundle" } });
     bundle.href = model.bundle_url;
     bundle.setAttribute("download", "");
+    var number = element("td", { className: "num strong", text: String(model.number) });
+    if (model.best) {
+      number.appendChild(document.createTextNode(" "));
+      number.appendChild(element("span", { className: "badge badge--success", text: "best", title: "lowest loss on the sites' validation rows", data: { testid: "best-version" } }));
+    }
     return element("tr", { data: { testid: "model-row", version: model.number } }, [
-      cell(model.number, "num strong"),
+      number,
       element("td", { className: "mono", text: model.sha256_short, title: model.sha256 }),
       cell(model.parent_number === null ? "–" : model.parent_number, "num"),
       cell(model.made_by_round === null ? "–" : model.made_by_round, "num"),
