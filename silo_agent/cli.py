@@ -334,6 +334,7 @@ def _client(config: AgentConfig, runtime: Runtime, *, key: str | None) -> AgentC
         rng=runtime.rng,
         sleep=runtime.sleep,
         transport=runtime.transport,
+        policy_limits=config.policy.limits(),
     )
 
 

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 import httpx
 
+from federation.policy_limits import PolicyLimits
 from silo_agent import __version__
 from silo_agent.credential import Credential, Institution
 from silo_agent.errors import ApiError, CredentialRejectedError, ServerUnreachableError, TaskError
@@ -128,8 +129,12 @@ class AgentClient:
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        policy_limits: PolicyLimits | None = None,
     ) -> None:
         self.server_url = server_url.rstrip("/")
+        #: Reported with each heartbeat, so that the server can warn before a job this site
+        #: would refuse starts.
+        self._policy_limits = policy_limits
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         self._sleep = sleep
@@ -176,7 +181,10 @@ class AgentClient:
 
     def heartbeat(self) -> str:
         """Tell the server this agent is alive; returns the server's time."""
-        answer = self._json_call("heartbeat", "POST", "heartbeat", json={"agent_version": __version__})
+        body: dict[str, object] = {"agent_version": __version__}
+        if self._policy_limits is not None:
+            body["policy"] = self._policy_limits.to_json()
+        answer = self._json_call("heartbeat", "POST", "heartbeat", json=body)
         return str(answer.get("server_time", ""))
 
     def me(self) -> ServerView:

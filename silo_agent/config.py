@@ -20,12 +20,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from federation.models.lora import SiteModelOptions
+from federation.policy_limits import WILDCARD, PolicyLimits
 from silo_agent.errors import ConfigError
 
 #: The API bounds the long-poll wait to 0..30 seconds.
 MAX_POLL_WAIT_SECONDS = 30
-#: Model kinds and strategy names stand for "any" when the list holds this entry.
-WILDCARD = "*"
 
 _TOP_LEVEL_KEYS = {
     "server_url",
@@ -105,6 +104,18 @@ class Policy:
     allowed_strategies: tuple[str, ...] = (WILDCARD,)
     privacy: PrivacyPolicy = PrivacyPolicy()
     filters: UpdateFilters = UpdateFilters()
+
+    def limits(self) -> PolicyLimits:
+        """The limits a job can be checked against before it starts (reported with heartbeats)."""
+        return PolicyLimits(
+            max_rounds=self.max_rounds,
+            max_epochs=self.max_epochs,
+            allowed_model_kinds=self.allowed_model_kinds,
+            allowed_strategies=self.allowed_strategies,
+            require_secure_aggregation=self.privacy.require_secure_aggregation,
+            require_differential_privacy=self.privacy.require_differential_privacy,
+            max_epsilon=self.privacy.max_epsilon,
+        )
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from federation.policy_limits import WILDCARD, limits_refusal, privacy_demand_refusal
 from federation.privacy.settings import PrivacySettings
-from silo_agent.config import WILDCARD, Policy, PrivacyPolicy
+from silo_agent.config import Policy, PrivacyPolicy
 from silo_agent.tasks import TaskKind, WorkTask
 
 #: Whether this agent version runs the secure-aggregation protocol.
@@ -35,15 +36,19 @@ def check_task(policy: Policy, task: WorkTask, server_approved_study_ids: Collec
     institution's data owner (``GET me``); they count only where the policy says ``"*"``.
     """
     study = task.study
+    if study.privacy is None:
+        return f"the study's privacy settings are not understood by this agent: {study.privacy_problem}"
     checks = (
         _study_reason(policy, task, server_approved_study_ids),
-        _limit_reason("rounds", task.total_rounds, policy.max_rounds, "policy.max_rounds"),
-        _limit_reason(
-            "local epochs per round", study.training.epochs, policy.max_epochs, "policy.max_epochs"
+        limits_refusal(
+            policy.limits(),
+            rounds=task.total_rounds,
+            epochs=study.training.epochs,
+            model_kind=study.model_kind,
+            strategy=study.strategy_name,
+            privacy=study.privacy,
         ),
-        _listed_reason("model kind", study.model_kind, policy.allowed_model_kinds, "allowed_model_kinds"),
-        _listed_reason("strategy", study.strategy_name, policy.allowed_strategies, "allowed_strategies"),
-        privacy_reason(policy.privacy, study.privacy, study.privacy_problem),
+        _agent_privacy_reason(study.privacy),
         _secure_round_reason(task),
     )
     return next((reason for reason in checks if reason is not None), None)
@@ -54,14 +59,12 @@ def privacy_reason(policy: PrivacyPolicy, settings: PrivacySettings | None, prob
     ``problem``) fall short of the hospital's demands or ask for what this agent cannot do."""
     if settings is None:
         return f"the study's privacy settings are not understood by this agent: {problem}"
-    if policy.require_secure_aggregation and not settings.secure_aggregation:
-        return "the hospital's policy requires secure aggregation and the study does not use it"
-    if policy.require_differential_privacy and not settings.uses_dp:
-        return "the hospital's policy requires differential privacy and the study does not use it"
-    if settings.budget > policy.max_epsilon:
-        limit = policy.max_epsilon
-        budget = settings.budget
-        return f"the study's privacy budget (epsilon {budget}) exceeds policy.privacy.max_epsilon {limit}"
+    return privacy_demand_refusal(Policy(approved_studies=(), privacy=policy).limits(), settings) or (
+        _agent_privacy_reason(settings)
+    )
+
+
+def _agent_privacy_reason(settings: PrivacySettings) -> str | None:
     if settings.secure_aggregation and not SUPPORTS_SECURE_AGGREGATION:
         return "the study asks for secure aggregation, which this agent version does not run"
     return None
@@ -87,15 +90,3 @@ def _study_reason(policy: Policy, task: WorkTask, server_approved: Collection[in
     return (
         f"study {study.name!r} (id {study.id}) is not approved by this hospital's policy (approved_studies)"
     )
-
-
-def _limit_reason(what: str, asked: int, limit: int, key: str) -> str | None:
-    if asked > limit:
-        return f"the job asks for {asked} {what}; the hospital's policy allows at most {limit} ({key})"
-    return None
-
-
-def _listed_reason(what: str, asked: str, allowed: tuple[str, ...], key: str) -> str | None:
-    if WILDCARD in allowed or asked in allowed:
-        return None
-    return f"{what} {asked!r} is not allowed by the hospital's policy (policy.{key}: {', '.join(allowed)})"

@@ -93,6 +93,9 @@ class EnrollApi(APIView):
 class HeartbeatApi(AgentView):
     class AgentHeartbeatInputSerializer(serializers.Serializer):
         agent_version = serializers.CharField(max_length=50, default="", allow_blank=True)
+        policy = serializers.DictField(
+            required=False, help_text="the limits of the site's policy (federation.policy_limits)"
+        )
 
     class AgentHeartbeatOutputSerializer(serializers.Serializer):
         server_time = serializers.DateTimeField()

@@ -23,6 +23,7 @@ from training.selectors import (
     SiteProgress,
     best_model_version,
     job_epsilon_spent,
+    job_launch_warnings,
     job_progress,
     model_version_list,
     provenance_visible,
@@ -110,6 +111,10 @@ def _job(job: Job, rounds: list[RoundProgress]) -> Payload:
         "terminal": job.state in TERMINAL_STATES,
         "actions": allowed_actions(job.state),
         "privacy": privacy_summary(job),
+        "launch_warnings": [
+            {"institution": warning.institution, "reason": warning.reason}
+            for warning in (job_launch_warnings(job=job) if job.state == JobState.DRAFT else [])
+        ],
     }
 
 

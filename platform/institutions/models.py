@@ -44,6 +44,9 @@ class AgentCredential(models.Model):
     last_seen_at = models.DateTimeField(null=True, blank=True)
     agent_version = models.CharField(max_length=50, blank=True)
     hostname = models.CharField(max_length=200, blank=True)
+    #: The limits of the site's policy, as its last heartbeat reported them
+    #: (federation.policy_limits); {} until it has.
+    policy = models.JSONField(default=dict, blank=True)
 
     @property
     def is_active(self) -> bool:

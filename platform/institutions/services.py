@@ -19,7 +19,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from fedplatform.errors import Conflict, NotFound, Unauthenticated
+from federation.errors import ConfigurationError
+from federation.policy_limits import PolicyLimits
+from fedplatform.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from institutions.models import AgentCredential, EnrollmentToken, Institution
 from institutions.names import check_institution_name, institution_name_key
 
@@ -146,9 +148,17 @@ def credential_revoke(*, credential_id: int, actor: str) -> AgentCredential:
     return credential
 
 
-def credential_touch(*, credential: AgentCredential, agent_version: str | None = None) -> None:
-    """Record a heartbeat (no audit event: heartbeats are not changes of state)."""
+def credential_touch(
+    *, credential: AgentCredential, agent_version: str | None = None, policy: dict[str, object] | None = None
+) -> None:
+    """Record a heartbeat (no audit event: heartbeats are not changes of state), with the
+    limits of the site's policy if it reported them."""
     fields: dict[str, object] = {"last_seen_at": timezone.now()}
     if agent_version:
         fields["agent_version"] = agent_version[:50]
+    if policy is not None:
+        try:
+            fields["policy"] = PolicyLimits.from_json(policy).to_json()
+        except ConfigurationError as error:
+            raise InvalidInput(str(error)) from None
     AgentCredential.objects.filter(pk=credential.pk).update(**fields)

@@ -58,6 +58,9 @@ class JobOutputSerializer(serializers.Serializer):
     best_version = serializers.SerializerMethodField(
         help_text="number of the model version with the lowest validation loss the sites measured"
     )
+    launch_warnings = serializers.SerializerMethodField(
+        help_text="before a job starts: each site whose reported policy will refuse it, and the rule"
+    )
     epsilon_spent = serializers.SerializerMethodField(
         help_text="the most any site has spent of its privacy in this job; null without DP"
     )
@@ -71,6 +74,13 @@ class JobOutputSerializer(serializers.Serializer):
 
     def get_epsilon_spent(self, job: Job) -> float | None:
         return selectors.job_epsilon_spent(job=job)
+
+    def get_launch_warnings(self, job: Job) -> list[dict[str, str]]:
+        if job.state != JobState.DRAFT:
+            return []
+        return [
+            {"institution": w.institution, "reason": w.reason} for w in selectors.job_launch_warnings(job=job)
+        ]
 
     def get_best_version(self, job: Job) -> int | None:
         best = selectors.best_model_version(job=job)

@@ -12,6 +12,7 @@ from django.utils import timezone
 from accounts.selectors import Scope, scope_queryset
 from federation.errors import ConfigurationError
 from federation.models import TextModelConfig, model_config_from_json
+from federation.policy_limits import PolicyLimits, limits_refusal
 from federation.types import ModelSpec
 from fedplatform.errors import NotFound
 from institutions.models import AgentCredential, Institution
@@ -291,6 +292,46 @@ def job_epsilon_spent(*, job: Job) -> float | None:
 
 
 # --- what the round services read ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchWarning:
+    """A site that will refuse a job, and why (from the limits its agent last reported)."""
+
+    institution: str
+    reason: str
+
+
+def job_launch_warnings(*, job: Job) -> list[LaunchWarning]:
+    """Before a job starts: each participating site whose reported policy refuses it, with
+    the rule, or whose agent has reported nothing yet. Which studies a site approves stays
+    at the site; the study's approvals on the server cover that."""
+    study = job.study
+    shape = {
+        "rounds": job.num_rounds,
+        "epochs": int(study.training.get("epochs", 1)),
+        "model_kind": str(study.model_config.get("kind", "")),
+        "strategy": study.strategy,
+        "privacy": job.plan.privacy,
+    }
+    warnings = []
+    for participant in study.participants.select_related("institution").order_by("institution__name"):
+        name = participant.institution.name
+        reported = _reported_limits(participant.institution)
+        if reported is None:
+            warnings.append(LaunchWarning(name, "no agent of this site has reported its policy yet"))
+            continue
+        reason = limits_refusal(reported, **shape)
+        if reason is not None:
+            warnings.append(LaunchWarning(name, reason))
+    return warnings
+
+
+def _reported_limits(institution: Institution) -> PolicyLimits | None:
+    """The limits the institution's most recently seen active agent reported."""
+    credentials = AgentCredential.objects.filter(institution=institution, revoked_at__isnull=True)
+    latest = credentials.exclude(policy={}).order_by("-last_seen_at").first()
+    return None if latest is None else PolicyLimits.from_json(latest.policy)
 
 
 def approved_site_id_list(*, job: Job) -> set[int]:

@@ -16,7 +16,7 @@ from world import job_make
 
 from audit.models import AuditEvent
 from federation.wire import deserialize_weights, serialize_weights
-from institutions.models import Institution
+from institutions.models import AgentCredential, Institution
 from studies.models import Study
 from training.blobs import blob_store
 from training.models import Job, JobState, ModelVersion, RoundState
@@ -327,3 +327,13 @@ def test_the_best_version_is_marked_and_early_stopping_can_be_set(
     body |= {"max_deadline_extensions": "1", "early_stopping_rounds": "3"}
     coordinator.post(f"/studies/{study_ab.pk}/jobs/", body)
     assert Job.objects.order_by("-pk").first().early_stopping_rounds == 3  # type: ignore[union-attr]
+
+
+def test_a_draft_job_warns_which_site_will_refuse_it(
+    coordinator: Client, draft_job: Job, hospital_a: Institution
+) -> None:
+    AgentCredential.objects.filter(pk=credential(hospital_a).pk).update(policy={"max_rounds": 1})
+    html = coordinator.get(f"/jobs/{draft_job.pk}/").content.decode()
+    assert 'data-testid="launch-warnings"' in html
+    assert f"<strong>Hospital A</strong>: the job asks for {draft_job.num_rounds} rounds" in html
+    assert "<strong>Hospital B</strong>: no agent of this site has reported its policy yet" in html

@@ -136,6 +136,7 @@ class FakeServer:
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     heartbeat_times: list[float] = field(default_factory=list)
+    heartbeat_bodies: list[dict[str, object]] = field(default_factory=list)
     enroll_bodies: list[dict[str, object]] = field(default_factory=list)
     upload_attempts: list[UploadAttempt] = field(default_factory=list)
     stored_updates: dict[int, bytes] = field(default_factory=dict)
@@ -188,6 +189,7 @@ class FakeServer:
         parts = path.split("/")
         if path == "heartbeat":
             self.heartbeat_times.append(self.clock())
+            self.heartbeat_bodies.append(json.loads(request.content))
             return httpx.Response(200, json={"server_time": "2026-11-24T10:00:00Z"})
         if path == "me":
             return httpx.Response(200, json=self._me())

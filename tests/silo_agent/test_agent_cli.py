@@ -120,6 +120,16 @@ def test_run_heartbeats_at_start_and_at_most_every_30_seconds(tmp_path, server):
     assert server.clock() - started >= 100
 
 
+def test_heartbeats_report_the_limits_of_the_sites_policy(tmp_path, server):
+    policy = 'approved_studies = ["*"]\nmax_rounds = 12\n[policy.privacy]\nrequire_secure_aggregation = true'
+    site = write_site(tmp_path, policy=policy)
+    assert run(server, "run", "--config", str(site.config_path), "--once") == 0
+    reported = server.heartbeat_bodies[0]["policy"]
+    assert (reported["max_rounds"], reported["require_secure_aggregation"]) == (12, True)
+    assert reported["max_epsilon"] is None  # no cap
+    assert "approved_studies" not in reported  # which studies it approves stays at the site
+
+
 def test_run_once_handles_one_task_only(tmp_path, server):
     site = write_site(tmp_path)
     model = global_model_bytes()

@@ -104,6 +104,8 @@
   /* --- the job's header, progress and controls ------------------------------------- */
 
   function renderJob(job) {
+    var warnings = document.querySelector("[data-testid='launch-warnings']");
+    if (warnings) { warnings.hidden = job.state !== "draft"; }
     var state = document.getElementById("job-state");
     if (state) { state.textContent = ""; state.appendChild(badge(job.state, "job-state")); }
     document.querySelectorAll("[data-action]").forEach(function (control) {
