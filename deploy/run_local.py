@@ -125,13 +125,14 @@ def set_up_job(
     api = Api(settings.url, create_user(settings, "coordinator", "coordinator"))
     sites = write_sites(settings.data_dir, shares, args.dataset, settings.url)
     institution_ids, owners = enroll_sites(api, settings, sites)
+    # Running from here on, as at a hospital: ready (libraries, data) before any job exists.
+    start_agents(processes, settings, sites, "--exit-when-idle", "300")
     log(f"{len(sites)} sites enrolled; agreeing feature scaling from per-site sums")
     scaling = agreed_scaling(sites, settings.env)
     study = api.call("POST", "studies/", json=study_body(dataset, args, scaling, institution_ids))
     approve_study(owners, institution_ids, study["id"])
     job_body = {"study": study["id"], "num_rounds": args.rounds, "min_updates": args.sites}
     job = api.call("POST", "jobs/", json={**job_body, "round_deadline_seconds": 120})
-    start_agents(processes, settings, sites, "--exit-when-idle", "300")
     api.call("POST", f"jobs/{job['id']}/start/")
     log(f"job {job['id']} started: {args.rounds} rounds of {args.strategy} with {len(sites)} agents")
     return api, study, job
@@ -162,6 +163,7 @@ def set_up_own_job(
     api = Api(settings.url, create_user(settings, "coordinator", "coordinator"))
     sites = write_csv_sites(settings.data_dir, own, settings.url)
     institution_ids, owners = enroll_sites(api, settings, sites)
+    start_agents(processes, settings, sites, "--exit-when-idle", "300")
     log(f"{len(sites)} sites enrolled ({', '.join(str(len(site.rows)) for site in sites)} rows)")
     scaling = scaling_for(own, sites, settings.env, scale=not args.no_scaling)
     log("feature scaling agreed from per-site sums" if scaling else "no feature scaling (--no-scaling)")
@@ -169,7 +171,6 @@ def set_up_own_job(
     approve_study(owners, institution_ids, study["id"])
     job_body = {"study": study["id"], "num_rounds": args.rounds, "min_updates": len(sites)}
     job = api.call("POST", "jobs/", json={**job_body, "round_deadline_seconds": 120})
-    start_agents(processes, settings, sites, "--exit-when-idle", "300")
     api.call("POST", f"jobs/{job['id']}/start/")
     log(f"job {job['id']} started: {args.rounds} rounds of {args.strategy} with {len(sites)} agents")
     return api, study, job

@@ -55,6 +55,7 @@ from silo_agent.local_data import DataCache
 from silo_agent.logs import configure_logging
 from silo_agent.runner import TaskRunner
 from silo_agent.state import AgentState, StateStore
+from silo_agent.warmup import warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ def command_run(arguments: argparse.Namespace, runtime: Runtime) -> int:
             institution.id,
             config.server_url,
         )
+        warm_up(config)
         loop = AgentLoop(
             client=client, runner=runner, options=options, clock=runtime.clock, sleep=runtime.sleep
         )

@@ -115,10 +115,12 @@ def figures(
 
 
 def timing_figures(progress: Json) -> dict[str, float | None]:
-    """The median round latency (ms) and the median round duration (s)."""
+    """The median round latency (ms), the median round duration (s) and round 1's."""
     latencies = round_latencies(progress)
     durations = [r["duration_seconds"] for r in progress["rounds"] if r["kind"] == "train" and r["closed_at"]]
     return {
         "round_latency_median_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
         "round_seconds_median": round(statistics.median(durations), 2) if durations else None,
+        # Round 1 against the rest: the agents get ready at start, not in the first round.
+        "first_round_seconds": round(durations[0], 2) if durations else None,
     }
