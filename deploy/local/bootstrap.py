@@ -174,11 +174,33 @@ def study_body(dataset: Dataset, args: argparse.Namespace, scaling: Json, instit
         num_features=dataset.features.shape[1],
         num_classes=dataset.num_classes,
     )
+    name = f"{args.dataset} {args.strategy}"
+    return study_body_of(
+        name,
+        "Local demonstration federation.",
+        model,
+        builtin_schema(dataset),
+        args,
+        scaling,
+        institution_ids,
+    )
+
+
+def study_body_of(
+    name: str,
+    description: str,
+    model: ModelConfig,
+    data_schema: Json,
+    args: argparse.Namespace,
+    scaling: Json | None,
+    institution_ids: list[int],
+) -> Json:
+    """A ``POST studies/`` body: ``name`` stamped with the time, run_local's training options."""
     return {
-        "name": f"{args.dataset} {args.strategy} {datetime.now():%Y%m%d-%H%M%S}",
-        "description": "Local demonstration federation.",
+        "name": f"{name} {datetime.now():%Y%m%d-%H%M%S}",
+        "description": description,
         "model": model.to_json(),
-        "data_schema": builtin_schema(dataset),
+        "data_schema": data_schema,
         "strategy": args.strategy,
         "strategy_params": {},
         "training": {"epochs": args.local_epochs, "batch_size": 32, "learning_rate": args.learning_rate},

@@ -15,12 +15,11 @@ import argparse
 import json
 import shutil
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from deploy.local.bootstrap import Json, Site, agreed_scaling
+from deploy.local.bootstrap import Json, Site, agreed_scaling, study_body_of
 from deploy.local.figures import baselines, evaluate
 from federation.data import DataSchema, Dataset, Standardizer, load_csv
 from federation.errors import FederationError
@@ -100,20 +99,9 @@ def own_study_body(
         num_features=len(schema.encoded_feature_names()),
         num_classes=schema.num_classes,
     )
-    return {
-        "name": f"{own.site_files[0].stem} {args.strategy} {datetime.now():%Y%m%d-%H%M%S}",
-        "description": "Local federation on the consortium's own files.",
-        "model": model.to_json(),
-        "data_schema": own.schema_json,
-        "strategy": args.strategy,
-        "strategy_params": {},
-        "training": {"epochs": args.local_epochs, "batch_size": 32, "learning_rate": args.learning_rate},
-        "feature_scaling": scaling,
-        "privacy": args.privacy,
-        "validation_fraction": 0.2,
-        "seed": args.seed,
-        "institutions": institution_ids,
-    }
+    name = f"{own.site_files[0].stem} {args.strategy}"
+    description = "Local federation on the consortium's own files."
+    return study_body_of(name, description, model, own.schema_json, args, scaling, institution_ids)
 
 
 def own_figures(

@@ -9,6 +9,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBas
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST, require_safe
 
+from accounts.selectors import Scope
 from console.access import actor_of, console_json_view, console_view, require_coordinator, scope_of
 from console.live import job_live
 from console.pages import page
@@ -99,6 +100,14 @@ def job_cancel_view(request: HttpRequest, job_id: int) -> HttpResponseBase:
     return page(request, "console/jobs/cancel.html", {"job": job}, section="jobs")
 
 
+def _not_downloadable(
+    request: HttpRequest, scope: Scope, version_id: int, error: BlobCorrupt
+) -> HttpResponseBase:
+    """Back to the job's page with the reason: the stored bytes no longer match their digest."""
+    messages.error(request, f"The model cannot be downloaded: {error.message}.")
+    return redirect("console:job-detail", job_id=model_version_get(scope=scope, version_id=version_id).job_id)
+
+
 @console_view
 @require_GET
 def model_bundle(request: HttpRequest, version_id: int) -> HttpResponseBase:
@@ -107,10 +116,7 @@ def model_bundle(request: HttpRequest, version_id: int) -> HttpResponseBase:
     try:
         version, data = model_bundle_download(scope=scope, version_id=version_id, actor=actor_of(request))
     except BlobCorrupt as error:
-        messages.error(request, f"The model cannot be downloaded: {error.message}.")
-        return redirect(
-            "console:job-detail", job_id=model_version_get(scope=scope, version_id=version_id).job_id
-        )
+        return _not_downloadable(request, scope, version_id, error)
     filename = f"model-{version.job_id}-{version.number}-bundle.zip"
     return FileResponse(
         io.BytesIO(data), as_attachment=True, content_type="application/zip", filename=filename
@@ -125,10 +131,7 @@ def model_download(request: HttpRequest, version_id: int) -> HttpResponseBase:
     try:
         version, data = model_version_download(scope=scope, version_id=version_id, actor=actor_of(request))
     except BlobCorrupt as error:
-        messages.error(request, f"The model cannot be downloaded: {error.message}.")
-        return redirect(
-            "console:job-detail", job_id=model_version_get(scope=scope, version_id=version_id).job_id
-        )
+        return _not_downloadable(request, scope, version_id, error)
     response = FileResponse(
         io.BytesIO(data),
         as_attachment=True,
