@@ -161,19 +161,13 @@ def _training_stop_if_not_improving(job: Job, number: int) -> None:
     best = losses.index(min(losses))
     if len(losses) - 1 - best < patience:
         return
-    job.training_stopped_after = number - 1
-    job.save(update_fields=["training_stopped_after"])
-    audit_record(
-        actor="system",
-        kind="job.early_stopped",
-        job=job,
-        details={
-            "round": number - 1,
-            "best_version": measured[best][0].number,
-            "best_loss": losses[best],
-            "rounds_without_improvement": len(losses) - 1 - best,
-        },
-    )
+    details: dict[str, object] = {
+        "round": number - 1,
+        "best_version": measured[best][0].number,
+        "best_loss": losses[best],
+        "rounds_without_improvement": len(losses) - 1 - best,
+    }
+    _stop_training(job, number, "job.early_stopped", details)
 
 
 def _training_stop_if_over_budget(job: Job, number: int) -> None:
@@ -181,14 +175,14 @@ def _training_stop_if_over_budget(job: Job, number: int) -> None:
     reason = privacy.training_round_refusal(job=job, number=number)
     if reason is None:
         return
+    _stop_training(job, number, "job.privacy_budget_reached", {"round": number, "reason": reason})
+
+
+def _stop_training(job: Job, number: int, kind: str, details: dict[str, object]) -> None:
+    """Train no more: round ``number`` is not opened and the final evaluation comes next."""
     job.training_stopped_after = number - 1
     job.save(update_fields=["training_stopped_after"])
-    audit_record(
-        actor="system",
-        kind="job.privacy_budget_reached",
-        job=job,
-        details={"round": number, "reason": reason},
-    )
+    audit_record(actor="system", kind=kind, job=job, details=details)
 
 
 def round_advance(*, round_: Round) -> None:
