@@ -39,6 +39,7 @@ from deploy.local.bootstrap import (  # noqa: E402
     Json,
     Site,
     agent_command,
+    agree_scaling,
     agreed_scaling,
     approve_study,
     builtin_schema,
@@ -57,7 +58,6 @@ from deploy.local.own_data import (  # noqa: E402
     OwnData,
     own_figures,
     own_study_body,
-    scaling_for,
     write_csv_sites,
 )
 from deploy.local.processes import (  # noqa: E402
@@ -86,6 +86,7 @@ __all__ = [
     "Settings",
     "Site",
     "agent_command",
+    "agree_scaling",
     "agreed_scaling",
     "approve_study",
     "beat_command",
@@ -127,10 +128,10 @@ def set_up_job(
     institution_ids, owners = enroll_sites(api, settings, sites)
     # Running from here on, as at a hospital: ready (libraries, data) before any job exists.
     start_agents(processes, settings, sites, "--exit-when-idle", "300")
-    log(f"{len(sites)} sites enrolled; agreeing feature scaling from per-site sums")
-    scaling = agreed_scaling(sites, settings.env)
-    study = api.call("POST", "studies/", json=study_body(dataset, args, scaling, institution_ids))
+    study = api.call("POST", "studies/", json=study_body(dataset, args, "agents", institution_ids))
     approve_study(owners, institution_ids, study["id"])
+    log(f"{len(sites)} sites enrolled and approved; agreeing the feature scaling through their agents")
+    study = agree_scaling(api, study["id"])
     job_body = {"study": study["id"], "num_rounds": args.rounds, "min_updates": args.sites}
     job = api.call("POST", "jobs/", json={**job_body, "round_deadline_seconds": 120})
     api.call("POST", f"jobs/{job['id']}/start/")
@@ -165,10 +166,14 @@ def set_up_own_job(
     institution_ids, owners = enroll_sites(api, settings, sites)
     start_agents(processes, settings, sites, "--exit-when-idle", "300")
     log(f"{len(sites)} sites enrolled ({', '.join(str(len(site.rows)) for site in sites)} rows)")
-    scaling = scaling_for(own, sites, settings.env, scale=not args.no_scaling)
-    log("feature scaling agreed from per-site sums" if scaling else "no feature scaling (--no-scaling)")
+    scaling = "none" if args.no_scaling else "agents"
     study = api.call("POST", "studies/", json=own_study_body(own, args, scaling, institution_ids))
     approve_study(owners, institution_ids, study["id"])
+    if args.no_scaling:
+        log("no feature scaling (--no-scaling)")
+    else:
+        log("agreeing the feature scaling and categories through the agents")
+        study = agree_scaling(api, study["id"])
     job_body = {"study": study["id"], "num_rounds": args.rounds, "min_updates": len(sites)}
     job = api.call("POST", "jobs/", json={**job_body, "round_deadline_seconds": 120})
     api.call("POST", f"jobs/{job['id']}/start/")
@@ -197,6 +202,7 @@ def run_own_data(args: argparse.Namespace) -> dict[str, object]:
         "rounds": sum(1 for r in progress["rounds"] if r["kind"] == "train" and r["state"] == "closed"),
         "sites": len(own.site_files),
         "feature_scaling": study["feature_scaling"] is not None,
+        "features": study["model"]["num_features"],
         **timing_figures(progress),
         **privacy_figures(finished_job, versions),
         "seconds": round(time.monotonic() - started, 1),

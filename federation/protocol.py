@@ -31,10 +31,12 @@ PROTOCOL_VERSION = 1
 
 
 class TaskKind(enum.StrEnum):
-    """What a task asks: train one round, or evaluate the final model."""
+    """What a task asks: train one round, evaluate the final model, or summarise the site's
+    data for the data agreement (:class:`SummaryTask`)."""
 
     TRAIN = "train"
     EVALUATE = "evaluate"
+    SUMMARISE = "summarise"
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,43 @@ class WorkTask:
         return message
 
 
-def parse_task(data: JsonObject) -> WorkTask:
-    """Check and parse a task; raises :class:`ProtocolError` saying which field is wrong."""
+@dataclass(frozen=True)
+class SummaryTask:
+    """Asks a site for the aggregates of its data that the data agreement combines
+    (:mod:`federation.data.agreement`): counts and sums, never rows."""
+
+    request_id: int
+    deadline_at: str
+    study_id: int
+    study_name: str
+    data_schema: JsonObject
+    kind: TaskKind = TaskKind.SUMMARISE
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "protocol_version": PROTOCOL_VERSION,
+            "kind": self.kind.value,
+            "request_id": self.request_id,
+            "deadline_at": self.deadline_at,
+            "study": {"id": self.study_id, "name": self.study_name, "data_schema": dict(self.data_schema)},
+        }
+
+
+def parse_any_task(data: JsonObject) -> WorkTask | SummaryTask:
+    """A round's task or a summary task, by its kind; :class:`ProtocolError` if malformed."""
+    if _task_kind(data) is TaskKind.SUMMARISE:
+        study = _object(data, "study")
+        return SummaryTask(
+            request_id=_integer(data, "request_id"),
+            deadline_at=str(data.get("deadline_at", "")),
+            study_id=_integer(study, "id", where="study."),
+            study_name=_text(study, "name", where="study."),
+            data_schema=_object(study, "data_schema", where="study."),
+        )
+    return parse_task(data)
+
+
+def _task_kind(data: JsonObject) -> TaskKind:
     version = data.get("protocol_version", 1)
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
@@ -141,9 +178,16 @@ def parse_task(data: JsonObject) -> WorkTask:
         )
     kind_name = _text(data, "kind")
     try:
-        kind = TaskKind(kind_name)
+        return TaskKind(kind_name)
     except ValueError:
         raise ProtocolError(f"malformed task: unknown kind {kind_name!r}") from None
+
+
+def parse_task(data: JsonObject) -> WorkTask:
+    """Check and parse a round's task; raises :class:`ProtocolError` saying which field is wrong."""
+    kind = _task_kind(data)
+    if kind is TaskKind.SUMMARISE:
+        raise ProtocolError("malformed task: a summary task is not a round's task")
     return WorkTask(
         kind=kind,
         job_id=_integer(data, "job_id"),

@@ -22,7 +22,13 @@ logger = logging.getLogger(__name__)
 
 #: Outcomes that count as work done (they reset the idle timer).
 _ACTIVE_OUTCOMES = frozenset(
-    {TaskOutcome.UPLOADED, TaskOutcome.EVALUATED, TaskOutcome.REFUSED, TaskOutcome.SECURE_STEP}
+    {
+        TaskOutcome.UPLOADED,
+        TaskOutcome.EVALUATED,
+        TaskOutcome.REFUSED,
+        TaskOutcome.SECURE_STEP,
+        TaskOutcome.SUMMARISED,
+    }
 )
 
 

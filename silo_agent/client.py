@@ -249,6 +249,12 @@ class AgentClient:
         )
         return bool(answer.get("duplicate", False))
 
+    def post_summary(self, request_id: int, body: Mapping[str, object]) -> None:
+        """Answer a study's summary request: ``{"summary": ...}`` or ``{"refused": reason}``."""
+        self._json_call(
+            f"answer to summary request {request_id}", "POST", f"summaries/{request_id}", json=dict(body)
+        )
+
     def refuse_job(self, job_id: int, reason: str) -> None:
         """Tell the server this institution will not take part in ``job_id``, and why."""
         self._json_call(f"refusal of job {job_id}", "POST", f"jobs/{job_id}/refuse", json={"reason": reason})

@@ -47,7 +47,9 @@ _POLICY_KEYS = {
     "allowed_strategies",
     "privacy",
     "filters",
+    "summaries",
 }
+_SUMMARY_KEYS = {"min_rows", "require_secure_aggregation"}
 _PRIVACY_KEYS = {"require_secure_aggregation", "require_differential_privacy", "max_epsilon"}
 _FILTER_KEYS = {"clip_update_norm", "exclude_layers"}
 _DEFAULT_MODEL_KINDS = ("logistic", "mlp", "cnn", "sklearn_sgd", "sklearn_logistic")
@@ -81,6 +83,15 @@ class PrivacyPolicy:
 
 
 @dataclass(frozen=True)
+class SummaryPolicy:
+    """What the site tells for a study's data agreement: aggregates of at least ``min_rows``
+    rows, and, with ``require_secure_aggregation``, nothing the server would see unmasked."""
+
+    min_rows: int = 10
+    require_secure_aggregation: bool = False
+
+
+@dataclass(frozen=True)
 class UpdateFilters:
     """What the hospital does to every update before it leaves, whatever the study says.
 
@@ -104,6 +115,7 @@ class Policy:
     allowed_strategies: tuple[str, ...] = (WILDCARD,)
     privacy: PrivacyPolicy = PrivacyPolicy()
     filters: UpdateFilters = UpdateFilters()
+    summaries: SummaryPolicy = SummaryPolicy()
 
     def limits(self) -> PolicyLimits:
         """The limits a job can be checked against before it starts (reported with heartbeats)."""
@@ -253,6 +265,7 @@ def _parse_policy(table: Mapping[str, object]) -> Policy:
         )
     privacy = _table(table, "privacy", prefix="policy.", required=False)
     filters = _table(table, "filters", prefix="policy.", required=False)
+    summaries = _table(table, "summaries", prefix="policy.", required=False)
     return Policy(
         approved_studies=_names(table, "approved_studies", allow_numbers=True),
         max_rounds=_integer(table, "max_rounds", default=100, minimum=1, prefix="policy."),
@@ -261,6 +274,15 @@ def _parse_policy(table: Mapping[str, object]) -> Policy:
         allowed_strategies=_names(table, "allowed_strategies", default=(WILDCARD,)),
         privacy=_parse_privacy(privacy),
         filters=_parse_filters(filters),
+        summaries=_parse_summaries(summaries),
+    )
+
+
+def _parse_summaries(table: Mapping[str, object]) -> SummaryPolicy:
+    _reject_unknown(table, _SUMMARY_KEYS, prefix="policy.summaries.")
+    return SummaryPolicy(
+        min_rows=_integer(table, "min_rows", default=10, minimum=1, prefix="policy.summaries."),
+        require_secure_aggregation=_boolean(table, "require_secure_aggregation", prefix="policy.summaries."),
     )
 
 

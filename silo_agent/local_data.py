@@ -24,6 +24,8 @@ from federation.data import (
     load_csv,
     local_moments,
 )
+from federation.data.agreement import SiteSummary, summarise, widened_schema
+from federation.data.csv_loader import categories_in
 from federation.data.text import TextDataset, TextSchema, load_text, parse_data_schema
 from federation.errors import FederationError
 from federation.models import AnyModelConfig, TextModelConfig
@@ -82,6 +84,24 @@ def site_moments(source: DataSource, schema: DataSchema | None) -> FeatureMoment
     return local_moments(dataset.features)
 
 
+def site_summary(source: DataSource, schema: DataSchema) -> SiteSummary:
+    """The aggregates of the site's rows for the data agreement: the schema widened by the
+    categories the file holds, so that an undeclared value counts instead of failing."""
+    seen: dict[str, set[str]] = {}
+    if source.kind is DataSourceKind.CSV:
+        assert source.csv_path is not None  # guaranteed by the configuration parser
+        seen = categories_in(source.csv_path, schema)
+    widened = widened_schema(schema, seen)
+    dataset = load_dataset(source, widened)
+    assert isinstance(dataset, Dataset)  # a tabular schema loads a tabular data set
+    if dataset.num_features != len(widened.encoded_feature_names()):
+        raise TaskError(
+            f"this site's data has {dataset.num_features} features; the study's schema encodes "
+            f"{len(widened.encoded_feature_names())}"
+        )
+    return summarise(widened, dataset.features)
+
+
 def split_rng(study_seed: int, institution_id: int) -> np.random.Generator:
     """The generator of a site's train/validation split: fixed per (study, institution)."""
     return np.random.default_rng([study_seed, institution_id])
@@ -98,6 +118,10 @@ class DataCache:
         self._source = source
         self._institution_id = institution_id
         self._prepared: dict[tuple[int, str], PreparedData] = {}
+
+    @property
+    def source(self) -> DataSource:
+        return self._source
 
     def prepare(self, study: StudySettings, model: AnyModelConfig) -> PreparedData:
         key = (study.id, _settings_digest(study))

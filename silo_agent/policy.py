@@ -81,12 +81,15 @@ def _secure_round_reason(task: WorkTask) -> str | None:
 
 
 def _study_reason(policy: Policy, task: WorkTask, server_approved: Collection[int]) -> str | None:
-    study = task.study
-    listed = {str(study.id), study.name}
+    return study_refusal(policy, task.study.id, task.study.name, server_approved)
+
+
+def study_refusal(policy: Policy, study_id: int, name: str, server_approved: Collection[int]) -> str | None:
+    """Why the policy does not approve the study (by id or name, or by ``"*"`` and the server's
+    record of the data owner's approval), or None."""
+    listed = {str(study_id), name}
     if listed & (set(policy.approved_studies) - {WILDCARD}):
         return None
-    if WILDCARD in policy.approved_studies and study.id in server_approved:
+    if WILDCARD in policy.approved_studies and study_id in server_approved:
         return None
-    return (
-        f"study {study.name!r} (id {study.id}) is not approved by this hospital's policy (approved_studies)"
-    )
+    return f"study {name!r} (id {study_id}) is not approved by this hospital's policy (approved_studies)"

@@ -34,7 +34,8 @@ from silo_agent.policy import check_task, needs_server_approvals
 from silo_agent.privacy import DpSgdPlan, LocalLedger, dp_sgd_plan, filter_update
 from silo_agent.secure_round import SecureRound
 from silo_agent.state import RoundState, StateStore, Step
-from silo_agent.tasks import ModelVersionRef, TaskKind, WorkTask, parse_task
+from silo_agent.summaries import SummaryAnswerer
+from silo_agent.tasks import ModelVersionRef, SummaryTask, TaskKind, WorkTask, parse_any_task
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class TaskOutcome(enum.StrEnum):
     ALREADY_DONE = "already_done"
     #: One phase of a secure-aggregation round answered; the round continues.
     SECURE_STEP = "secure_step"
+    #: A study's summary request answered (the data agreement).
+    SUMMARISED = "summarised"
 
 
 class ProgressStep(enum.StrEnum):
@@ -99,10 +102,13 @@ class TaskRunner:
         self._data = data
         self._progress = progress
         self._ledger = LocalLedger(store.directory)
+        self._summaries = SummaryAnswerer(client=client, policy=policy, data=data)
 
     def handle(self, raw_task: Mapping[str, object]) -> TaskOutcome:
         """Carry out one task as returned by ``GET work``."""
-        task = parse_task(raw_task)
+        task = parse_any_task(raw_task)
+        if isinstance(task, SummaryTask):
+            return self._summarise(task)
         evaluation = task.kind is TaskKind.EVALUATE
         with log_context(job_id=task.job_id, round_number=task.round_number, final_evaluation=evaluation):
             logger.info("received a %s task", task.kind.value)
@@ -110,6 +116,14 @@ class TaskRunner:
                 return self._handle(task)
             except FederationError as error:
                 raise TaskError(str(error)) from None
+
+    def _summarise(self, task: SummaryTask) -> TaskOutcome:
+        logger.info("received the summary request %d of study %r", task.request_id, task.study_name)
+        try:
+            refused = self._summaries.answer(task)
+        except FederationError as error:
+            raise TaskError(str(error)) from None
+        return TaskOutcome.REFUSED if refused else TaskOutcome.SUMMARISED
 
     def _handle(self, task: WorkTask) -> TaskOutcome:
         state = self._store.load()

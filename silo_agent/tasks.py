@@ -12,6 +12,7 @@ from federation.protocol import (
     JsonObject,
     ModelVersionRef,
     StudySettings,
+    SummaryTask,
     TaskKind,
     TrainingSettings,
     WorkTask,
@@ -23,9 +24,11 @@ __all__ = [
     "JsonObject",
     "ModelVersionRef",
     "StudySettings",
+    "SummaryTask",
     "TaskKind",
     "TrainingSettings",
     "WorkTask",
+    "parse_any_task",
     "parse_privacy",
     "parse_task",
 ]
@@ -35,5 +38,13 @@ def parse_task(data: JsonObject) -> WorkTask:
     """Check and parse a task from the server; raises :class:`TaskError` naming the bad field."""
     try:
         return protocol.parse_task(data)
+    except ProtocolError as error:
+        raise TaskError(str(error)) from None
+
+
+def parse_any_task(data: JsonObject) -> WorkTask | SummaryTask:
+    """A round's task or a summary request; raises :class:`TaskError` naming the bad field."""
+    try:
+        return protocol.parse_any_task(data)
     except ProtocolError as error:
         raise TaskError(str(error)) from None

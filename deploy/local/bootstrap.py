@@ -166,7 +166,9 @@ def start_agents(processes: Processes, settings: Settings, sites: list[Site], *e
 # --- the study and the job -----------------------------------------------------------------
 
 
-def study_body(dataset: Dataset, args: argparse.Namespace, scaling: Json, institution_ids: list[int]) -> Json:
+def study_body(
+    dataset: Dataset, args: argparse.Namespace, scaling: Json | str, institution_ids: list[int]
+) -> Json:
     """The ``POST studies/`` body for run_local's command-line options ``args``."""
     model = ModelConfig(
         kind=ModelKind(args.model),
@@ -192,7 +194,7 @@ def study_body_of(
     model: ModelConfig,
     data_schema: Json,
     args: argparse.Namespace,
-    scaling: Json | None,
+    scaling: Json | str | None,
     institution_ids: list[int],
 ) -> Json:
     """A ``POST studies/`` body: ``name`` stamped with the time, run_local's training options."""
@@ -222,6 +224,23 @@ def builtin_schema(dataset: Dataset) -> Json:
         "task": dataset.task.value,
         "classes": classes,
     }
+
+
+def agree_scaling(api: Api, study_id: int, timeout: float = 120.0) -> Json:
+    """Ask the sites' agents for their summaries (one API call) and wait for the agreement;
+    returns the study as it then is (the union of categories, the scaling)."""
+    api.call("POST", f"studies/{study_id}/summaries/")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        request = api.call("GET", f"studies/{study_id}/summaries/")["request"]
+        if request["state"] == "complete":
+            return api.call("GET", f"studies/{study_id}/")
+        if request["state"] in ("failed", "expired"):
+            raise RuntimeError(
+                f"the sites did not agree the feature scaling: {request['reason'] or 'expired'}"
+            )
+        time.sleep(0.2)
+    raise RuntimeError(f"the sites did not answer the summary request within {timeout:.0f} s")
 
 
 def approve_study(owners: list[Api], institution_ids: list[int], study_id: int) -> None:

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.local.bootstrap import Json, Site, agreed_scaling, study_body_of
+from deploy.local.bootstrap import Json, Site, study_body_of
 from deploy.local.figures import baselines, evaluate
 from federation.data import DataSchema, Dataset, Standardizer, load_csv
+from federation.data.agreement import widened_schema
+from federation.data.csv_loader import categories_in
 from federation.errors import FederationError
 from federation.models import ModelConfig, ModelKind, build_model
 from federation.types import ModelSpec
@@ -50,13 +52,14 @@ class OwnData:
         test = Path(args.test).resolve() if args.test else None
         for path in [*files, *([test] if test else [])]:
             try:
-                load_csv(path, schema)
+                load_csv(path, widened_schema(schema, categories_in(path, schema)))
             except FederationError as error:
                 raise RuntimeError(str(error)) from None
         return cls(schema, schema.to_json(), files, test)
 
     def load(self, path: Path) -> Dataset:
-        return load_csv(path, self.schema)
+        """The file's rows, with the categories it holds (the agreement adds them to the study's)."""
+        return load_csv(path, widened_schema(self.schema, categories_in(path, self.schema)))
 
 
 def write_csv_sites(data_dir: Path, own: OwnData, server_url: str) -> list[Site]:
@@ -80,17 +83,7 @@ def write_csv_sites(data_dir: Path, own: OwnData, server_url: str) -> list[Site]
     return sites
 
 
-def scaling_for(own: OwnData, sites: list[Site], env: dict[str, str], *, scale: bool) -> Json | None:
-    """The agreed scaling, or None when the run chose none (``--no-scaling``): explicit,
-    because without it accuracy can fall to chance."""
-    if not scale:
-        return None
-    return agreed_scaling(sites, env, schema=Path("schema.json"))
-
-
-def own_study_body(
-    own: OwnData, args: argparse.Namespace, scaling: Json | None, institution_ids: list[int]
-) -> Json:
+def own_study_body(own: OwnData, args: argparse.Namespace, scaling: str, institution_ids: list[int]) -> Json:
     """The ``POST studies/`` body for the consortium's schema and run_local's options."""
     schema = own.schema
     model = ModelConfig(
@@ -112,8 +105,9 @@ def own_figures(
     if own.test_file is None:
         return {"test_rows": 0, "federated_accuracy": None}
     config = ModelConfig.from_json(study["model"])
-    shares = [_scaled(own.load(path), study) for path in own.site_files]
-    test = _scaled(own.load(own.test_file), study)
+    agreed = DataSchema.from_json(study["data_schema"])  # the union of the sites' categories
+    shares = [_scaled(load_csv(path, agreed), study) for path in own.site_files]
+    test = _scaled(load_csv(own.test_file, agreed), study)
     spec = ModelSpec.from_weights(build_model(config, seed=0).get_weights())
     initial = deserialize_weights(initial_blob, spec=spec)
     centralized, local = baselines(config, initial, shares, test, args)

@@ -56,6 +56,18 @@ def load_csv(
     column, a row has the wrong number of cells, a cell cannot be parsed as its declared
     kind, or the file holds no data rows.
     """
+    return _with_file(
+        path, lambda handle, file: _read(handle, file, schema, allow_missing_numeric, with_labels)
+    )
+
+
+def categories_in(path: str | os.PathLike[str], schema: DataSchema) -> dict[str, set[str]]:
+    """The values each categorical feature takes in ``path``, declared or not (for the data
+    agreement, :mod:`federation.data.agreement`); empty cells are left out."""
+    return _with_file(path, lambda handle, file: _read_categories(handle, file, schema))
+
+
+def _with_file(path: str | os.PathLike[str], read: Callable[[TextIO, Path], _T]) -> _T:
     file = Path(path)
     try:
         handle = file.open(encoding="utf-8-sig", newline="")
@@ -63,11 +75,29 @@ def load_csv(
         raise DataSchemaError(f"{file}: cannot open ({error.strerror or error})") from error
     with handle:
         try:
-            return _read(handle, file, schema, allow_missing_numeric, with_labels)
+            return read(handle, file)
         except UnicodeDecodeError as error:
             raise DataSchemaError(f"{file}: not valid UTF-8 text") from error
         except csv.Error as error:
             raise DataSchemaError(f"{file}: malformed CSV ({error})") from error
+
+
+def _read_categories(handle: TextIO, file: Path, schema: DataSchema) -> dict[str, set[str]]:
+    reader = csv.reader(handle)
+    header = [name.strip() for name in next(reader, [])]
+    wanted = [f.name for f in schema.features if f.kind is FeatureKind.CATEGORICAL]
+    missing = [name for name in wanted if name not in header]
+    if missing:
+        raise DataSchemaError(f"{file}: header is missing declared column(s): {', '.join(missing)}")
+    positions = {name: header.index(name) for name in wanted}
+    seen: dict[str, set[str]] = {name: set() for name in wanted}
+    for row in reader:
+        if len(row) != len(header):
+            continue  # blank or malformed lines: the full read reports them with their line
+        for name, position in positions.items():
+            if value := row[position].strip():
+                seen[name].add(value)
+    return seen
 
 
 def _read(

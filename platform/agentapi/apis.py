@@ -28,6 +28,7 @@ from fedplatform.parsers import BoundedJSONParser, loads_checked
 from fedplatform.serializers import MAX_ID, ErrorResponseSerializer
 from institutions import services as institution_services
 from institutions.models import AgentCredential
+from studies import agreement
 from training import secure_services
 from training import services as training_services
 from training.blobs import blob_store
@@ -494,4 +495,42 @@ class RefuseApi(AgentView):
         )
         return Response(
             self.AgentRefuseOutputSerializer({"job_id": refusal.job_id, "reason": refusal.reason}).data
+        )
+
+
+class SummaryAnswerApi(AgentView):
+    """This site's answer to a study's summary request: its aggregates, or its refusal."""
+
+    class AgentSummaryInputSerializer(serializers.Serializer):
+        summary = serializers.DictField(
+            required=False,
+            help_text='{"count": n, "numeric": {feature: {"sum", "sum_sq"}}, '
+            '"categories": {feature: {value: rows}}}',
+        )
+        refused = serializers.CharField(required=False, max_length=2000, help_text="the reason to refuse")
+
+        def validate(self, attrs: dict[str, object]) -> dict[str, object]:
+            if ("summary" in attrs) == ("refused" in attrs):
+                raise serializers.ValidationError("send either summary or refused")
+            return attrs
+
+    class AgentSummaryOutputSerializer(serializers.Serializer):
+        request_id = serializers.IntegerField()
+        refused = serializers.BooleanField()
+
+    @extend_schema(
+        request=AgentSummaryInputSerializer,
+        responses={200: AgentSummaryOutputSerializer, **ERRORS},
+        tags=["agent"],
+    )
+    def post(self, request: Request, request_id: int) -> Response:
+        data = self.AgentSummaryInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        answer = agreement.summary_answer_record(
+            credential=credential_of(request), request_id=request_id, body=data.validated_data
+        )
+        return Response(
+            self.AgentSummaryOutputSerializer(
+                {"request_id": request_id, "refused": bool(answer.refusal)}
+            ).data
         )

@@ -7,6 +7,7 @@ from django.db.models import Exists, OuterRef
 from federation.models import TrainConfig
 from federation.protocol import ModelVersionRef, StudySettings, TaskKind, TrainingSettings, WorkTask
 from institutions.models import AgentCredential
+from studies.agreement import summary_task_for
 from studies.models import Decision, StudyParticipant
 from training import secure_rounds
 from training.models import ACCEPTING_STATES, JobState, ModelVersion, Refusal, Round, Update
@@ -30,8 +31,12 @@ def _open_rounds_for(institution_id: int):  # type: ignore[no-untyped-def]
 def work_for(*, credential: AgentCredential) -> dict[str, object] | None:
     """The oldest open round this institution still has to answer, as a task, or None.
 
-    A secure-aggregation round asks once per phase, of the phase's members only.
+    A secure-aggregation round asks once per phase, of the phase's members only. A study's
+    open summary request (the data agreement) comes before any round.
     """
+    summary = summary_task_for(credential=credential)
+    if summary is not None:
+        return summary
     rounds = (
         _open_rounds_for(credential.institution_id)
         .select_related("job__study", "base_version")

@@ -22,5 +22,6 @@ urlpatterns = [
         apis.SecAggUnmaskingApi.as_view(),
         name="agent-secagg-unmasking",
     ),
+    path("summaries/<int:request_id>", apis.SummaryAnswerApi.as_view(), name="agent-summary"),
     path("jobs/<int:job_id>/refuse", apis.RefuseApi.as_view(), name="agent-refuse"),
 ]

@@ -220,6 +220,8 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_TASK_ALWAYS_EAGER = False
 
 FEDHEALTH_ENROLLMENT_TOKEN_HOURS = 24
+# How long the sites have to answer a study's summary request (the data agreement).
+FEDHEALTH_SUMMARY_DEADLINE_SECONDS = int(os.environ.get("FEDHEALTH_SUMMARY_DEADLINE_SECONDS", 600))
 # The largest model a study may use, counted from its config before anything is built.
 FEDHEALTH_MAX_MODEL_PARAMETERS = int(os.environ.get("FEDHEALTH_MAX_MODEL_PARAMETERS", 50_000_000))
 FEDHEALTH_API_TOKEN_DAYS = int(os.environ.get("FEDHEALTH_API_TOKEN_DAYS", 30))

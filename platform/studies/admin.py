@@ -7,7 +7,7 @@ from django.db.models import Model
 from django.http import HttpRequest
 
 from fedplatform.admin import ReadOnlyAdmin
-from studies.models import Study, StudyParticipant
+from studies.models import Study, StudyParticipant, SummaryAnswer, SummaryRequest
 
 
 class StudyParticipantInline(admin.TabularInline):
@@ -34,3 +34,17 @@ class StudyParticipantAdmin(ReadOnlyAdmin):
     list_display = ("study", "institution", "decision", "decided_at", "decided_by")
     list_filter = ("decision", "institution")
     search_fields = ("study__name", "institution__name")
+
+
+@admin.register(SummaryRequest)
+class SummaryRequestAdmin(ReadOnlyAdmin):
+    list_display = ("study", "state", "requested_by", "requested_at", "finished_at")
+    list_filter = ("state",)
+    search_fields = ("study__name",)
+
+
+@admin.register(SummaryAnswer)
+class SummaryAnswerAdmin(ReadOnlyAdmin):
+    # The summary itself stays out of the list: aggregates, but of one site.
+    list_display = ("request", "institution", "answered_at", "refusal")
+    search_fields = ("request__study__name", "institution__name")

@@ -18,8 +18,8 @@ from fedplatform.api_base import ApiView, error_responses, request_actor, reques
 from fedplatform.errors import Forbidden
 from fedplatform.serializers import MAX_ID, InstitutionRefSerializer
 from institutions.selectors import institution_get
-from studies import selectors, services
-from studies.models import Decision, StudyParticipant
+from studies import agreement, selectors, services
+from studies.models import Decision, ScalingMode, Study, StudyParticipant
 
 TAGS = ["studies"]
 
@@ -64,6 +64,9 @@ class StudyOutputSerializer(StudySummaryOutputSerializer):
     strategy_params = serializers.DictField()
     training = serializers.DictField()
     feature_scaling = serializers.DictField(allow_null=True)
+    scaling_mode = serializers.ChoiceField(
+        choices=ScalingMode.choices, help_text="agents (agreed through the agents), given, or none"
+    )
     privacy = serializers.DictField()
     update_norm_bound = serializers.DictField()
     validation_fraction = serializers.FloatField()
@@ -86,6 +89,27 @@ class StudyListApi(ApiView):
         )
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "object", "properties": {"mean": {"type": "array"}, "std": {"type": "array"}}},
+            {"type": "string", "enum": ["agents", "none"]},
+        ],
+        "nullable": True,
+    }
+)
+class ScalingInputField(serializers.Field):
+    """``feature_scaling``: an object, or one of the words ``agents`` and ``none``."""
+
+    def to_internal_value(self, data: object) -> object:
+        if isinstance(data, dict) or data in ("agents", "none"):
+            return data
+        raise serializers.ValidationError('expected {"mean": [...], "std": [...]}, "agents" or "none"')
+
+    def to_representation(self, value: object) -> object:
+        return value
+
+
 class StudyCreateApi(ApiView):
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
@@ -99,8 +123,11 @@ class StudyCreateApi(ApiView):
         training = serializers.DictField(
             default=dict, help_text="epochs, batch_size, learning_rate, proximal_mu (defaults when left out)"
         )
-        feature_scaling = serializers.DictField(
-            allow_null=True, default=None, help_text='{"mean": [], "std": []}'
+        feature_scaling = ScalingInputField(
+            required=False,
+            allow_null=True,
+            help_text='{"mean": [...], "std": [...]} (given), "agents" (agreed through the sites\' agents '
+            'before the first job: the default for a tabular study) or "none" (null too)',
         )
         privacy = serializers.DictField(default=dict)
         update_norm_bound = serializers.DictField(
@@ -140,7 +167,7 @@ class StudyCreateApi(ApiView):
             strategy=data["strategy"],
             strategy_params=data["strategy_params"],
             training=data["training"],
-            feature_scaling=data["feature_scaling"],
+            feature_scaling=data.get("feature_scaling", services.SCALING_DEFAULT),
             privacy=data["privacy"],
             update_norm_bound=data["update_norm_bound"],
             validation_fraction=data["validation_fraction"],
@@ -218,3 +245,63 @@ class StudyDecideApi(ApiView):
             approve=serializer.validated_data["decision"] == DecisionChoice.APPROVE,
         )
         return Response(ParticipantOutputSerializer(participant, context={"scope": scope}).data)
+
+
+class SummarySiteOutputSerializer(serializers.Serializer):
+    institution = InstitutionRefSerializer()
+    answer = serializers.ChoiceField(choices=["waiting", "answered", "refused"])
+    refusal = serializers.CharField(help_text="the site's reason, when it refused")
+
+    class Meta:
+        ref_name = "SummarySite"
+
+
+class SummaryRequestOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=["open", "complete", "failed", "expired"])
+    requested_by = serializers.CharField()
+    requested_at = serializers.DateTimeField()
+    deadline_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    reason = serializers.CharField(help_text="why it failed: the sites that refused and their reasons")
+    sites = SummarySiteOutputSerializer(many=True)
+
+    class Meta:
+        ref_name = "SummaryRequest"
+
+
+class StudySummariesApi(ApiView):
+    """The data agreement: the study's feature scaling and categories, agreed through the
+    agents from the sites' counts and sums (never rows)."""
+
+    class OutputSerializer(serializers.Serializer):
+        scaling_mode = serializers.ChoiceField(choices=ScalingMode.choices)
+        feature_scaling = serializers.DictField(allow_null=True)
+        request = SummaryRequestOutputSerializer(allow_null=True, help_text="the latest request, if any")
+
+        class Meta:
+            ref_name = "StudySummaries"
+
+    def _answer(self, study: Study, status_code: int = status.HTTP_200_OK) -> Response:
+        study.refresh_from_db()
+        body = {
+            "scaling_mode": study.scaling_mode,
+            "feature_scaling": study.feature_scaling,
+            "request": agreement.summary_request_view(study=study),
+        }
+        return Response(self.OutputSerializer(body).data, status=status_code)
+
+    @extend_schema(tags=TAGS, responses={200: OutputSerializer, **error_responses(401, 404)})
+    def get(self, request: Request, study_id: int) -> Response:
+        """The study's scaling and the latest summary request: who answered, who refused and why."""
+        return self._answer(selectors.study_get(scope=request_scope(request), study_id=study_id))
+
+    @extend_schema(
+        tags=TAGS, request=None, responses={201: OutputSerializer, **error_responses(400, 401, 403, 404, 409)}
+    )
+    def post(self, request: Request, study_id: int) -> Response:
+        """Ask every approved site's agent for its summary (coordinators). When all have
+        answered, the study holds the union of the categories and the pooled scaling."""
+        study = selectors.study_get(scope=request_scope(request), study_id=study_id)
+        agreement.summary_request_open(study=study, actor=request_actor(request))
+        return self._answer(study, status.HTTP_201_CREATED)

@@ -29,7 +29,7 @@ from federation.privacy.settings import DPLevel, PrivacySettings
 from federation.rounds import RoundPlan
 from fedplatform.errors import Conflict, InvalidInput, NotFound
 from institutions.models import Institution
-from studies.models import Decision, Study, StudyParticipant
+from studies.models import Decision, ScalingMode, Study, StudyParticipant
 
 TRAINING_KEYS = {"epochs", "batch_size", "learning_rate", "proximal_mu", "max_steps", "class_weighting"}
 
@@ -189,6 +189,34 @@ def _check_model_fits_schema(
         raise InvalidInput(f"feature_scaling must have {width} means and standard deviations")
 
 
+#: ``feature_scaling`` left out of a new study: agreed through the agents for a tabular
+#: study, none for a text study (which has no numeric features).
+SCALING_DEFAULT = "default"
+
+
+def scaling_choice(
+    feature_scaling: Mapping[str, object] | str | None, data_schema: Mapping[str, object]
+) -> tuple[ScalingMode, Mapping[str, object] | None]:
+    """The study's scaling mode and given scaling from the ``feature_scaling`` it was set up
+    with: ``{"mean": [...], "std": [...]}``, ``"agents"``, ``"none"`` or null (none)."""
+    if feature_scaling is None or isinstance(feature_scaling, Mapping):
+        return (ScalingMode.NONE if feature_scaling is None else ScalingMode.GIVEN), feature_scaling
+    try:
+        text = isinstance(parse_data_schema(dict(data_schema)), TextSchema)
+    except FederationError as error:
+        raise InvalidInput(str(error)) from error
+    if feature_scaling == SCALING_DEFAULT:
+        return (ScalingMode.NONE if text else ScalingMode.AGENTS), None
+    if feature_scaling == ScalingMode.AGENTS and text:
+        raise InvalidInput("feature_scaling 'agents' applies to numeric features; a text study has none")
+    if feature_scaling in (ScalingMode.AGENTS, ScalingMode.NONE):
+        return ScalingMode(feature_scaling), None
+    raise InvalidInput(
+        'feature_scaling must be {"mean": [...], "std": [...]}, "agents" (agreed through the sites\' '
+        'agents) or "none"'
+    )
+
+
 @transaction.atomic
 def study_create(
     *,
@@ -199,7 +227,7 @@ def study_create(
     strategy: str,
     strategy_params: Mapping[str, object],
     training: Mapping[str, object],
-    feature_scaling: Mapping[str, object] | None,
+    feature_scaling: Mapping[str, object] | str | None,
     privacy: Mapping[str, object],
     validation_fraction: float,
     seed: int,
@@ -207,6 +235,8 @@ def study_create(
     actor: str,
     update_norm_bound: Mapping[str, object] | None = None,
 ) -> Study:
+    """A new study; ``feature_scaling`` as :func:`scaling_choice` reads it."""
+    scaling_mode, feature_scaling = scaling_choice(feature_scaling, data_schema)
     model_config = study_validate(
         model_config=model_config,
         data_schema=data_schema,
@@ -232,6 +262,7 @@ def study_create(
                 strategy_params=dict(strategy_params),
                 training=dict(training),
                 feature_scaling=dict(feature_scaling) if feature_scaling is not None else None,
+                scaling_mode=scaling_mode,
                 privacy=dict(privacy),
                 update_norm_bound=dict(update_norm_bound or {}),
                 validation_fraction=validation_fraction,

@@ -1,7 +1,8 @@
 """The consortium's own CSV files, as a new user would run them: a schema proposed by
 ``silo-agent schema suggest`` from one site's file, then ``deploy/run_local.py --csv ...
---schema ... --test ...``: the feature scaling agreed through the agents, 3 rounds over
-HTTP, the final model scored on a file no site holds, against pooled training."""
+--schema ... --test ...``: the feature scaling and categories agreed through the agents, 3 rounds over
+HTTP, the final model scored on a file no site holds, against pooled training. One site
+holds a category the others do not: the agreement adds it for every site."""
 
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ def write_hospital_files(folder: Path) -> list[Path]:
             writer.writerow(["patient", *data.feature_names, "smoker", "unit", "diagnosis"])
             for row in rows:
                 cells = [f"{value:.6g}" for value in data.features[row]]
-                extra = ["yes" if row % 3 == 0 else "no", ["ward 1", "ward 2", "day clinic"][row % 3]]
+                unit = ["ward 1", "ward 2", "day clinic"][row % 3]
+                if name == "site-c" and row % 7 == 0:
+                    unit = "hospice"  # only site C has it: the schema from site A does not list it
+                extra = ["yes" if row % 3 == 0 else "no", unit]
                 writer.writerow([f"P{row:05d}", *cells, *extra, ["malignant", "benign"][data.labels[row]]])
         paths.append(path)
     return paths
@@ -50,6 +54,8 @@ def test_a_federation_on_the_consortiums_own_files(tmp_path: Path) -> None:
     figures = run_federation(tmp_path, *files, rounds=3)
     assert (figures["sites"], figures["rounds"], figures["test_rows"]) == (3, 3, 142)
     assert figures["feature_scaling"] is True
+    # 30 measurements, smoker, and the unit's four values: the agreement added site C's hospice.
+    assert figures["features"] == 35
     assert figures["federated_accuracy"] >= 0.9
     assert figures["federated_accuracy"] >= figures["centralized_accuracy"] - 0.05
     assert figures["sites_final_evaluation"]["accuracy"] >= 0.9

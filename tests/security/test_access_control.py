@@ -184,6 +184,8 @@ ADMIN_MODELS = (
     "institutions/agentcredential",
     "studies/study",
     "studies/studyparticipant",
+    "studies/summaryrequest",
+    "studies/summaryanswer",
     "training/job",
     "training/round",
     "training/modelversion",
@@ -249,6 +251,10 @@ ROUTES: dict[str, Rule] = {
     "api/agent/v1/rounds/<int:round_id>/secagg/masked": agent("POST"),
     "api/agent/v1/rounds/<int:round_id>/secagg/unmasking": agent("POST"),
     "api/agent/v1/jobs/<int:job_id>/refuse": agent("POST"),
+    # Scoped by the answering site's approval (tests/platform/test_data_agreement.py).
+    "api/agent/v1/summaries/<int:request_id>": Rule(
+        Surface.AGENT, {"POST": PEOPLE}, sample="/api/agent/v1/summaries/1"
+    ),
     # --- any other path under api/: a JSON 404, whoever asks ----------------------------
     "^api/": Rule(Surface.NOT_FOUND, sample="/api/no-such-endpoint/"),
     # --- the coordinator API: everyone signed in reads, coordinators write ---------------
@@ -261,6 +267,7 @@ ROUTES: dict[str, Rule] = {
     "api/v1/studies/": api("GET", "POST", shows_participants=True),
     "api/v1/studies/<int:study_id>/": api("GET", shows_participants=True),
     "api/v1/studies/<int:study_id>/decision/": api("POST", gate=Gate.DATA_OWNER),
+    "api/v1/studies/<int:study_id>/summaries/": api("GET", "POST", shows_participants=True),
     "api/v1/jobs/": api("GET", "POST", queries=("?study={study_a}", "?study={study_b}")),
     "api/v1/jobs/<int:job_id>/": api("GET"),
     "api/v1/jobs/<int:job_id>/start/": api("POST"),

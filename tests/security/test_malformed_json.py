@@ -168,6 +168,7 @@ def real_ids(world: World) -> dict[str, int]:
         "institution_id": world.uploader.institution.pk,
         "credential_id": world.uploader.credential.pk,
         "version_id": target.base_version_id,
+        "request_id": 1,
     }
 
 

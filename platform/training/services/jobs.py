@@ -18,6 +18,7 @@ from federation.types import ModelSpec, Weights
 from federation.wire import serialize_weights
 from fedplatform.errors import Conflict, InvalidInput, NotFound
 from institutions.models import AgentCredential
+from studies.agreement import scaling_refusal
 from studies.models import Decision, Study
 from training import privacy, queue
 from training.blobs import blob_store
@@ -52,6 +53,9 @@ def job_create(
     actor: str,
     early_stopping_rounds: int | None = None,
 ) -> Job:
+    refusal = scaling_refusal(study)
+    if refusal is not None:
+        raise Conflict(refusal, code="scaling_not_agreed")
     participants = study.participants.count()
     if not 1 <= min_updates <= participants:
         raise InvalidInput(f"min_updates must lie between 1 and the {participants} participants of the study")
