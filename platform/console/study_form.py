@@ -30,7 +30,7 @@ from federation.models.pins import BUILTIN_MODELS, builtin_pin
 from fedplatform.errors import ServiceError
 from fedplatform.parsers import loads_checked
 from institutions.models import Institution
-from studies.services import study_validate
+from studies.services import SCALING_DEFAULT, study_validate
 
 _V = TypeVar("_V")
 
@@ -79,6 +79,13 @@ def strategy_label(strategy: StrategyName) -> str:
     return f"{strategy_class.label} (robust)" if strategy_class.robust else strategy_class.label
 
 
+SCALING_CHOICES = [
+    ("agents", "Agreed through the sites' agents (text studies: none)"),
+    ("none", "None: the sites train on their features as they are"),
+    ("given", "Given below"),
+]
+#: What each choice asks of :func:`studies.services.study_create` ("given": the JSON itself).
+SCALING_OF = {"agents": SCALING_DEFAULT, "none": "none"}
 TRAINING_FIELDS = ("epochs", "batch_size", "learning_rate", "proximal_mu", "max_steps", "class_weighting")
 LORA_FIELDS = (
     "base_model",
@@ -100,7 +107,7 @@ class StudyArguments(TypedDict):
     strategy: str
     strategy_params: dict[str, object]
     training: dict[str, object]
-    feature_scaling: dict[str, object] | None
+    feature_scaling: dict[str, object] | str | None
     privacy: dict[str, object]
     update_norm_bound: dict[str, object]
     validation_fraction: float
@@ -312,11 +319,20 @@ class StudyForm(forms.Form):
     seed = forms.IntegerField(
         min_value=0, max_value=MAX_SEED, initial=0, help_text="Fixes the initial model and the splits."
     )
+    scaling = forms.ChoiceField(
+        choices=SCALING_CHOICES,
+        initial="agents",
+        label="Feature scaling",
+        help_text=(
+            "Agreed through the agents: once every site approved, one button on the study's page asks "
+            "each site for its counts and sums (never rows). Without scaling, training can fail."
+        ),
+    )
     feature_scaling = JsonObjectField(
         required=False,
         rows=4,
-        label="Feature scaling (JSON, optional)",
-        help_text='{"mean": [...], "std": [...]}, one value per encoded feature; empty for none.',
+        label="Given scaling (JSON)",
+        help_text='With "given": {"mean": [...], "std": [...]}, one value per encoded feature.',
     )
     privacy = JsonObjectField(
         required=False,
@@ -388,6 +404,7 @@ class StudyForm(forms.Form):
                     "class_weighting",
                     "validation_fraction",
                     "seed",
+                    "scaling",
                     "feature_scaling",
                     "privacy",
                 ),
@@ -446,7 +463,14 @@ class StudyForm(forms.Form):
             self._check(self._strategy_params, self._param_fields(cleaned["strategy"]), fallback="strategy")
         if all(name in cleaned for name in TRAINING_FIELDS):
             self._check(self._training, list(TRAINING_FIELDS), fallback="epochs")
-        if self.schema is not None and cleaned.get("feature_scaling") is not None:
+        given = cleaned.get("scaling") == "given"
+        if given and cleaned.get("feature_scaling") is None:
+            self.add_error(
+                "feature_scaling", 'Give {"mean": [...], "std": [...]}, or choose another scaling.'
+            )
+        elif not given and cleaned.get("feature_scaling") is not None:
+            self.add_error("feature_scaling", 'Choose "given" to use this scaling, or leave it empty.')
+        elif self.schema is not None and given:
             self._check(self._feature_scaling, [], fallback="feature_scaling")
         if not self.errors:
             self._validate_whole()
@@ -581,7 +605,9 @@ class StudyForm(forms.Form):
             "strategy": data["strategy"],
             "strategy_params": data["strategy_params"],
             "training": data["training"],
-            "feature_scaling": data["feature_scaling"],
+            "feature_scaling": data["feature_scaling"]
+            if data["scaling"] == "given"
+            else SCALING_OF[data["scaling"]],
             "privacy": data["privacy"],
             "update_norm_bound": data["update_norm_bound"],
             "validation_fraction": data["validation_fraction"],

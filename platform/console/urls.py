@@ -37,6 +37,7 @@ urlpatterns = [
     path("studies/<int:study_id>/", studies.study_detail, name="study-detail"),
     path("studies/<int:study_id>/decision/", studies.study_decide_view, name="study-decide"),
     path("studies/<int:study_id>/jobs/", studies.job_new, name="job-new"),
+    path("studies/<int:study_id>/scaling/", studies.study_agree_scaling, name="study-agree-scaling"),
     # jobs and models
     path("jobs/", jobs.job_list_view, name="job-list"),
     path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),

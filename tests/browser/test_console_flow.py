@@ -15,7 +15,7 @@ from browser_support import Stack, screenshot
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from federation.data import load_builtin
 
@@ -101,7 +101,7 @@ def enroll_agents(stack: Stack, tokens: dict[str, str]) -> list[object]:
     return sites
 
 
-def create_study(driver: WebDriver, stack: Stack, sites: list[object]) -> str:
+def create_study(driver: WebDriver, stack: Stack) -> str:
     dataset = load_builtin("breast_cancer")
     driver.get(f"{stack.url}/studies/new/")
     driver.find_element(By.ID, "id_name").send_keys(STUDY)
@@ -113,8 +113,11 @@ def create_study(driver: WebDriver, stack: Stack, sites: list[object]) -> str:
     assert wait_for(driver, by_testid("error-data_schema")).text
     screenshot(driver, "study-form-error")
     fill(driver, "id_data_schema", json.dumps(stack.runner.builtin_schema(dataset)))
-    # Feature scaling agreed from the sites' per-feature sums (silo-agent moments).
-    fill(driver, "id_feature_scaling", json.dumps(stack.runner.agreed_scaling(sites, stack.env)))
+    # The form's default scaling: agreed through the agents, from the study's page.
+    assert (
+        Select(driver.find_element(By.ID, "id_scaling")).first_selected_option.get_attribute("value")
+        == "agents"
+    )
     for checkbox in driver.find_elements(By.CSS_SELECTOR, 'input[name="institutions"]'):
         if not checkbox.is_selected():
             checkbox.click()
@@ -134,6 +137,31 @@ def approve_as_data_owners(driver: WebDriver, stack: Stack, study_url: str) -> N
         driver.get(f"{stack.url}/institutions/")
         assert other not in driver.page_source  # a data owner sees only their own institution
     screenshot(driver, "study-approved")
+
+
+def agree_scaling(driver: WebDriver, study_url: str, timeout: float = 60) -> None:
+    """One button asks the running agents for their sums; the page refreshes until all answered."""
+    driver.get(study_url)
+    wait_for(driver, by_testid("agree-scaling")).click()
+    deadline = time.monotonic() + timeout
+    script = (
+        "const e = document.querySelector('[data-testid=\"agreement-state\"]'); return e && e.dataset.state;"
+    )
+    while time.monotonic() < deadline:
+        state = driver.execute_script(script)
+        if state == "complete":
+            break
+        assert state in {None, "open"}, f"the agreement ended {state}"
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the sites' agents did not agree the scaling in time")
+    answers = [
+        row.text for row in driver.find_elements(By.CSS_SELECTOR, '[data-testid="agreement-sites"] tbody tr')
+    ]
+    assert len(answers) == len(SITES)
+    assert all("Answered" in answer for answer in answers), answers
+    assert "Agreed: 30 features" in driver.find_element(*by_testid("scaling-result")).text
+    screenshot(driver, "scaling-agreed")
 
 
 def launch_job(driver: WebDriver, stack: Stack, study_url: str) -> str:
@@ -209,7 +237,7 @@ def test_a_coordinator_runs_a_federation_from_the_browser(stack: Stack, browser:
     sign_in(browser, stack, "carol", people["carol"])
     screenshot(browser, "overview-empty")
     sites = enroll_agents(stack, register_sites(browser, stack))
-    study_url = create_study(browser, stack, sites)
+    study_url = create_study(browser, stack)
     sign_in(browser, stack, "carol", people["carol"])
     browser.get(study_url)
     start_refused = len(browser.find_elements(*by_testid("approve-button")))
@@ -223,6 +251,7 @@ def test_a_coordinator_runs_a_federation_from_the_browser(stack: Stack, browser:
             stack.env,
             cwd=site.folder,
         )
+    agree_scaling(browser, study_url)
     job_url = launch_job(browser, stack, study_url)
     watch_until_completed(browser)
     live = browser.execute_async_script(

@@ -47,6 +47,7 @@ def _study_form(participants: list[Institution], **changes: object) -> dict[str,
         "proximal_mu": "0",
         "validation_fraction": "0.25",
         "seed": "3",
+        "scaling": "agents",
         "feature_scaling": "",
         "privacy": "{}",
     }
@@ -111,6 +112,7 @@ def test_coordinator_creates_a_study(
         {},
         None,
     )
+    assert study.scaling_mode == "agents"  # the form's default: agreed through the agents
     assert study.created_by == "user:carol"
     assert set(study.participants.values_list("decision", flat=True)) == {Decision.PENDING}
     html = response.content.decode()
@@ -149,8 +151,19 @@ def test_coordinator_creates_a_study(
         ),
         ({"learning_rate": "0"}, "learning_rate", "learning_rate"),
         ({"validation_fraction": "1"}, "validation_fraction", "strictly between 0 and 1"),
-        ({"feature_scaling": '{"mean": [0, 0], "std": [1, 1]}'}, "feature_scaling", "4 means"),
-        ({"feature_scaling": '{"mean": [0, 0, 0, 0], "std": [1, 1, 0, 1]}'}, "feature_scaling", "positive"),
+        (
+            {"scaling": "given", "feature_scaling": '{"mean": [0, 0], "std": [1, 1]}'},
+            "feature_scaling",
+            "4 means",
+        ),
+        (
+            {"scaling": "given", "feature_scaling": '{"mean": [0, 0, 0, 0], "std": [1, 1, 0, 1]}'},
+            "feature_scaling",
+            "positive",
+        ),
+        ({"scaling": "given"}, "feature_scaling", "or choose another scaling"),
+        ({"feature_scaling": '{"mean": [0], "std": [1]}'}, "feature_scaling", "to use this scaling"),
+        ({"scaling": "always"}, "scaling", "valid choice"),
         ({"privacy": '"none"'}, "privacy", "JSON object"),
         ({"update_norm_bound": '{"max_ratio": 0}'}, "update_norm_bound", "above 0"),
         # The API's JSON checks hold in the form too.

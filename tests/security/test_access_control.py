@@ -294,6 +294,7 @@ ROUTES: dict[str, Rule] = {
     "studies/<int:study_id>/": console(GET=PEOPLE, shows_participants=True),
     "studies/<int:study_id>/decision/": console(POST=DATA_OWNERS),
     "studies/<int:study_id>/jobs/": console(POST=COORDINATORS),
+    "studies/<int:study_id>/scaling/": console(POST=COORDINATORS),
     "jobs/": console(GET=PEOPLE, queries=("?state=running",)),
     "jobs/<int:job_id>/": console(GET=PEOPLE),
     "jobs/<int:job_id>/live.json": console(GET=PEOPLE, json_errors=True),

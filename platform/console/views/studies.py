@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from accounts.selectors import Scope
@@ -15,6 +16,7 @@ from console.pages import page
 from console.study_form import StudyForm
 from fedplatform.errors import Conflict, ServiceError
 from institutions.selectors import institution_get, institution_list
+from studies.agreement import summary_request_open, summary_request_view
 from studies.models import Decision, Study
 from studies.selectors import participant_decided_by, study_get, study_list
 from studies.services import study_create, study_decide
@@ -67,6 +69,8 @@ def _study_page(request: HttpRequest, scope: Scope, study: Study, job_form: JobF
         "jobs": job_list(scope=scope, study_id=study.pk),
         "job_form": job_form or JobForm(participants=len(participants)),
         "schema_features": study.data_schema.get("features", []),
+        "agreement": summary_request_view(study=study),
+        "agreement_open": not study.jobs.exists(),
     }
     return page(request, "console/studies/detail.html", context, section="studies")
 
@@ -117,6 +121,24 @@ def study_decide_view(request: HttpRequest, study_id: int) -> HttpResponseBase:
         verb = "approved" if approve else "declined"
         messages.success(request, f"{institution.name} {verb} the study “{study.name}”.")
     return redirect("console:study-detail", study_id=study.pk)
+
+
+@console_view
+@require_POST
+def study_agree_scaling(request: HttpRequest, study_id: int) -> HttpResponseBase:
+    """Ask every approved site's agent for its summary (the data agreement)."""
+    scope = scope_of(request)
+    require_coordinator(scope)
+    study = study_get(scope=scope, study_id=study_id)
+    try:
+        summary_request_open(study=study, actor=actor_of(request))
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(
+            request, "Each site's agent is asked for its counts and sums; this page shows who answered."
+        )
+    return redirect(f"{reverse('console:study-detail', args=[study.pk])}#scaling")
 
 
 @console_view

@@ -95,8 +95,18 @@
     document.querySelectorAll("section.step").forEach(function (section) { observer.observe(section); });
   }
 
+  /* <element data-reload-after="3">: reload the page after that many seconds, while it waits
+     for others (a reload, unlike a meta refresh, also works on a URL with a #fragment). */
+  function reloadWhileWaiting() {
+    var waiting = document.querySelector("[data-reload-after]");
+    if (!waiting) { return; }
+    var seconds = Number(waiting.getAttribute("data-reload-after")) || 3;
+    window.setTimeout(function () { window.location.reload(); }, seconds * 1000);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     setUpCopyButtons();
     setUpStudyForm();
+    reloadWhileWaiting();
   });
 })();
