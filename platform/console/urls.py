@@ -32,6 +32,16 @@ urlpatterns = [
         name="credential-revoke",
     ),
     # studies
+    path(
+        "institutions/<int:institution_id>/tokens/<int:token_id>/withdraw/",
+        institutions.token_withdraw,
+        name="token-withdraw",
+    ),
+    path(
+        "institutions/<int:institution_id>/tokens/<int:token_id>/site-kit.zip",
+        institutions.token_site_kit,
+        name="token-site-kit",
+    ),
     path("studies/", studies.study_list_view, name="study-list"),
     path("studies/new/", studies.study_new, name="study-new"),
     path("studies/<int:study_id>/", studies.study_detail, name="study-detail"),

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from fedplatform.api_base import ApiView, error_responses, request_actor, request_scope
+from fedplatform.errors import NotFound
 from institutions import selectors, services
 from institutions.models import AgentCredential
 
@@ -153,3 +154,51 @@ class CredentialRevokeApi(ApiView):
         credential = selectors.credential_get(scope=request_scope(request), credential_id=credential_id)
         revoked = services.credential_revoke(credential_id=credential.pk, actor=request_actor(request))
         return Response(CredentialOutputSerializer(revoked).data)
+
+
+class EnrollmentTokenOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    created_by = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+    used_at = serializers.DateTimeField(allow_null=True)
+    withdrawn_at = serializers.DateTimeField(allow_null=True)
+    state = serializers.ChoiceField(choices=["unused", "used", "withdrawn", "expired"])
+
+    class Meta:
+        ref_name = "EnrollmentTokenRecord"
+
+
+class EnrollmentTokenListCreateApi(EnrollmentTokenCreateApi):
+    """``enrollment-tokens/`` answers GET (the tokens, never their secrets) and POST (a new one)."""
+
+    @extend_schema(
+        tags=TAGS, responses={200: EnrollmentTokenOutputSerializer(many=True), **error_responses(401, 404)}
+    )
+    def get(self, request: Request, institution_id: int) -> Response:
+        """The institution's enrollment tokens, newest first: dates and state, never a token."""
+        institution = selectors.institution_get(scope=request_scope(request), institution_id=institution_id)
+        return self.paginated_response(
+            queryset=selectors.enrollment_token_list(institution=institution),
+            serializer_class=EnrollmentTokenOutputSerializer,
+        )
+
+
+class EnrollmentTokenWithdrawApi(ApiView):
+    @extend_schema(
+        tags=TAGS,
+        request=None,
+        responses={200: EnrollmentTokenOutputSerializer, **error_responses(401, 403, 404, 409)},
+    )
+    def post(self, request: Request, institution_id: int, token_id: int) -> Response:
+        """Withdraw an unused token (coordinators): no agent can enroll with it any more.
+        A used token is 409 ``token_used``: revoke the agent's credential instead."""
+        scope = request_scope(request)
+        try:
+            institution = selectors.institution_get(scope=scope, institution_id=institution_id)
+        except NotFound:  # one answer for a missing institution and a missing token
+            raise NotFound("no such enrollment token") from None
+        record = services.enrollment_token_withdraw(
+            institution=institution, token_id=token_id, actor=request_actor(request)
+        )
+        return Response(EnrollmentTokenOutputSerializer(record).data)

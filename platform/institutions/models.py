@@ -34,6 +34,22 @@ class EnrollmentToken(models.Model):
     created_by = models.CharField(max_length=200)
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+    withdrawn_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    @property
+    def state(self) -> str:
+        """``used``, ``withdrawn``, ``expired`` or ``unused`` (still works)."""
+        from django.utils import timezone
+
+        if self.used_at is not None:
+            return "used"
+        if self.withdrawn_at is not None:
+            return "withdrawn"
+        return "expired" if self.expires_at <= timezone.now() else "unused"
 
 
 class AgentCredential(models.Model):

@@ -63,3 +63,8 @@ def enrollment_token_get(*, institution: Institution, token_id: int) -> Enrollme
     if token is None:
         raise NotFound("no such enrollment token")
     return token
+
+
+def enrollment_token_list(*, institution: Institution) -> QuerySet[EnrollmentToken]:
+    """The institution's enrollment tokens, newest first (hashes and dates; never a clear token)."""
+    return EnrollmentToken.objects.filter(institution=institution).select_related("institution")

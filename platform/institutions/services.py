@@ -84,6 +84,28 @@ def enrollment_token_create(*, institution: Institution, actor: str, hours: int 
     return IssuedToken(token=token, record=record)
 
 
+@transaction.atomic
+def enrollment_token_withdraw(*, institution: Institution, token_id: int, actor: str) -> EnrollmentToken:
+    """Withdraw an unused token: no agent can enroll with it any more."""
+    record = EnrollmentToken.objects.select_for_update().filter(institution=institution, pk=token_id).first()
+    if record is None:
+        raise NotFound("no such enrollment token")
+    if record.state == "used":
+        raise Conflict("this token was used: revoke the agent's credential instead", code="token_used")
+    if record.state != "unused":
+        raise Conflict(f"this token is {record.state} already", code=f"token_{record.state}")
+    record.withdrawn_at = timezone.now()
+    record.withdrawn_by = actor
+    record.save(update_fields=["withdrawn_at", "withdrawn_by"])
+    audit_record(
+        actor=actor,
+        kind="enrollment_token.withdrawn",
+        institution=institution,
+        details={"token_id": record.pk},
+    )
+    return record
+
+
 @dataclass(frozen=True)
 class Enrollment:
     credential: AgentCredential
@@ -94,8 +116,8 @@ class Enrollment:
 def agent_enroll(*, token: str, agent_version: str, hostname: str) -> Enrollment:
     """Trade a valid, unused, unexpired token for a credential."""
     record = EnrollmentToken.objects.select_for_update().filter(token_hash=_hash(token)).first()
-    if record is None or record.used_at is not None or record.expires_at <= timezone.now():
-        # One answer for unknown, used and expired tokens: nothing to learn by probing.
+    if record is None or record.state != "unused":
+        # One answer for unknown, used, withdrawn and expired tokens: nothing to learn by probing.
         raise Unauthenticated("the enrollment token is invalid, used or expired", code="invalid_token")
     record.used_at = timezone.now()
     record.save(update_fields=["used_at"])

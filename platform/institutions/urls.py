@@ -11,8 +11,13 @@ urlpatterns = [
     ),
     path(
         "institutions/<int:institution_id>/enrollment-tokens/",
-        apis.EnrollmentTokenCreateApi.as_view(),
+        apis.EnrollmentTokenListCreateApi.as_view(),
         name="institution-enrollment-tokens",
+    ),
+    path(
+        "institutions/<int:institution_id>/enrollment-tokens/<int:token_id>/withdraw/",
+        apis.EnrollmentTokenWithdrawApi.as_view(),
+        name="enrollment-token-withdraw",
     ),
     path(
         "institutions/<int:institution_id>/credentials/",

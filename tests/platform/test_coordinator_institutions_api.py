@@ -258,3 +258,25 @@ def test_revoke_refusals(
     assert coordinator_client.post("/api/v1/credentials/999/revoke/").status_code == 404
     credential.refresh_from_db()
     assert credential.revoked_at is None
+
+
+def test_tokens_are_listed_and_an_unused_one_withdrawn(
+    coordinator_client: APIClient, observer_client: APIClient, hospital_a: Institution
+) -> None:
+    used = enrollment_token_create(institution=hospital_a, actor="user:carol")
+    agent_enroll(token=used.token, agent_version="1.0", hostname="a")
+    unused = enrollment_token_create(institution=hospital_a, actor="user:carol")
+    listed = observer_client.get(f"/api/v1/institutions/{hospital_a.pk}/enrollment-tokens/").json()["results"]
+    assert [(t["id"], t["state"]) for t in listed] == [(unused.record.pk, "unused"), (used.record.pk, "used")]
+    assert unused.token not in str(listed)
+    base = f"/api/v1/institutions/{hospital_a.pk}/enrollment-tokens"
+    withdrawn = coordinator_client.post(f"{base}/{unused.record.pk}/withdraw/")
+    assert withdrawn.status_code == 200
+    assert withdrawn.json()["state"] == "withdrawn"
+    again = coordinator_client.post(f"{base}/{used.record.pk}/withdraw/")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "token_used"
+    enroll = APIClient().post(
+        "/api/agent/v1/enroll", {"token": unused.token, "agent_version": "1"}, format="json"
+    )
+    assert enroll.status_code == 401

@@ -260,7 +260,8 @@ ROUTES: dict[str, Rule] = {
     # --- the coordinator API: everyone signed in reads, coordinators write ---------------
     "api/v1/institutions/": api("GET", "POST"),
     "api/v1/institutions/<int:institution_id>/": api("GET"),
-    "api/v1/institutions/<int:institution_id>/enrollment-tokens/": api("POST"),
+    "api/v1/institutions/<int:institution_id>/enrollment-tokens/": api("GET", "POST"),
+    "api/v1/institutions/<int:institution_id>/enrollment-tokens/<int:token_id>/withdraw/": api("POST"),
     "api/v1/institutions/<int:institution_id>/credentials/": api("GET"),
     "api/v1/institutions/<int:institution_id>/privacy-ledger/": api("GET"),
     "api/v1/credentials/<int:credential_id>/revoke/": api("POST"),
@@ -288,6 +289,8 @@ ROUTES: dict[str, Rule] = {
     "institutions/<int:institution_id>/": console(GET=PEOPLE),
     "institutions/<int:institution_id>/tokens/": console(POST=COORDINATORS),
     "institutions/<int:institution_id>/tokens/<int:token_id>/": console(GET=COORDINATORS),
+    "institutions/<int:institution_id>/tokens/<int:token_id>/withdraw/": console(POST=COORDINATORS),
+    "institutions/<int:institution_id>/tokens/<int:token_id>/site-kit.zip": console(GET=COORDINATORS),
     "credentials/<int:credential_id>/revoke/": console(GET=COORDINATORS, POST=COORDINATORS),
     "studies/": console(GET=PEOPLE),
     "studies/new/": console(GET=COORDINATORS, POST=COORDINATORS),

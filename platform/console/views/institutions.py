@@ -22,10 +22,17 @@ from institutions.selectors import (
     credential_get,
     credential_list,
     enrollment_token_get,
+    enrollment_token_list,
     institution_get,
     institution_list,
 )
-from institutions.services import credential_revoke, enrollment_token_create, institution_create
+from institutions.services import (
+    credential_revoke,
+    enrollment_token_create,
+    enrollment_token_withdraw,
+    institution_create,
+)
+from institutions.site_kit import site_kit_zip
 from studies.selectors import study_list
 from training.selectors import privacy_ledger
 
@@ -68,6 +75,7 @@ def institution_detail(request: HttpRequest, institution_id: int) -> HttpRespons
         "studies": studies,
         "ledger": privacy_ledger(institution=institution),
         "token_form": EnrollmentTokenForm(),
+        "tokens": enrollment_token_list(institution=institution) if scope.is_coordinator else [],
     }
     return page(request, "console/institutions/detail.html", context, section="institutions")
 
@@ -136,3 +144,33 @@ def credential_revoke_view(request: HttpRequest, credential_id: int) -> HttpResp
         return redirect("console:institution-detail", institution_id=credential.institution_id)
     context = {"credential": credential, "institution": credential.institution}
     return page(request, "console/institutions/revoke.html", context, section="institutions")
+
+
+@console_view
+@require_POST
+def token_withdraw(request: HttpRequest, institution_id: int, token_id: int) -> HttpResponseBase:
+    scope = scope_of(request)
+    require_coordinator(scope)
+    institution = institution_get(scope=scope, institution_id=institution_id)
+    record = enrollment_token_get(institution=institution, token_id=token_id)  # another's: 404
+    try:
+        enrollment_token_withdraw(institution=institution, token_id=record.pk, actor=actor_of(request))
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"Enrollment token #{token_id} is withdrawn: no agent can enroll with it.")
+    return redirect(f"{reverse('console:institution-detail', args=[institution.pk])}#tokens")
+
+
+@console_view
+@require_safe
+def token_site_kit(request: HttpRequest, institution_id: int, token_id: int) -> HttpResponse:
+    """The token's site kit (no secret in it: the token travels separately)."""
+    scope = scope_of(request)
+    require_coordinator(scope)
+    institution = institution_get(scope=scope, institution_id=institution_id)
+    record = enrollment_token_get(institution=institution, token_id=token_id)
+    server_url = request.build_absolute_uri("/").rstrip("/")
+    response = HttpResponse(site_kit_zip(record, server_url), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="site-kit-{institution.pk}-{record.pk}.zip"'
+    return response
