@@ -24,7 +24,7 @@ class CreatedUser:
     token: str | None
 
 
-def _check_role(role: Role, institution: Institution | None) -> None:
+def check_role(role: Role, institution: Institution | None) -> None:
     if role == Role.DATA_OWNER and institution is None:
         raise InvalidInput("a data owner needs an institution")
     if role != Role.DATA_OWNER and institution is not None:
@@ -42,7 +42,7 @@ def user_create(
     actor: str,
 ) -> CreatedUser:
     """Create a user with ``role``; without a password the account can only use its token."""
-    _check_role(role, institution)
+    check_role(role, institution)
     user_model = get_user_model()
     if user_model.objects.filter(username=username).exists():
         raise Conflict(f"a user named {username!r} exists already", code="duplicate")

@@ -113,3 +113,32 @@ class AuditFilterForm(forms.Form):
         jobs = job_list(scope=scope).values_list("pk", "study__name")
         self.fields["job"].choices = anything + [(str(pk), f"Job {pk} · {name}") for pk, name in jobs]  # type: ignore[attr-defined]
         self.fields["kind"].choices = anything + [(kind, kind) for kind in audit_kind_list(scope=scope)]  # type: ignore[attr-defined]
+
+
+class InvitationForm(forms.Form):
+    username = forms.CharField(max_length=150, label="User name", help_text="They sign in with it.")
+    role = forms.ChoiceField(
+        choices=[("data_owner", "Data owner of an institution"), ("observer", "Observer (read only)")],
+        label="Role",
+    )
+    institution: forms.ModelChoiceField = forms.ModelChoiceField(
+        queryset=None,
+        required=False,
+        label="Institution",
+        help_text="A data owner's institution: they approve studies for it.",
+    )
+
+    def __init__(self, *args: object, scope: Scope, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fields["institution"].queryset = institution_list(scope=scope)  # type: ignore[attr-defined]
+
+
+class AcceptInvitationForm(forms.Form):
+    password = forms.CharField(widget=forms.PasswordInput, label="Password", strip=False)
+    password_again = forms.CharField(widget=forms.PasswordInput, label="Password again", strip=False)
+
+    def clean(self) -> dict[str, object]:
+        cleaned = super().clean() or {}
+        if cleaned.get("password") != cleaned.get("password_again"):
+            self.add_error("password_again", "The two passwords differ.")
+        return cleaned

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console.views import audit, institutions, jobs, overview, studies
+from console.views import audit, institutions, jobs, overview, people, studies
 
 app_name = "console"
 
@@ -59,6 +59,9 @@ urlpatterns = [
     path("models/<int:version_id>/download", jobs.model_download, name="model-download"),
     path("models/<int:version_id>/bundle", jobs.model_bundle, name="model-bundle"),
     # the audit trail
+    path("people/", people.people_view, name="people"),
+    path("invitations/<str:secret>/", people.invitation_accept_view, name="invitation-accept"),
+    path("account/password/", people.password_change_view, name="password-change"),
     path("audit/", audit.audit_log, name="audit-log"),
     path("audit/export.csv", audit.audit_export, name="audit-export"),
 ]

@@ -177,6 +177,7 @@ ADMIN_MODELS = (
     "axes/accessfailurelog",
     "authtoken/tokenproxy",
     "accounts/profile",
+    "accounts/invitation",
     "audit/auditevent",
     "audit/auditchainhead",
     "institutions/institution",
@@ -307,6 +308,12 @@ ROUTES: dict[str, Rule] = {
     "jobs/<int:job_id>/cancel/": console(GET=COORDINATORS, POST=COORDINATORS),
     "models/<int:version_id>/download": console(GET=PEOPLE),
     "models/<int:version_id>/bundle": console(GET=PEOPLE),
+    "people/": console(GET=COORDINATORS, POST=COORDINATORS),
+    # The link is the credential: an unknown one shows that it does not work.
+    "invitations/<str:secret>/": Rule(
+        Surface.PUBLIC, {"GET": PEOPLE, "POST": PEOPLE}, sample="/invitations/no-such-link/"
+    ),
+    "account/password/": console(GET=PEOPLE, POST=PEOPLE),
     "audit/": console(GET=PEOPLE, queries=AUDIT_QUERIES),
     "audit/export.csv": console(GET=PEOPLE, queries=AUDIT_QUERIES),
     **_admin_routes(),

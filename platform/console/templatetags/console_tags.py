@@ -30,6 +30,8 @@ TONES = {
     "complete": "success",
     "answered": "success",
     "online": "success",
+    "active": "success",
+    "deactivated": "neutral",
     "paused": "warning",
     "pending": "warning",
     "waiting": "warning",
