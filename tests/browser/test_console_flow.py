@@ -112,7 +112,18 @@ def create_study(driver: WebDriver, stack: Stack) -> str:
     driver.find_element(*by_testid("create-study")).click()
     assert wait_for(driver, by_testid("error-data_schema")).text
     screenshot(driver, "study-form-error")
-    fill(driver, "id_data_schema", json.dumps(stack.runner.builtin_schema(dataset)))
+    # The schema from the export's header line, through the typed editor (no JSON typed).
+    fill(driver, "schema-header", ",".join(["patient_id", *dataset.feature_names, "target"]))
+    driver.find_element(*by_testid("schema-build")).click()
+    identifier = driver.find_element(By.CSS_SELECTOR, 'tr[data-column="patient_id"] select')
+    assert Select(identifier).first_selected_option.get_attribute("value") == "skip"  # left out
+    classes = driver.find_element(*by_testid("schema-classes"))
+    classes.clear()
+    classes.send_keys("malignant, benign")  # typed: each keystroke rewrites the JSON
+    built = json.loads(driver.find_element(By.ID, "id_data_schema").get_attribute("value"))
+    assert built == stack.runner.builtin_schema(dataset)
+    assert "30 input features" in driver.find_element(*by_testid("derived-shape")).text
+    screenshot(driver, "schema-builder")
     # The form's default scaling: agreed through the agents, from the study's page.
     assert (
         Select(driver.find_element(By.ID, "id_scaling")).first_selected_option.get_attribute("value")

@@ -312,3 +312,11 @@ def test_a_study_with_an_update_norm_bound_shows_it(
     study = Study.objects.get(name="Readmission risk")
     assert study.update_norm_bound == {"max_ratio": 10, "action": "clip"}
     assert "clip beyond 10 × the model" in response.content.decode()
+
+
+def test_the_form_offers_the_typed_schema_editor_beside_the_json(coordinator: Client) -> None:
+    html = coordinator.get("/studies/new/").content.decode()
+    # Shown by console.js (the browser test drives it); without JavaScript the JSON field alone.
+    assert '<div class="schema-builder" id="schema-builder" data-testid="schema-builder" hidden>' in html
+    assert 'id="schema-header"' in html
+    assert 'id="id_data_schema"' in html
