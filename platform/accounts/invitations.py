@@ -82,8 +82,9 @@ def invitation_open(*, secret: str) -> Invitation | None:
 
 
 @transaction.atomic
-def invitation_accept(*, secret: str, password: str) -> CreatedUser:
-    """Create the invited account with ``password`` (checked by Django's validators)."""
+def invitation_accept(*, secret: str, password: str, with_token: bool = False) -> CreatedUser:
+    """Create the invited account with ``password`` (checked by Django's validators) and, for
+    the API, its token."""
     record = Invitation.objects.select_for_update().filter(token_hash=_hash(secret)).first()
     if record is None or record.state != "pending":
         raise NotFound("this invitation link is invalid, used, withdrawn or expired")
@@ -92,7 +93,7 @@ def invitation_accept(*, secret: str, password: str) -> CreatedUser:
         role=Role(record.role),
         institution=record.institution,
         password=password,
-        with_token=False,
+        with_token=with_token,
         actor=f"invitation:{record.pk}",
     )
     record.accepted_at = timezone.now()

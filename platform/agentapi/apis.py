@@ -13,7 +13,6 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from agentapi import long_poll, selectors
@@ -22,7 +21,7 @@ from federation.errors import ConfigurationError
 from federation.metric_reports import MAX_NUM_EXAMPLES, check_num_examples, check_reported_metrics
 from federation.types import ModelSpec
 from federation.wire import max_update_bytes
-from fedplatform.client_address import client_address
+from fedplatform.client_address import ClientAddressThrottle
 from fedplatform.errors import InvalidInput, NotFound, TooLarge
 from fedplatform.parsers import BoundedJSONParser, loads_checked
 from fedplatform.serializers import MAX_ID, ErrorResponseSerializer
@@ -43,13 +42,6 @@ class AgentView(APIView):
     authentication_classes = [AgentAuthentication]
     permission_classes = [IsAgent]
     parser_classes = [BoundedJSONParser]
-
-
-class ClientAddressThrottle(ScopedRateThrottle):
-    """Counts per client address as the sign-in throttle does (``fedplatform.client_address``)."""
-
-    def get_ident(self, request: Request) -> str:
-        return client_address(request) or "unknown"
 
 
 class EnrollApi(APIView):

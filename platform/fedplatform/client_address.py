@@ -13,6 +13,8 @@ import ipaddress
 
 from django.conf import settings
 from django.http import HttpRequest
+from rest_framework.request import Request
+from rest_framework.throttling import ScopedRateThrottle
 
 
 def _valid(address: str) -> str | None:
@@ -32,3 +34,10 @@ def client_address(request: HttpRequest) -> str | None:
     if len(forwarded) < proxies:
         return peer  # not written by the proxies we were told of: trust only the peer
     return _valid(forwarded[-proxies]) or peer
+
+
+class ClientAddressThrottle(ScopedRateThrottle):
+    """A DRF throttle counted per client address, as the sign-in throttle counts."""
+
+    def get_ident(self, request: Request) -> str:
+        return client_address(request) or "unknown"

@@ -169,7 +169,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "fedplatform.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
-    "DEFAULT_THROTTLE_RATES": {"enroll": "30/minute"},
+    "DEFAULT_THROTTLE_RATES": {"enroll": "30/minute", "invitation": "30/minute"},
     # Proxies in front whose X-Forwarded-For is trusted: throttling counts per client address,
     # so with 0 (gunicorn reached directly) a client cannot choose its address by a header.
 }

@@ -281,6 +281,8 @@ ROUTES: dict[str, Rule] = {
     "api/v1/models/<int:version_id>/download/": api("GET"),
     "api/v1/models/<int:version_id>/bundle/": api("GET"),
     "api/v1/me/": api("GET", gate=Gate.SIGNED_IN),
+    "api/v1/invitations/": api("POST"),
+    "api/v1/invitations/accept/": public("POST"),  # the invitation's secret is the credential
     "api/v1/audit-events/": api("GET", queries=AUDIT_QUERIES),
     # --- the web console: a signed-in session --------------------------------------------
     "": console(GET=PEOPLE),
