@@ -230,6 +230,25 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     return {**result, **privacy_figures(finished_job, versions)}
 
 
+def serve(args: argparse.Namespace) -> dict[str, object]:
+    """Only the control plane and a coordinator, until stopped (Ctrl-C or SIGTERM): for trying
+    the platform step by step (docs/guide-own-data.md). The URL, the coordinator's console
+    password and API token go to ``coordinator.json`` in the data folder (mode 0600)."""
+    data_dir = Path(args.data_dir).resolve()
+    with running_control_plane(data_dir, args.port, args.database_url, args.broker_url, 2) as (_, settings):
+        lines = manage(
+            settings, "create_user", "coordinator", "--role", "coordinator", "--random-password", "--token"
+        ).split()
+        details = {"url": settings.url, "username": "coordinator", "password": lines[-2], "api_token": lines[-1]}
+        target = data_dir / "coordinator.json"
+        target.touch(mode=0o600)
+        target.write_text(json.dumps(details, indent=2))
+        log(f"control plane at {settings.url}; console: coordinator / {details['password']}")
+        log(f"the coordinator's API token and URL are in {target}; stop with Ctrl-C")
+        while True:
+            time.sleep(1)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, default=3)
@@ -245,6 +264,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database-url", help="default: SQLite in the data folder")
     parser.add_argument("--broker-url", help="default: the filesystem transport in the data folder")
     parser.add_argument("--timeout", type=float, default=900, help="seconds the job may take")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="start only the control plane and a coordinator, until stopped (docs/guide-own-data.md)",
+    )
     own = parser.add_argument_group("the consortium's own data (instead of --dataset)")
     own.add_argument("--csv", nargs="+", metavar="FILE", help="one CSV file per site")
     own.add_argument("--schema", metavar="FILE", help="the study's data schema (silo-agent schema suggest)")
@@ -299,7 +323,8 @@ def run_and_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_and_report(run, parse_args(argv))
+    args = parse_args(argv)
+    return run_and_report(serve if args.serve else run, args)
 
 
 if __name__ == "__main__":

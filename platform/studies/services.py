@@ -98,7 +98,7 @@ def study_model_config_resolve(
     ``class_names`` and ``max_tokens`` default to the text schema's classes and token limit."""
     resolved = dict(model_config)
     if not is_text_model(resolved):
-        return resolved
+        return _tabular_defaults(resolved, data_schema)
     if isinstance(resolved.get("base_model"), str):
         resolved["base_model"] = builtin_pin(str(resolved["base_model"])).to_json()
     schema = parse_data_schema(dict(data_schema))
@@ -107,6 +107,19 @@ def study_model_config_resolve(
     resolved.setdefault("class_names", list(schema.classes))
     resolved.setdefault("max_tokens", schema.text.max_tokens)
     return resolved
+
+
+def _tabular_defaults(model_config: dict[str, object], data_schema: Mapping[str, object]) -> dict[str, object]:
+    """A tabular model's task, input width and classes default to the schema's."""
+    try:
+        schema = parse_data_schema(dict(data_schema))
+    except FederationError:
+        return model_config  # the study's check reports the schema's fault
+    if isinstance(schema, DataSchema):
+        model_config.setdefault("task", schema.task.value)
+        model_config.setdefault("num_features", len(schema.encoded_feature_names()))
+        model_config.setdefault("num_classes", schema.num_classes)
+    return model_config
 
 
 def _uses_sample_dp(privacy: PrivacySettings) -> bool:

@@ -71,7 +71,7 @@ def test_optional_study_parts_take_defaults(
             {"model": {"kind": "logistic", "task": "binary", "num_features": 4, "num_classes": 2}},
             "4 features",
         ),
-        ({"model": {"kind": "logistic", "task": "binary", "num_features": 3}}, "missing fields"),
+        ({"model": {"task": "binary", "num_features": 3, "num_classes": 2}}, "missing fields"),
         ({"training": {"epochs": 0}}, "epochs must be a positive integer"),
         ({"training": {"momentum": 0.9}}, "unknown training settings"),
         ({"training": {"class_weighting": "yes"}}, "class_weighting must be true or false"),
@@ -323,3 +323,19 @@ def test_a_study_keeps_its_update_norm_bound(
     assert created.status_code == 201, created.content
     assert created.json()["update_norm_bound"] == bound
     assert Study.objects.get().update_norm_bound == bound
+
+
+def test_a_tabular_model_takes_its_inputs_and_classes_from_the_schema(
+    coordinator_client: APIClient, study_payload: dict[str, object]
+) -> None:
+    response = coordinator_client.post(
+        "/api/v1/studies/", {**study_payload, "model": {"kind": "mlp"}}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    model = response.json()["model"]
+    schema = study_payload["data_schema"]
+    assert (model["task"], model["num_features"], model["num_classes"]) == (
+        schema["task"],  # type: ignore[index]
+        len(schema["features"]),  # type: ignore[index,arg-type]
+        len(schema["classes"]),  # type: ignore[index,arg-type]
+    )
