@@ -1,15 +1,20 @@
-"""The whole console flow in a real browser, with real agents: sign in, register
-institutions, hand out tokens, set a study up, approve it as each data owner, launch a job,
-watch its rounds complete on the live page, download the model; and what an observer and a
-data owner must not be able to do."""
+"""The whole own-data flow in a real browser, with real agents on CSV exports: sign in,
+register institutions, hand out tokens, set a study up with the schema built from a header
+line, invite each data owner (who sets a password on the link and approves), agree the
+scaling through the agents, launch a job checked against the sites' policies, watch its
+rounds complete on the live page, download the bundle; and what an observer and a data owner
+must not be able to do."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from browser_support import Stack, screenshot
 from selenium.webdriver.common.by import By
@@ -17,6 +22,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from deploy.local.example_files import write_example_files
 from federation.data import load_builtin
 
 pytestmark = pytest.mark.browser
@@ -89,20 +95,24 @@ def register_sites(driver: WebDriver, stack: Stack) -> dict[str, str]:
 
 
 def enroll_agents(stack: Stack, tokens: dict[str, str]) -> list[object]:
-    dataset = load_builtin("breast_cancer")
-    shares, _ = stack.runner.split_data(dataset, len(SITES), seed=0)
+    """Each site's agent on its own CSV export (Hospital C's holds a unit the other lacks)."""
+    exports = write_example_files(stack.data_dir / "exports")
     sites = []
-    for index, (name, rows) in enumerate(zip(SITES, shares, strict=True)):
-        site = stack.runner.write_site(
-            stack.data_dir / f"site-{index}", name, rows, "breast_cancer", stack.url
+    for index, (name, export) in enumerate(zip(SITES, (exports[0], exports[2]), strict=True)):
+        folder = stack.data_dir / f"site-{index}"
+        folder.mkdir()
+        shutil.copyfile(export, folder / "data.csv")
+        (folder / "agent.toml").write_text(
+            f'server_url = "{stack.url}"\ncredential_file = "credential.json"\nstate_dir = "state"\n'
+            'poll_wait_seconds = 20\n\n[data]\npath = "data.csv"\n\n[policy]\napproved_studies = ["*"]\n'
         )
+        site = stack.runner.Site(name=name, folder=folder, rows=np.arange(0))
         stack.runner.run_agent_command(site, stack.env, "enroll", f"--token={tokens[name]}")
         sites.append(site)
     return sites
 
 
 def create_study(driver: WebDriver, stack: Stack) -> str:
-    dataset = load_builtin("breast_cancer")
     driver.get(f"{stack.url}/studies/new/")
     driver.find_element(By.ID, "id_name").send_keys(STUDY)
     for checkbox in driver.find_elements(By.CSS_SELECTOR, 'input[name="institutions"]'):
@@ -113,16 +123,36 @@ def create_study(driver: WebDriver, stack: Stack) -> str:
     assert wait_for(driver, by_testid("error-data_schema")).text
     screenshot(driver, "study-form-error")
     # The schema from the export's header line, through the typed editor (no JSON typed).
-    fill(driver, "schema-header", ",".join(["patient_id", *dataset.feature_names, "target"]))
+    header = (stack.data_dir / "exports" / "hospital-a" / "data.csv").read_text().splitlines()[0]
+    fill(driver, "schema-header", header)
     driver.find_element(*by_testid("schema-build")).click()
-    identifier = driver.find_element(By.CSS_SELECTOR, 'tr[data-column="patient_id"] select')
+    identifier = driver.find_element(By.CSS_SELECTOR, 'tr[data-column="patient"] select')
     assert Select(identifier).first_selected_option.get_attribute("value") == "skip"  # left out
+    Select(
+        driver.find_element(By.CSS_SELECTOR, 'tr[data-column="smoker"] td:nth-child(3) select')
+    ).select_by_value("boolean")
+    Select(
+        driver.find_element(By.CSS_SELECTOR, 'tr[data-column="unit"] td:nth-child(3) select')
+    ).select_by_value("categorical")
+    driver.find_element(By.CSS_SELECTOR, 'tr[data-column="unit"] input').send_keys(
+        "ward 1, ward 2, day clinic"
+    )
     classes = driver.find_element(*by_testid("schema-classes"))
     classes.clear()
-    classes.send_keys("malignant, benign")  # typed: each keystroke rewrites the JSON
+    classes.send_keys("benign, malignant")  # typed: each keystroke rewrites the JSON
     built = json.loads(driver.find_element(By.ID, "id_data_schema").get_attribute("value"))
-    assert built == stack.runner.builtin_schema(dataset)
-    assert "30 input features" in driver.find_element(*by_testid("derived-shape")).text
+    measurements = [{"name": name, "kind": "numeric"} for name in load_builtin("breast_cancer").feature_names]
+    assert built == {
+        "features": [
+            *measurements,
+            {"name": "smoker", "kind": "boolean"},
+            {"name": "unit", "kind": "categorical", "categories": ["ward 1", "ward 2", "day clinic"]},
+        ],
+        "label": "diagnosis",
+        "task": "binary",
+        "classes": ["benign", "malignant"],
+    }
+    assert "34 input features" in driver.find_element(*by_testid("derived-shape")).text
     screenshot(driver, "schema-builder")
     # The form's default scaling: agreed through the agents, from the study's page.
     assert (
@@ -137,16 +167,37 @@ def create_study(driver: WebDriver, stack: Stack) -> str:
     return driver.current_url
 
 
-def approve_as_data_owners(driver: WebDriver, stack: Stack, study_url: str) -> None:
+def invite(driver: WebDriver, stack: Stack, username: str, institution: str) -> str:
+    """As the coordinator: the one-time link of a data owner's invitation."""
+    driver.get(f"{stack.url}/people/")
+    driver.find_element(By.ID, "id_username").send_keys(username)
+    Select(driver.find_element(By.ID, "id_role")).select_by_value("data_owner")
+    Select(driver.find_element(By.ID, "id_institution")).select_by_visible_text(institution)
+    driver.find_element(*by_testid("invite")).click()
+    return str(wait_for(driver, by_testid("invitation-link")).text.strip())
+
+
+def approve_as_data_owners(driver: WebDriver, stack: Stack, study_url: str, coordinator: str) -> None:
+    """Each data owner is invited, sets a password on the link, signs in and approves."""
     for index, name in enumerate(SITES):
-        username = f"owner{index}"
-        sign_in(driver, stack, username, stack.create_user(username, "data_owner", name))
+        username, password = f"owner{index}", f"correct horse battery staple {index}"
+        sign_in(driver, stack, "carol", coordinator)
+        link = invite(driver, stack, username, name)
+        driver.delete_all_cookies()  # the invited person has no account yet
+        driver.get(link)
+        driver.find_element(By.ID, "id_password").send_keys(password)
+        driver.find_element(By.ID, "id_password_again").send_keys(password)
+        driver.find_element(*by_testid("accept-invitation")).click()
+        wait_for(driver, by_testid("sign-in"))
+        sign_in(driver, stack, username, password)
         driver.get(study_url)
         wait_for(driver, by_testid("approve-button")).click()
         wait_for(driver, by_testid("message"))
         other = SITES[1 - index]
         driver.get(f"{stack.url}/institutions/")
         assert other not in driver.page_source  # a data owner sees only their own institution
+        driver.get(link)
+        assert "This link no longer works" in driver.page_source  # used once
     screenshot(driver, "study-approved")
 
 
@@ -171,7 +222,8 @@ def agree_scaling(driver: WebDriver, study_url: str, timeout: float = 60) -> Non
     ]
     assert len(answers) == len(SITES)
     assert all("Answered" in answer for answer in answers), answers
-    assert "Agreed: 30 features" in driver.find_element(*by_testid("scaling-result")).text
+    # 30 measurements, smoker and four units: the agreement added Hospital C's hospice.
+    assert "Agreed: 35 features" in driver.find_element(*by_testid("scaling-result")).text
     screenshot(driver, "scaling-agreed")
 
 
@@ -183,6 +235,7 @@ def launch_job(driver: WebDriver, stack: Stack, study_url: str) -> str:
         element.send_keys(value)
     driver.find_element(*by_testid("create-job")).click()
     wait_for(driver, by_testid("start-button"))
+    assert driver.find_elements(*by_testid("launch-warning")) == []  # no site's policy refuses it
     # Before any round, the charts' axes run from 0 to 1, not Chart.js's padded -0.2 to 1.2.
     assert chart_axes(driver) == {name: [0, 1] for name in CHARTS}
     driver.find_element(*by_testid("start-button")).click()
@@ -245,6 +298,7 @@ def downloaded_file(directory: Path, timeout: float = 20) -> Path:
 
 
 def test_a_coordinator_runs_a_federation_from_the_browser(stack: Stack, browser: WebDriver, people) -> None:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
     sign_in(browser, stack, "carol", people["carol"])
     screenshot(browser, "overview-empty")
     sites = enroll_agents(stack, register_sites(browser, stack))
@@ -253,7 +307,7 @@ def test_a_coordinator_runs_a_federation_from_the_browser(stack: Stack, browser:
     browser.get(study_url)
     start_refused = len(browser.find_elements(*by_testid("approve-button")))
     assert start_refused == 0  # a coordinator never approves for a site
-    approve_as_data_owners(browser, stack, study_url)
+    approve_as_data_owners(browser, stack, study_url, people["carol"])
     sign_in(browser, stack, "carol", people["carol"])
     for site in sites:
         stack.processes.start(  # type: ignore[attr-defined]
@@ -287,13 +341,15 @@ def test_a_coordinator_runs_a_federation_from_the_browser(stack: Stack, browser:
     browser.get(job_url)
     wait_for(browser, by_testid("job-state"))
     screenshot(browser, "job-completed-tablet", width=800)
-    links = browser.find_elements(*by_testid("download-model"))
-    links[-1].click()
-    blob = downloaded_file(Path(browser.download_dir)).read_bytes()  # type: ignore[attr-defined]
+    browser.find_elements(*by_testid("download-bundle"))[-1].click()
+    bundle = zipfile.ZipFile(downloaded_file(Path(browser.download_dir)))  # type: ignore[attr-defined]
+    model = json.loads(bundle.read("model.json"))
+    assert model["data_schema"]["features"][-1]["categories"][-1] == "hospice"  # the agreed schema
+    assert len(model["feature_scaling"]["mean"]) == 35
+    blob = bundle.read("model.safetensors")
     digest = hashlib.sha256(blob).hexdigest()
-    assert digest[:12] in browser.page_source  # the file is the version the page lists
-    header_length = int.from_bytes(blob[:8], "little")
-    assert "linear.weight" in json.loads(blob[8 : 8 + header_length])
+    assert digest[:12] in browser.page_source  # the weights are the version the page lists
+    print(json.dumps({"console_flow_seconds": round(time.monotonic() - started, 1)}))
     for page in ("", "institutions/", "studies/", "jobs/", "audit/"):
         browser.get(f"{stack.url}/{page}")
         screenshot(browser, f"page-{page.strip('/') or 'overview'}")

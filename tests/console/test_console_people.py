@@ -46,7 +46,9 @@ def test_an_invited_data_owner_sets_a_password_and_signs_in(
     assert secret not in listing  # shown once
 
     visitor = Client()
-    page = text(visitor.get(f"/invitations/{secret}/"))
+    opened = visitor.get(f"/invitations/{secret}/")
+    assert (opened["Cache-Control"], opened["Referrer-Policy"]) == ("no-store", "same-origin")
+    page = text(opened)
     assert "Account dora: institution data owner of Hospital A." in re.sub(r"<[^>]+>", "", page)
     mismatch = visitor.post(f"/invitations/{secret}/", {"password": PASSWORD, "password_again": "other"})
     assert "The two passwords differ." in text(mismatch)

@@ -120,7 +120,9 @@ def invitation_accept_view(request: HttpRequest, secret: str) -> HttpResponse:
     context = {"invitation": invitation, "form": form}
     response = page(request, "console/people/accept.html", context, section="")
     response["Cache-Control"] = "no-store"
-    response["Referrer-Policy"] = "no-referrer"  # the link must not travel on in a Referer
+    # The link must not travel to another site in a Referer ("no-referrer" would also make the
+    # browser send "Origin: null" with the form, which the CSRF check rightly refuses).
+    response["Referrer-Policy"] = "same-origin"
     return response
 
 
