@@ -239,7 +239,8 @@ def serve(args: argparse.Namespace) -> dict[str, object]:
         lines = manage(
             settings, "create_user", "coordinator", "--role", "coordinator", "--random-password", "--token"
         ).split()
-        details = {"url": settings.url, "username": "coordinator", "password": lines[-2], "api_token": lines[-1]}
+        password, token = lines[-2], lines[-1]
+        details = {"url": settings.url, "username": "coordinator", "password": password, "api_token": token}
         target = data_dir / "coordinator.json"
         target.touch(mode=0o600)
         target.write_text(json.dumps(details, indent=2))

@@ -109,7 +109,9 @@ def study_model_config_resolve(
     return resolved
 
 
-def _tabular_defaults(model_config: dict[str, object], data_schema: Mapping[str, object]) -> dict[str, object]:
+def _tabular_defaults(
+    model_config: dict[str, object], data_schema: Mapping[str, object]
+) -> dict[str, object]:
     """A tabular model's task, input width and classes default to the schema's."""
     try:
         schema = parse_data_schema(dict(data_schema))
