@@ -144,16 +144,22 @@ class SummaryTask:
     study_id: int
     study_name: str
     data_schema: JsonObject
+    #: Under secure aggregation, the step: ``{"phase": "keys"}``, then ``{"phase": "mask",
+    #: "roster": {site id: base64 public key}}`` (:mod:`federation.privacy.secure_sum`).
+    secure_aggregation: JsonObject | None = None
     kind: TaskKind = TaskKind.SUMMARISE
 
     def to_json(self) -> dict[str, object]:
-        return {
+        message: dict[str, object] = {
             "protocol_version": PROTOCOL_VERSION,
             "kind": self.kind.value,
             "request_id": self.request_id,
             "deadline_at": self.deadline_at,
             "study": {"id": self.study_id, "name": self.study_name, "data_schema": dict(self.data_schema)},
         }
+        if self.secure_aggregation is not None:
+            message["secure_aggregation"] = dict(self.secure_aggregation)
+        return message
 
 
 def parse_any_task(data: JsonObject) -> WorkTask | SummaryTask:
@@ -166,6 +172,7 @@ def parse_any_task(data: JsonObject) -> WorkTask | SummaryTask:
             study_id=_integer(study, "id", where="study."),
             study_name=_text(study, "name", where="study."),
             data_schema=_object(study, "data_schema", where="study."),
+            secure_aggregation=_optional_object(data, "secure_aggregation", where=""),
         )
     return parse_task(data)
 

@@ -102,7 +102,9 @@ class TaskRunner:
         self._data = data
         self._progress = progress
         self._ledger = LocalLedger(store.directory)
-        self._summaries = SummaryAnswerer(client=client, policy=policy, data=data)
+        self._summaries = SummaryAnswerer(
+            client=client, policy=policy, data=data, institution_id=institution_id, state_dir=store.directory
+        )
 
     def handle(self, raw_task: Mapping[str, object]) -> TaskOutcome:
         """Carry out one task as returned by ``GET work``."""

@@ -2,20 +2,29 @@
 
 The answer holds aggregates only (:class:`federation.data.agreement.SiteSummary`: the row
 count, sums, sums of squares and per-category row counts). The hospital's policy decides
-first: the study must be one its data owner approved, the file must hold at least
-``policy.summaries.min_rows`` rows, and a site that demands secure aggregation for its
-summaries refuses, because this request sends them in the clear. Every answer and
-refusal is logged here, without any value from the file.
+first: the study must be one its data owner approved, and the file must hold at least
+``policy.summaries.min_rows`` rows. A site whose policy sets
+``policy.summaries.require_secure_aggregation`` answers only a request summed under secure
+aggregation (:mod:`federation.privacy.secure_sum`), in two steps: a public key for the
+request, then its summary as a fixed-point vector masked so that only the sum of every
+site's vector means anything. Under secure aggregation only the schema's declared
+categories can be summed: a site holding other values refuses rather than reveal them.
+Every answer and refusal is logged here, without any value from the file.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 from collections.abc import Collection
+from pathlib import Path
 
-from federation.data.agreement import SiteSummary
+from federation.data.agreement import SiteSummary, summary_vector, undeclared_values
 from federation.data.schema import DataSchema
 from federation.errors import FederationError
+from federation.privacy import secagg
+from federation.privacy.secure_sum import masked_input, to_text
 from federation.protocol import SummaryTask
 from silo_agent.client import AgentClient
 from silo_agent.config import Policy
@@ -27,21 +36,29 @@ logger = logging.getLogger(__name__)
 
 
 def summary_refusal(
-    policy: Policy, task: SummaryTask, server_approved: Collection[int], rows: int | None
+    policy: Policy, task: SummaryTask, server_approved: Collection[int], summary: SiteSummary | None
 ) -> str | None:
-    """The reason to refuse ``task`` (``rows``: the file's row count, None before it is read)."""
+    """The reason to refuse ``task`` (``summary``: the site's, None before its file is read)."""
     reason = study_refusal(policy, task.study_id, task.study_name, server_approved)
     if reason is not None:
         return reason
-    if policy.summaries.require_secure_aggregation:
+    if policy.summaries.require_secure_aggregation and task.secure_aggregation is None:
         return (
             "this site's policy demands secure aggregation for its summaries "
-            "(policy.summaries.require_secure_aggregation); this request would send them in the clear"
+            "(policy.summaries.require_secure_aggregation): ask again with secure aggregation"
         )
-    if rows is not None and rows < policy.summaries.min_rows:
+    if summary is None:
+        return None
+    if summary.count < policy.summaries.min_rows:
         return (
             f"this site holds fewer rows than its policy's minimum for summaries "
             f"(policy.summaries.min_rows = {policy.summaries.min_rows})"
+        )
+    undeclared = undeclared_values(summary, DataSchema.from_json(dict(task.data_schema)))
+    if task.secure_aggregation is not None and undeclared:
+        return (
+            f"this site holds values of {', '.join(undeclared)} that the schema does not declare; "
+            "a secure sum has no place for them: declare them, or ask without secure aggregation"
         )
     return None
 
@@ -49,28 +66,34 @@ def summary_refusal(
 class SummaryAnswerer:
     """Answers the summary requests of one enrolled site."""
 
-    def __init__(self, *, client: AgentClient, policy: Policy, data: DataCache) -> None:
+    def __init__(
+        self, *, client: AgentClient, policy: Policy, data: DataCache, institution_id: int, state_dir: Path
+    ) -> None:
         self._client = client
         self._policy = policy
         self._data = data
+        self._institution_id = institution_id
+        self._keys = state_dir / "summary-keys"
 
     def answer(self, task: SummaryTask) -> bool:
-        """Send the summary or the refusal; True if it was a refusal."""
+        """Send the summary (or this step of a secure one) or the refusal; True if a refusal."""
         approved = self._client.me().approved_study_ids() if needs_server_approvals(self._policy) else ()
-        reason = summary_refusal(self._policy, task, approved, rows=None)
+        reason = summary_refusal(self._policy, task, approved, None)
         summary = None
         if reason is None:
             summary = self._summary(task)
-            reason = summary_refusal(self._policy, task, approved, rows=summary.count)
+            reason = summary_refusal(self._policy, task, approved, summary)
         if reason is not None:
             logger.warning("refusing the summary request of study %r: %s", task.study_name, reason)
             self._client.post_summary(task.request_id, {"refused": reason})
             return True
         assert summary is not None
-        self._client.post_summary(task.request_id, {"summary": summary.to_json()})
+        self._client.post_summary(task.request_id, self._body(task, summary))
         logger.info(
-            "answered the summary request of study %r: %d rows, %d numeric feature sums, %d category counts",
+            "answered the summary request of study %r%s: %d rows, %d numeric feature sums, "
+            "%d category counts",
             task.study_name,
+            "" if task.secure_aggregation is None else f" (secure aggregation, {self._phase(task)} step)",
             summary.count,
             len(summary.numeric),
             sum(len(counts) for counts in summary.categories.values()),
@@ -82,3 +105,47 @@ class SummaryAnswerer:
             return site_summary(self._data.source, DataSchema.from_json(dict(task.data_schema)))
         except FederationError as error:
             raise TaskError(f"the summary of this site's data failed: {error}") from None
+
+    @staticmethod
+    def _phase(task: SummaryTask) -> str:
+        return str((task.secure_aggregation or {}).get("phase", ""))
+
+    def _body(self, task: SummaryTask, summary: SiteSummary) -> dict[str, object]:
+        if task.secure_aggregation is None:
+            return {"summary": summary.to_json()}
+        if self._phase(task) == "keys":
+            return {"public_key": base64.b64encode(self._new_key(task.request_id)).decode()}
+        if self._phase(task) == "mask":
+            return {"masked": self._masked(task, summary)}
+        raise TaskError(f"unknown step of a secure summary: {self._phase(task)!r}")
+
+    def _key_file(self, request_id: int) -> Path:
+        return self._keys / f"{request_id}.key"
+
+    def _new_key(self, request_id: int) -> bytes:
+        """A fresh key pair for the request; the private key stays in the state folder (0600)."""
+        self._keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_key = secagg.private_key_bytes()
+        descriptor = os.open(self._key_file(request_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(private_key)
+        return secagg.public_key_bytes(private_key)
+
+    def _masked(self, task: SummaryTask, summary: SiteSummary) -> str:
+        key_file = self._key_file(task.request_id)
+        if not key_file.exists():
+            raise TaskError("this site's key for the secure summary is lost; the coordinator must ask again")
+        roster_json = (task.secure_aggregation or {}).get("roster", {})
+        try:
+            roster = {int(site): base64.b64decode(str(key)) for site, key in dict(roster_json).items()}  # type: ignore[call-overload]
+            masked = masked_input(
+                summary_vector(summary, DataSchema.from_json(dict(task.data_schema))),
+                site_id=self._institution_id,
+                private_key=key_file.read_bytes(),
+                roster=roster,
+                question=f"summary-request-{task.request_id}",
+            )
+        except (FederationError, ValueError, TypeError) as error:
+            raise TaskError(f"the secure summary cannot be masked: {error}") from None
+        key_file.unlink()  # one use: the key never serves another request
+        return to_text(masked)

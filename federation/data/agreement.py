@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from federation.data.scaling import FeatureMoments
 from federation.data.schema import DataSchema, FeatureKind
@@ -190,3 +190,54 @@ def combine_summaries(schema: DataSchema, summaries: Sequence[SiteSummary]) -> A
             squares.append(sum(s.numeric[feature.name][1] for s in summaries))
     count = sum(s.count for s in summaries)
     return Agreement(agreed, FeatureMoments(count=count, sum=np.asarray(sums), sum_sq=np.asarray(squares)))
+
+
+# --- the summary as one vector: for summing under secure aggregation ----------------------
+
+
+def summary_length(schema: DataSchema) -> int:
+    """The length of :func:`summary_vector` for ``schema``."""
+    numeric = len(_numeric_names(schema))
+    categories = sum(len(f.categories) for f in schema.features if f.kind is FeatureKind.CATEGORICAL)
+    return 1 + 2 * numeric + categories
+
+
+def summary_vector(summary: SiteSummary, schema: DataSchema) -> NDArray[np.float64]:
+    """``[count, sum and sum of squares of each numeric or boolean feature, row count of each
+    declared category]`` in the schema's order: a fixed layout, so sites' vectors add up.
+    A value the schema does not declare has no place in it (:func:`undeclared_values`)."""
+    values: list[float] = [float(summary.count)]
+    for feature in schema.features:
+        if feature.kind is FeatureKind.CATEGORICAL:
+            held = summary.categories.get(feature.name, {})
+            values.extend(float(held.get(category, 0)) for category in feature.categories)
+        else:
+            values.extend(summary.numeric[feature.name])
+    return np.asarray(values, dtype=np.float64)
+
+
+def summary_of_vector(vector: ArrayLike, schema: DataSchema) -> SiteSummary:
+    """The summary a (summed) :func:`summary_vector` stands for; counts rounded to whole rows."""
+    values = np.asarray(vector, dtype=np.float64)
+    if values.shape != (summary_length(schema),):
+        raise ConfigurationError(f"a summary vector of this schema has {summary_length(schema)} values")
+    numeric: dict[str, tuple[float, float]] = {}
+    categories: dict[str, dict[str, int]] = {}
+    position = 1
+    for feature in schema.features:
+        if feature.kind is FeatureKind.CATEGORICAL:
+            counts = np.rint(values[position : position + feature.width]).astype(int)
+            categories[feature.name] = {
+                c: int(n) for c, n in zip(feature.categories, counts, strict=True) if n
+            }
+            position += feature.width
+        else:
+            numeric[feature.name] = (float(values[position]), float(values[position + 1]))
+            position += 2
+    return SiteSummary(count=int(np.rint(values[0])), numeric=numeric, categories=categories)
+
+
+def undeclared_values(summary: SiteSummary, schema: DataSchema) -> list[str]:
+    """The categorical features for which ``summary`` counts values ``schema`` does not declare."""
+    declared = {f.name: set(f.categories) for f in schema.features if f.kind is FeatureKind.CATEGORICAL}
+    return sorted(name for name, held in summary.categories.items() if set(held) - declared.get(name, set()))

@@ -70,7 +70,7 @@ class InvitationCreateApi(ApiView):
     @extend_schema(
         tags=TAGS,
         request=InputSerializer,
-        responses={201: OutputSerializer, **error_responses(400, 401, 403, 409)},
+        responses={201: OutputSerializer, **error_responses(400, 401, 403, 404, 409)},
     )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)

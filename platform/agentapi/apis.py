@@ -500,10 +500,16 @@ class SummaryAnswerApi(AgentView):
             '"categories": {feature: {value: rows}}}',
         )
         refused = serializers.CharField(required=False, max_length=2000, help_text="the reason to refuse")
+        public_key = serializers.CharField(
+            required=False, max_length=100, help_text="secure aggregation, keys step: base64 X25519 key"
+        )
+        masked = serializers.CharField(
+            required=False, max_length=1_000_000, help_text="secure aggregation, mask step: base64 uint64s"
+        )
 
         def validate(self, attrs: dict[str, object]) -> dict[str, object]:
-            if ("summary" in attrs) == ("refused" in attrs):
-                raise serializers.ValidationError("send either summary or refused")
+            if len(attrs) != 1:
+                raise serializers.ValidationError("send one of summary, public_key, masked or refused")
             return attrs
 
     class AgentSummaryOutputSerializer(serializers.Serializer):

@@ -15,19 +15,22 @@ columns under the versions trained so far.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from audit.services import audit_record
 from federation.data import DataSchema, Standardizer
-from federation.data.agreement import SiteSummary, combine_summaries
+from federation.data.agreement import SiteSummary, combine_summaries, summary_length, summary_of_vector
 from federation.data.text import TextSchema, parse_data_schema
 from federation.errors import FederationError
+from federation.privacy.secure_sum import FRACTION_BITS, from_text, unmasked_sum
 from federation.protocol import SummaryTask
 from fedplatform.errors import Conflict, InvalidInput
 from institutions.models import AgentCredential, Institution
@@ -43,6 +46,8 @@ from studies.models import (
 
 #: Longest refusal reason kept from an agent.
 MAX_REASON_CHARS = 2000
+#: An X25519 public key.
+KEY_BYTES = 32
 
 
 def _tabular_schema(study: Study) -> DataSchema:
@@ -53,8 +58,12 @@ def _tabular_schema(study: Study) -> DataSchema:
 
 
 @transaction.atomic
-def summary_request_open(*, study: Study, actor: str) -> SummaryRequest:
-    """Ask every approved site of ``study`` for its summary; an open request is superseded."""
+def summary_request_open(
+    *, study: Study, actor: str, secure_aggregation: bool | None = None
+) -> SummaryRequest:
+    """Ask every approved site of ``study`` for its summary; an open request is superseded.
+    ``secure_aggregation`` (default: as the study's privacy settings say) sums the summaries
+    so that the server sees only the total."""
     study = Study.objects.select_for_update().get(pk=study.pk)
     _tabular_schema(study)
     pending = [
@@ -73,6 +82,10 @@ def summary_request_open(*, study: Study, actor: str) -> SummaryRequest:
             "its versions were trained on); set up a new study to agree them again",
             code="study_has_jobs",
         )
+    if secure_aggregation is None:
+        secure_aggregation = bool((study.privacy or {}).get("secure_aggregation", False))
+    if secure_aggregation and study.participants.count() < 2:
+        raise InvalidInput("a secure sum needs at least two sites")
     now = timezone.now()
     superseded = SummaryRequest.objects.filter(study=study, state=SummaryRequestState.OPEN)
     superseded.update(
@@ -82,62 +95,108 @@ def summary_request_open(*, study: Study, actor: str) -> SummaryRequest:
         study=study,
         requested_by=actor,
         deadline_at=now + timedelta(seconds=settings.FEDHEALTH_SUMMARY_DEADLINE_SECONDS),
+        secure_aggregation=secure_aggregation,
+        phase=SecurePhase.KEYS if secure_aggregation else "",
     )
     audit_record(
         actor=actor,
         kind="study.summaries_requested",
-        details={"study_id": study.pk, "request_id": request.pk},
+        details={"study_id": study.pk, "request_id": request.pk, "secure_aggregation": secure_aggregation},
     )
     return request
+
+
+class SecurePhase:
+    """The two steps of a secure request: every site's key, then every site's masked input."""
+
+    KEYS = "keys"
+    MASK = "mask"
 
 
 def _open_requests_for(institution_id: int):  # type: ignore[no-untyped-def]
     approved = StudyParticipant.objects.filter(
         study=OuterRef("study"), institution=institution_id, decision=Decision.APPROVED
     )
-    answered = SummaryAnswer.objects.filter(request=OuterRef("pk"), institution=institution_id)
-    return (
-        SummaryRequest.objects.filter(state=SummaryRequestState.OPEN, deadline_at__gt=timezone.now())
-        .filter(Exists(approved))
-        .exclude(Exists(answered))
-    )
+    return SummaryRequest.objects.filter(
+        state=SummaryRequestState.OPEN, deadline_at__gt=timezone.now()
+    ).filter(Exists(approved))
+
+
+def _awaits(request: SummaryRequest, answer: SummaryAnswer | None) -> bool:
+    """Whether the site of ``answer`` (None: it has not answered) still owes the request a step."""
+    if answer is None:
+        return True
+    if answer.refusal or answer.summary is not None:
+        return False
+    return request.secure_aggregation and request.phase == SecurePhase.MASK and not answer.masked
+
+
+def _roster(request: SummaryRequest) -> dict[str, str]:
+    return {str(a.institution_id): a.public_key for a in request.answers.all() if a.public_key}
 
 
 def summary_task_for(*, credential: AgentCredential) -> dict[str, object] | None:
-    """The oldest open summary request this institution still has to answer, as a task."""
-    request = _open_requests_for(credential.institution_id).select_related("study").order_by("pk").first()
-    if request is None:
-        return None
-    study = request.study
-    task = SummaryTask(
-        request_id=request.pk,
-        deadline_at=request.deadline_at.isoformat(),
-        study_id=study.pk,
-        study_name=study.name,
-        data_schema=study.data_schema,
-    )
-    return task.to_json()
+    """The oldest open summary request (or step of one) this institution owes, as a task."""
+    institution_id = credential.institution_id
+    for request in _open_requests_for(institution_id).select_related("study").order_by("pk"):
+        if not _awaits(request, request.answers.filter(institution_id=institution_id).first()):
+            continue
+        secure = None
+        if request.secure_aggregation:
+            secure = {"phase": request.phase, "fraction_bits": FRACTION_BITS}
+            if request.phase == SecurePhase.MASK:
+                secure["roster"] = _roster(request)
+        task = SummaryTask(
+            request_id=request.pk,
+            deadline_at=request.deadline_at.isoformat(),
+            study_id=request.study.pk,
+            study_name=request.study.name,
+            data_schema=request.study.data_schema,
+            secure_aggregation=secure,
+        )
+        return task.to_json()
+    return None
 
 
-def _answer_of(body: Mapping[str, object], schema: DataSchema) -> tuple[dict[str, object] | None, str]:
-    """The checked summary, or the refusal's reason; :class:`InvalidInput` names what is wrong."""
+def _refusal_of(body: Mapping[str, object]) -> str | None:
     refusal = body.get("refused")
-    if refusal is not None:
-        if not isinstance(refusal, str) or not refusal.strip():
-            raise InvalidInput("refused must be the reason, a non-empty string")
-        return None, refusal.strip()[:MAX_REASON_CHARS]
+    if refusal is None:
+        return None
+    if not isinstance(refusal, str) or not refusal.strip():
+        raise InvalidInput("refused must be the reason, a non-empty string")
+    return refusal.strip()[:MAX_REASON_CHARS]
+
+
+def _plain_summary(body: Mapping[str, object], schema: DataSchema) -> dict[str, object]:
+    if "summary" not in body:
+        raise Conflict("this request asks for a summary: send summary (or refused)", code="wrong_phase")
     try:
-        return SiteSummary.from_json(body.get("summary"), schema).to_json(), ""
+        return SiteSummary.from_json(body["summary"], schema).to_json()
     except FederationError as error:
         raise InvalidInput(f"summary: {error}") from None
 
 
-@transaction.atomic
-def summary_answer_record(
-    *, credential: AgentCredential, request_id: int, body: Mapping[str, object]
-) -> SummaryAnswer:
-    """Record one site's answer (``{"summary": ...}`` or ``{"refused": reason}``); the last
-    answer finishes the request."""
+def _public_key(body: Mapping[str, object]) -> str:
+    try:
+        key = base64.b64decode(str(body["public_key"]), validate=True)
+    except (KeyError, binascii.Error, ValueError):
+        raise Conflict("this step asks for public_key, base64 (or refused)", code="wrong_phase") from None
+    if len(key) != KEY_BYTES:
+        raise InvalidInput(f"public_key must be {KEY_BYTES} bytes")
+    return str(body["public_key"])
+
+
+def _masked(body: Mapping[str, object], schema: DataSchema) -> str:
+    if "masked" not in body:
+        raise Conflict("this step asks for masked (or refused)", code="wrong_phase")
+    try:
+        from_text(body["masked"], summary_length(schema))
+    except FederationError as error:
+        raise InvalidInput(f"masked: {error}") from None
+    return str(body["masked"])
+
+
+def _locked_request(credential: AgentCredential, request_id: int) -> SummaryRequest:
     request = (
         _open_requests_for(credential.institution_id)
         .select_for_update()
@@ -149,52 +208,90 @@ def summary_answer_record(
         raise Conflict(
             "no open summary request of an approved study awaits this site's answer", code="not_open"
         )
-    summary, refusal = _answer_of(body, _tabular_schema(request.study))
-    try:
-        with transaction.atomic():
-            answer = SummaryAnswer.objects.create(
-                request=request, institution_id=credential.institution_id, summary=summary, refusal=refusal
-            )
-    except IntegrityError:
-        raise Conflict("this site has answered this request already", code="answered") from None
-    institution = Institution.objects.get(pk=credential.institution_id)
-    audit_record(
-        actor=f"agent:{credential.pk}",
-        kind="study.summary_refused" if refusal else "study.summary_answered",
-        institution=institution,
-        details={
-            "study_id": request.study_id,
-            "request_id": request.pk,
-            **({"reason": refusal} if refusal else {}),
-        },
-    )
-    _finish_if_answered(request)
+    return request
+
+
+@transaction.atomic
+def summary_answer_record(
+    *, credential: AgentCredential, request_id: int, body: Mapping[str, object]
+) -> SummaryAnswer:
+    """Record one site's answer: ``{"summary": ...}``, or under secure aggregation its
+    ``{"public_key": ...}`` then its ``{"masked": ...}``, or ``{"refused": reason}`` at any
+    step. The last answer finishes the request."""
+    request = _locked_request(credential, request_id)
+    answer = request.answers.filter(institution_id=credential.institution_id).first()
+    if not _awaits(request, answer) or (answer is not None and request.phase == SecurePhase.KEYS):
+        raise Conflict("this site has answered this step already", code="answered")
+    answer = answer or SummaryAnswer(request=request, institution_id=credential.institution_id)
+    schema = _tabular_schema(request.study)
+    refusal = _refusal_of(body)
+    if refusal is not None:
+        answer.refusal = refusal
+    elif not request.secure_aggregation:
+        answer.summary = _plain_summary(body, schema)
+    elif request.phase == SecurePhase.KEYS:
+        answer.public_key = _public_key(body)
+    else:
+        answer.masked = _masked(body, schema)
+    answer.save()
+    _audit_answer(credential, request, refusal)
+    _advance(request)
     return answer
 
 
-def _finish_if_answered(request: SummaryRequest) -> None:
+def _audit_answer(credential: AgentCredential, request: SummaryRequest, refusal: str | None) -> None:
+    step = "" if not request.secure_aggregation else f" ({request.phase})"
+    audit_record(
+        actor=f"agent:{credential.pk}",
+        kind="study.summary_refused" if refusal else "study.summary_answered",
+        institution=Institution.objects.get(pk=credential.institution_id),
+        details={
+            "study_id": request.study_id,
+            "request_id": request.pk,
+            "step": f"summary{step}",
+            **({"reason": refusal} if refusal else {}),
+        },
+    )
+
+
+def _advance(request: SummaryRequest) -> None:
+    """Fail on a refusal; once every site has taken the step: the next step, or the result."""
+    answers = list(request.answers.select_related("institution"))
+    refusals = [f"{a.institution.name}: {a.refusal}" for a in answers if a.refusal]
+    if refusals:
+        _fail(request, "refused by " + "; ".join(refusals))
+        return
     approved = set(
         StudyParticipant.objects.filter(study=request.study_id, decision=Decision.APPROVED).values_list(
             "institution_id", flat=True
         )
     )
-    answers = list(request.answers.select_related("institution"))
-    if not approved <= {a.institution_id for a in answers}:
+    if any(_awaits(request, a) for a in answers) or not approved <= {a.institution_id for a in answers}:
         return
-    refusals = [f"{a.institution.name}: {a.refusal}" for a in answers if a.refusal]
-    if refusals:
-        _fail(request, "refused by " + "; ".join(refusals))
+    if request.secure_aggregation and request.phase == SecurePhase.KEYS:
+        request.phase = SecurePhase.MASK
+        request.save(update_fields=["phase"])
         return
+    _finish(request, answers)
+
+
+def _total_summary(
+    request: SummaryRequest, answers: list[SummaryAnswer], schema: DataSchema
+) -> list[SiteSummary]:
+    """The sites' summaries, or under secure aggregation the one summary of their sum."""
+    if not request.secure_aggregation:
+        return [SiteSummary.from_json(a.summary, schema) for a in answers]
+    length = summary_length(schema)
+    total = unmasked_sum([from_text(a.masked, length) for a in answers])
+    # The total is checked as a site's summary is: it must be a summary of real rows.
+    return [SiteSummary.from_json(summary_of_vector(total, schema).to_json(), schema)]
+
+
+def _finish(request: SummaryRequest, answers: list[SummaryAnswer]) -> None:
     study = Study.objects.select_for_update().get(pk=request.study_id)
+    schema = _tabular_schema(study)
     try:
-        agreed = combine_summaries(
-            _tabular_schema(study),
-            [
-                SiteSummary.from_json(a.summary, _tabular_schema(study))
-                for a in answers
-                if a.institution_id in approved
-            ],
-        )
+        agreed = combine_summaries(schema, _total_summary(request, answers, schema))
         scaler = Standardizer.from_moments(agreed.moments)
     except FederationError as error:
         _fail(request, f"the summaries do not combine: {error}")
@@ -211,6 +308,7 @@ def _finish_if_answered(request: SummaryRequest) -> None:
             "request_id": request.pk,
             "sites": len(answers),
             "rows": agreed.moments.count,
+            "secure_aggregation": request.secure_aggregation,
         },
     )
 
@@ -248,16 +346,12 @@ def summary_request_view(*, study: Study) -> dict[str, object] | None:
     state = request.state
     if state == SummaryRequestState.OPEN and request.deadline_at <= timezone.now():
         state = "expired"
-    answered = {a.institution_id: a for a in request.answers.all()}
+    answers = {a.institution_id: a for a in request.answers.all()}
     sites = [
         {
             "institution": {"id": p.institution_id, "name": p.institution.name},
-            "answer": "refused"
-            if p.institution_id in answered and answered[p.institution_id].refusal
-            else "answered"
-            if p.institution_id in answered
-            else "waiting",
-            "refusal": answered[p.institution_id].refusal if p.institution_id in answered else "",
+            "answer": _answer_state(request, answers.get(p.institution_id)),
+            "refusal": answers[p.institution_id].refusal if p.institution_id in answers else "",
         }
         for p in study.participants.select_related("institution")
         if p.decision == Decision.APPROVED
@@ -265,6 +359,8 @@ def summary_request_view(*, study: Study) -> dict[str, object] | None:
     return {
         "id": request.pk,
         "state": state,
+        "secure_aggregation": request.secure_aggregation,
+        "phase": request.phase,
         "requested_by": request.requested_by,
         "requested_at": request.requested_at,
         "deadline_at": request.deadline_at,
@@ -272,6 +368,12 @@ def summary_request_view(*, study: Study) -> dict[str, object] | None:
         "reason": request.reason,
         "sites": sites,
     }
+
+
+def _answer_state(request: SummaryRequest, answer: SummaryAnswer | None) -> str:
+    if answer is not None and answer.refusal:
+        return "refused"
+    return "waiting" if _awaits(request, answer) else "answered"
 
 
 def scaling_refusal(study: Study) -> str | None:

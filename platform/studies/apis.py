@@ -259,6 +259,8 @@ class SummarySiteOutputSerializer(serializers.Serializer):
 class SummaryRequestOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     state = serializers.ChoiceField(choices=["open", "complete", "failed", "expired"])
+    secure_aggregation = serializers.BooleanField(help_text="summed so that the server sees only the total")
+    phase = serializers.CharField(help_text="under secure aggregation: keys, then mask")
     requested_by = serializers.CharField()
     requested_at = serializers.DateTimeField()
     deadline_at = serializers.DateTimeField()
@@ -296,12 +298,31 @@ class StudySummariesApi(ApiView):
         """The study's scaling and the latest summary request: who answered, who refused and why."""
         return self._answer(selectors.study_get(scope=request_scope(request), study_id=study_id))
 
+    class InputSerializer(serializers.Serializer):
+        secure_aggregation = serializers.BooleanField(
+            required=False,
+            allow_null=True,
+            help_text="sum the summaries so that the server sees only the total; default: as the "
+            "study's privacy settings say",
+        )
+
+        class Meta:
+            ref_name = "SummaryRequestCreate"
+
     @extend_schema(
-        tags=TAGS, request=None, responses={201: OutputSerializer, **error_responses(400, 401, 403, 404, 409)}
+        tags=TAGS,
+        request=InputSerializer,
+        responses={201: OutputSerializer, **error_responses(400, 401, 403, 404, 409)},
     )
     def post(self, request: Request, study_id: int) -> Response:
         """Ask every approved site's agent for its summary (coordinators). When all have
         answered, the study holds the union of the categories and the pooled scaling."""
         study = selectors.study_get(scope=request_scope(request), study_id=study_id)
-        agreement.summary_request_open(study=study, actor=request_actor(request))
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        agreement.summary_request_open(
+            study=study,
+            actor=request_actor(request),
+            secure_aggregation=serializer.validated_data.get("secure_aggregation"),
+        )
         return self._answer(study, status.HTTP_201_CREATED)

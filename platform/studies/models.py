@@ -85,6 +85,10 @@ class SummaryRequest(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     #: Why it failed: the sites that refused and their reasons, or what did not add up.
     reason = models.TextField(blank=True)
+    #: Summed under secure aggregation (``federation.privacy.secure_sum``): the server sees
+    #: only the total. ``phase`` is then "keys" (sites advertise keys), then "mask".
+    secure_aggregation = models.BooleanField(default=False)
+    phase = models.CharField(max_length=10, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -97,6 +101,9 @@ class SummaryAnswer(models.Model):
     institution = models.ForeignKey("institutions.Institution", on_delete=models.PROTECT, related_name="+")
     summary = models.JSONField(null=True, blank=True)
     refusal = models.TextField(blank=True)
+    #: Under secure aggregation: the site's public key for the request, then its masked input.
+    public_key = models.CharField(max_length=100, blank=True)
+    masked = models.TextField(blank=True)
     answered_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

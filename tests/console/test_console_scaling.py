@@ -98,3 +98,14 @@ def test_given_or_no_scaling_says_so(coordinator: Client, study_ab: Study, mode:
     shown = page(coordinator, study_ab)
     assert text in shown
     assert 'data-testid="agree-scaling"' not in shown
+
+
+def test_the_agreement_can_be_asked_under_secure_aggregation(
+    coordinator: Client, agents_study: Study
+) -> None:
+    study_approve_all(agents_study)
+    assert 'data-testid="agree-securely">' in page(coordinator, agents_study)  # unchecked: no secure study
+    coordinator.post(f"/studies/{agents_study.pk}/scaling/", {"secure_aggregation": "on"})
+    request = SummaryRequest.objects.get()
+    assert (request.secure_aggregation, request.phase) == (True, "keys")
+    assert "under secure aggregation (step: each site's key)" in page(coordinator, agents_study)

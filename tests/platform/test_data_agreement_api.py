@@ -3,6 +3,8 @@ summary, the union of categories and the pooled scaling stored on the study."""
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 from platform_world import Site
@@ -10,8 +12,10 @@ from rest_framework.test import APIClient
 from world import study_approve_all
 
 from federation.data import DataSchema
-from federation.data.agreement import summarise, widened_schema
-from studies.models import ScalingMode, Study
+from federation.data.agreement import summarise, summary_vector, widened_schema
+from federation.privacy import secagg
+from federation.privacy.secure_sum import masked_input, to_text
+from studies.models import ScalingMode, Study, SummaryAnswer
 
 pytestmark = pytest.mark.django_db
 
@@ -206,3 +210,73 @@ def test_an_unknown_scaling_word_is_refused(coordinator_client: APIClient, sites
     response = coordinator_client.post("/api/v1/studies/", body, format="json")
     assert response.status_code == 400
     assert '"agents" or "none"' in str(response.json())
+
+
+SECURE_SCHEMA = {
+    **SCHEMA,
+    "features": [
+        SCHEMA["features"][0],
+        {"name": "ward", "kind": "categorical", "categories": ["icu", "neuro", "onco"]},
+    ],  # type: ignore[index]
+}
+
+
+def test_under_secure_aggregation_the_server_sees_only_the_total(
+    coordinator_client: APIClient, sites: dict[str, Site]
+) -> None:
+    body = {
+        "name": "Wards, summed securely",
+        "model": {"kind": "logistic"},
+        "data_schema": SECURE_SCHEMA,
+        "strategy": "fedavg",
+        "institutions": [site.institution.pk for site in sites.values()],
+    }
+    study = Study.objects.get(
+        pk=coordinator_client.post("/api/v1/studies/", body, format="json").json()["id"]
+    )
+    study_approve_all(study)
+    opened = coordinator_client.post(
+        f"/api/v1/studies/{study.pk}/summaries/", {"secure_aggregation": True}, format="json"
+    )
+    assert opened.json()["request"]["secure_aggregation"] is True
+    private_keys = {}
+    for name, site in sites.items():
+        task = site.work()
+        assert task is not None
+        assert task["secure_aggregation"]["phase"] == "keys"
+        wrong = site.client.post(
+            f"/api/agent/v1/summaries/{task['request_id']}", summary_body(name), format="json"
+        )
+        assert wrong.json()["error"]["code"] == "wrong_phase"  # a clear summary is refused here
+        private_keys[name] = secagg.private_key_bytes()
+        key = base64.b64encode(secagg.public_key_bytes(private_keys[name])).decode()
+        response = site.client.post(
+            f"/api/agent/v1/summaries/{task['request_id']}", {"public_key": key}, format="json"
+        )
+        assert response.status_code == 200, response.content
+    schema = DataSchema.from_json(SECURE_SCHEMA)
+    for name, site in sites.items():
+        task = site.work()
+        assert task is not None
+        assert task["secure_aggregation"]["phase"] == "mask"
+        roster = {int(i): base64.b64decode(k) for i, k in task["secure_aggregation"]["roster"].items()}
+        summary = summarise(schema, encoded(ROWS[name], ("icu", "neuro", "onco")))
+        masked = masked_input(
+            summary_vector(summary, schema),
+            site_id=site.institution.pk,
+            private_key=private_keys[name],
+            roster=roster,
+            question=f"summary-request-{task['request_id']}",
+        )
+        url = f"/api/agent/v1/summaries/{task['request_id']}"
+        assert site.client.post(url, {"masked": to_text(masked)}, format="json").status_code == 200
+
+    assert (
+        coordinator_client.get(f"/api/v1/studies/{study.pk}/summaries/").json()["request"]["state"]
+        == "complete"
+    )
+    assert set(SummaryAnswer.objects.values_list("summary", flat=True)) == {None}  # no site's summary kept
+    study.refresh_from_db()
+    pooled = encoded(ROWS["Hospital A"] + ROWS["Hospital B"], ("icu", "neuro", "onco"))
+    np.testing.assert_allclose(study.feature_scaling["mean"], pooled.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(study.feature_scaling["std"], pooled.std(axis=0), atol=1e-4)

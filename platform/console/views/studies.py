@@ -71,6 +71,7 @@ def _study_page(request: HttpRequest, scope: Scope, study: Study, job_form: JobF
         "schema_features": study.data_schema.get("features", []),
         "agreement": summary_request_view(study=study),
         "agreement_open": not study.jobs.exists(),
+        "secure_by_default": bool((study.privacy or {}).get("secure_aggregation", False)),
     }
     return page(request, "console/studies/detail.html", context, section="studies")
 
@@ -130,8 +131,9 @@ def study_agree_scaling(request: HttpRequest, study_id: int) -> HttpResponseBase
     scope = scope_of(request)
     require_coordinator(scope)
     study = study_get(scope=scope, study_id=study_id)
+    secure = request.POST.get("secure_aggregation") == "on"
     try:
-        summary_request_open(study=study, actor=actor_of(request))
+        summary_request_open(study=study, actor=actor_of(request), secure_aggregation=secure)
     except ServiceError as error:
         messages.error(request, error.message)
     else:
