@@ -323,8 +323,46 @@ def run_and_report(
     return 0
 
 
+def is_text_schema(path: str) -> bool:
+    """Whether ``--schema`` names a text schema (read again, with its errors, by the runner)."""
+    try:
+        return bool(json.loads(Path(path).read_text(encoding="utf-8")).get("kind") == "text")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def text_runner_argv(args: argparse.Namespace) -> list[str]:
+    """The options of ``deploy/run_local_llm.py`` that run the same files and settings."""
+    argv = [
+        "--csv",
+        *args.csv,
+        "--schema",
+        args.schema,
+        "--rounds",
+        str(args.rounds),
+        "--seed",
+        str(args.seed),
+    ]
+    argv += ["--data-dir", args.data_dir, "--port", str(args.port), "--timeout", str(args.timeout)]
+    argv += ["--privacy", json.dumps(args.privacy)]
+    optional = (
+        ("--test", args.test),
+        ("--database-url", args.database_url),
+        ("--broker-url", args.broker_url),
+    )
+    for option, value in optional:
+        if value:
+            argv += [option, value]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.csv and is_text_schema(args.schema):
+        # Text files: the language-model federation (MiniLM with LoRA adapters) runs them.
+        from deploy import run_local_llm
+
+        return run_local_llm.main(text_runner_argv(args))
     return run_and_report(serve if args.serve else run, args)
 
 

@@ -17,7 +17,9 @@ Every process it starts is stopped when it ends, whatever happens.
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -44,7 +46,14 @@ from deploy.local.figures import privacy_figures, timing_figures  # noqa: E402
 from deploy.local.processes import log, running_control_plane  # noqa: E402
 from deploy.run_local import finished_models, json_object, run_and_report  # noqa: E402
 from federation.data.clinical_notes import clinical_notes_federation, clinical_notes_schema  # noqa: E402
-from federation.data.text import TextDataset, write_text  # noqa: E402
+from federation.data.text import (  # noqa: E402
+    TextDataset,
+    TextSchema,
+    load_text,
+    parse_data_schema,
+    write_text,
+)
+from federation.errors import FederationError  # noqa: E402
 from federation.metrics import compute_metrics  # noqa: E402
 from federation.models import SiteModelOptions, build_model, model_config_from_json  # noqa: E402
 from federation.wire import deserialize_weights  # noqa: E402
@@ -56,22 +65,33 @@ def write_text_site(folder: Path, name: str, notes: TextDataset, max_tokens: int
     """A site folder: its notes as CSV and an agent configuration that accepts text studies."""
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "notes.csv", notes, clinical_notes_schema(max_tokens=max_tokens))
+    return _text_site(folder, name, "notes.csv", len(notes), server_url)
+
+
+def copy_text_site(folder: Path, name: str, source: Path, schema: TextSchema, server_url: str) -> Site:
+    """A site folder holding a copy of the consortium's own file (CSV or JSON Lines)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, folder / f"notes{source.suffix}")
+    rows = len(load_text(source, schema))
+    return _text_site(folder, name, f"notes{source.suffix}", rows, server_url)
+
+
+def _text_site(folder: Path, name: str, data_file: str, rows: int, server_url: str) -> Site:
     (folder / "agent.toml").write_text(
         f'server_url = "{server_url}"\n'
         'credential_file = "credential.json"\n'
         'state_dir = "state"\n'
         "poll_wait_seconds = 20\n\n"
-        '[data]\npath = "notes.csv"\n\n'
+        f'[data]\npath = "{data_file}"\n\n'
         '[models]\ndevice = "cpu"\n\n'
         '[policy]\napproved_studies = ["*"]\nmax_rounds = 1000\nmax_epochs = 20\n'
         'allowed_model_kinds = ["lora_encoder"]\n'
     )
-    return Site(name=name, folder=folder, rows=np.arange(len(notes)))
+    return Site(name=name, folder=folder, rows=np.arange(rows))
 
 
-def study_body(args: argparse.Namespace, institution_ids: list[int]) -> Json:
+def study_body(args: argparse.Namespace, institution_ids: list[int], schema: TextSchema) -> Json:
     """A text study: the built-in MiniLM (pinned by the server), LoRA on query/key/value."""
-    schema = clinical_notes_schema(max_tokens=args.max_tokens)
     return {
         "name": f"clinical notes, MiniLM + LoRA ({args.aggregation}) {datetime.now():%Y%m%d-%H%M%S}",
         "description": "Local demonstration of federated fine-tuning on referral notes.",
@@ -144,11 +164,52 @@ def training_start_delays(logs: list[Path]) -> list[float]:
     return delays
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
-    started = time.monotonic()
-    silos, test = clinical_notes_federation(
+def own_text_files(args: argparse.Namespace) -> tuple[TextSchema, list[Path], TextDataset | None]:
+    """The consortium's text schema and files (``--csv``), each read once so that a bad file
+    fails here, naming the file, line and column, before any process starts."""
+    try:
+        schema = parse_data_schema(json.loads(Path(args.schema).read_text(encoding="utf-8")))
+    except (OSError, ValueError, FederationError) as error:
+        raise RuntimeError(f"--schema {args.schema}: {error}") from None
+    if not isinstance(schema, TextSchema):
+        raise RuntimeError(f"--schema {args.schema}: not a text schema (tabular files: deploy/run_local.py)")
+    files = [Path(path).resolve() for path in args.csv]
+    try:
+        for path in files:
+            load_text(path, schema)
+        test = load_text(Path(args.test), schema) if args.test else None
+    except FederationError as error:
+        raise RuntimeError(str(error)) from None
+    return schema, files, test
+
+
+def text_sites(
+    args: argparse.Namespace, data_dir: Path, server_url: str
+) -> tuple[list[Site], TextSchema, TextDataset | None]:
+    """The sites' folders: the consortium's own files, or each its synthetic notes."""
+    if args.csv:
+        schema, files, test = own_text_files(args)
+        sites = [
+            copy_text_site(data_dir / f"site-{i + 1}", f"Hospital {chr(65 + i)}", path, schema, server_url)
+            for i, path in enumerate(files)
+        ]
+        return sites, schema, test
+    silos, test_notes = clinical_notes_federation(
         num_sites=args.sites, notes_per_site=args.notes, test_notes_per_site=args.test_notes, seed=args.seed
     )
+    sites = [
+        write_text_site(
+            data_dir / f"site-{i + 1}", f"Hospital {chr(65 + i)}", notes, args.max_tokens, server_url
+        )
+        for i, notes in enumerate(silos)
+    ]
+    return sites, clinical_notes_schema(max_tokens=args.max_tokens), test_notes
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    started = time.monotonic()
+    if args.csv:
+        own_text_files(args)  # a bad file fails before any process starts
     data_dir = Path(args.data_dir).resolve()
     with running_control_plane(data_dir, args.port, args.database_url, args.broker_url, args.sites) as (
         processes,
@@ -156,20 +217,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     ):
         log(f"control plane at {settings.url}, data in {settings.data_dir}")
         api = Api(settings.url, create_user(settings, "coordinator", "coordinator"))
-        sites = [
-            write_text_site(
-                settings.data_dir / f"site-{i + 1}",
-                f"Hospital {chr(65 + i)}",
-                notes,
-                args.max_tokens,
-                settings.url,
-            )
-            for i, notes in enumerate(silos)
-        ]
+        sites, schema, test = text_sites(args, settings.data_dir, settings.url)
         institution_ids, owners = enroll_sites(api, settings, sites)
-        study = api.call("POST", "studies/", json=study_body(args, institution_ids))
+        study = api.call("POST", "studies/", json=study_body(args, institution_ids, schema))
         approve_study(owners, institution_ids, study["id"])
-        job_body = {"study": study["id"], "num_rounds": args.rounds, "min_updates": args.sites}
+        job_body = {"study": study["id"], "num_rounds": args.rounds, "min_updates": len(sites)}
         job = api.call("POST", "jobs/", json={**job_body, "round_deadline_seconds": 600})
         # One thread each: the agents share two cores, and three agents of two threads
         # each would spend their time switching.
@@ -185,17 +237,19 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             raise RuntimeError(f"job {job['id']} ended {state}: {progress['job'].get('failure_reason')}")
         versions, final_blob, _, finished_job = finished_models(api, job)
         delays = training_start_delays(sorted((settings.data_dir / "logs").glob("agent-*.log")))
-    log("rating the final model on held-out notes")
-    metrics = rate_final_model(study, final_blob, test)
+    metrics = {}
+    if test is not None:
+        log("rating the final model on held-out notes")
+        metrics = rate_final_model(study, final_blob, test)
     return {
         "metric": "accuracy",
-        "federated": round(metrics["accuracy"], 4),
-        "federated_macro_f1": round(metrics["macro_f1"], 4),
+        "federated": round(metrics["accuracy"], 4) if metrics else None,
+        "federated_macro_f1": round(metrics["macro_f1"], 4) if metrics else None,
         "model": f"{BASE_MODEL} + LoRA r={args.rank}",
         "aggregation": args.aggregation,
         "rounds": args.rounds,
-        "sites": args.sites,
-        "test_rows": len(test),
+        "sites": len(sites),
+        "test_rows": len(test) if test is not None else 0,
         **traffic_figures(progress),
         **timing_figures(progress),
         **privacy_figures(finished_job, versions),
@@ -224,7 +278,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--broker-url", help="default: the filesystem transport in the data folder")
     parser.add_argument("--timeout", type=float, default=900, help="seconds the job may take")
     parser.add_argument("--privacy", type=json_object, default="{}", metavar="JSON")
-    return parser.parse_args(argv)
+    own = parser.add_argument_group("the consortium's own text files (instead of the synthetic notes)")
+    own.add_argument("--csv", nargs="+", metavar="FILE", help="one file per site: CSV or JSON Lines (.jsonl)")
+    own.add_argument("--schema", metavar="FILE", help="the study's text schema (docs/language-models.md)")
+    own.add_argument("--test", metavar="FILE", help="notes no site holds, to rate the final model on")
+    args = parser.parse_args(argv)
+    if bool(args.csv) != bool(args.schema):
+        parser.error("--csv and --schema go together")
+    if args.test and not args.csv:
+        parser.error("--test goes with --csv")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,6 +165,10 @@ def web_command(port: int, threads: int) -> list[str]:
         "60",
         "--graceful-timeout",
         "5",
+        # Longer than a client's pause between polls (gunicorn's 2 s default races a client
+        # polling every 2 s: it closes the idle connection as the client reuses it).
+        "--keep-alive",
+        "10",
     ]
 
 
