@@ -79,16 +79,26 @@ class SummaryAnswerer:
         """Send the summary (or this step of a secure one) or the refusal; True if a refusal."""
         approved = self._client.me().approved_study_ids() if needs_server_approvals(self._policy) else ()
         reason = summary_refusal(self._policy, task, approved, None)
-        summary = None
+        summary = body = None
         if reason is None:
-            summary = self._summary(task)
-            reason = summary_refusal(self._policy, task, approved, summary)
+            try:
+                summary = self._summary(task)
+                reason = summary_refusal(self._policy, task, approved, summary)
+                body = None if reason is not None else self._body(task, summary)
+            except TaskError as error:
+                # The detail (file, line, column) stays in this log; the coordinator learns
+                # that this site cannot answer, rather than waiting for the deadline.
+                logger.error("the summary request of study %r cannot be answered: %s", task.study_name, error)
+                reason = "this site's data could not be summarised for this study (the agent's log says why)"
         if reason is not None:
             logger.warning("refusing the summary request of study %r: %s", task.study_name, reason)
             self._client.post_summary(task.request_id, {"refused": reason})
             return True
         assert summary is not None
-        self._client.post_summary(task.request_id, self._body(task, summary))
+        assert body is not None
+        self._client.post_summary(task.request_id, body)
+        if self._phase(task) == "mask":
+            self._key_file(task.request_id).unlink(missing_ok=True)  # one use, once it is delivered
         logger.info(
             "answered the summary request of study %r%s: %d rows, %d numeric feature sums, "
             "%d category counts",
@@ -147,5 +157,4 @@ class SummaryAnswerer:
             )
         except (FederationError, ValueError, TypeError) as error:
             raise TaskError(f"the secure summary cannot be masked: {error}") from None
-        key_file.unlink()  # one use: the key never serves another request
         return to_text(masked)

@@ -31,6 +31,12 @@ from federation.data.scaling import FeatureMoments
 from federation.data.schema import DataSchema, FeatureKind
 from federation.errors import ConfigurationError
 
+#: Bounds on what a site may report: rows (float64 counts stay exact below 2^53), values of
+#: one categorical feature, and the length of one value.
+MAX_ROWS = 2**53
+MAX_CATEGORIES = 1000
+MAX_CATEGORY_CHARS = 200
+
 
 @dataclass(frozen=True)
 class SiteSummary:
@@ -57,8 +63,8 @@ class SiteSummary:
         if not isinstance(data, Mapping):
             raise ConfigurationError("a site summary must be an object")
         count = data.get("count")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ConfigurationError("a site summary's count must be a positive whole number")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_ROWS:
+            raise ConfigurationError(f"a site summary's count must be a whole number in 1..{MAX_ROWS}")
         summary = cls(
             count=count,
             numeric=_numeric_sums(data.get("numeric"), schema, count),
@@ -113,6 +119,11 @@ def _category_counts(raw: object, schema: DataSchema, count: int) -> dict[str, d
         ):
             raise ConfigurationError(
                 f"feature {name!r}: categories must map non-empty values to row counts >= 1"
+            )
+        if len(per_value) > MAX_CATEGORIES or any(len(value) > MAX_CATEGORY_CHARS for value in per_value):
+            raise ConfigurationError(
+                f"feature {name!r}: at most {MAX_CATEGORIES} values of at most {MAX_CATEGORY_CHARS} "
+                "characters (an identifier or free text is no category)"
             )
         if sum(per_value.values()) != count:
             raise ConfigurationError(f"feature {name!r}: the category counts do not add up to {count} rows")

@@ -16,13 +16,15 @@ from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Invitation, Role
 from accounts.services import CreatedUser, check_role, user_create
 from audit.services import audit_record
-from fedplatform.errors import Conflict, InvalidInput, NotFound
+from fedplatform.errors import Conflict, Forbidden, InvalidInput, NotFound
 from institutions.models import Institution
 
 #: How long an invitation link works.
@@ -50,8 +52,10 @@ def invitation_create(
         raise InvalidInput("invite data owners and observers; coordinators are made by an administrator")
     check_role(role, institution)
     username = username.strip()
-    if not username:
-        raise InvalidInput("a user name is required")
+    try:
+        UnicodeUsernameValidator()(username)
+    except ValidationError as error:
+        raise InvalidInput(f"the user name: {' '.join(error.messages)}") from None
     if get_user_model().objects.filter(username=username).exists():
         raise Conflict(f"a user named {username!r} exists already", code="duplicate")
     pending = [i for i in Invitation.objects.filter(username=username) if i.state == "pending"]
@@ -125,6 +129,18 @@ def invitation_withdraw(*, invitation_id: int, actor: str) -> Invitation:
     return record
 
 
+def may_set_active(*, user: AbstractBaseUser, actor_user: AbstractBaseUser) -> bool:
+    """Whether ``actor_user`` may (de)activate ``user``: not themselves; coordinators and
+    administrators only by an administrator (a coordinator cannot lock the others out)."""
+    if user.pk == actor_user.pk:
+        return False
+    role = getattr(getattr(user, "profile", None), "role", None)
+    privileged = (
+        getattr(user, "is_superuser", False) or getattr(user, "is_staff", False) or role == Role.COORDINATOR
+    )
+    return bool(getattr(actor_user, "is_superuser", False) or not privileged)
+
+
 @transaction.atomic
 def user_set_active(
     *, user_id: int, active: bool, actor_user: AbstractBaseUser, actor: str
@@ -135,6 +151,8 @@ def user_set_active(
         raise NotFound("no such user")
     if user.pk == actor_user.pk and not active:
         raise Conflict("you cannot deactivate your own account", code="own_account")
+    if not may_set_active(user=user, actor_user=actor_user):
+        raise Forbidden("coordinators and administrators are (de)activated by an administrator")
     if user.is_active != active:
         user.is_active = active
         user.save(update_fields=["is_active"])

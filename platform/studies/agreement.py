@@ -25,15 +25,18 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from accounts.selectors import Scope
 from audit.services import audit_record
 from federation.data import DataSchema, Standardizer
 from federation.data.agreement import SiteSummary, combine_summaries, summary_length, summary_of_vector
 from federation.data.text import TextSchema, parse_data_schema
 from federation.errors import FederationError
-from federation.privacy.secure_sum import FRACTION_BITS, from_text, unmasked_sum
+from federation.models import model_config_from_json
+from federation.privacy.secure_sum import FRACTION_BITS, from_text, masked_length, unmasked_sum
 from federation.protocol import SummaryTask
 from fedplatform.errors import Conflict, InvalidInput
 from institutions.models import AgentCredential, Institution
+from studies.model_limits import check_model_size
 from studies.models import (
     Decision,
     ScalingMode,
@@ -82,15 +85,19 @@ def summary_request_open(
             "its versions were trained on); set up a new study to agree them again",
             code="study_has_jobs",
         )
+    promised = bool((study.privacy or {}).get("secure_aggregation", False))
     if secure_aggregation is None:
-        secure_aggregation = bool((study.privacy or {}).get("secure_aggregation", False))
+        secure_aggregation = promised
+    if promised and not secure_aggregation:
+        raise InvalidInput(
+            "the study promises secure aggregation: its summaries too are summed securely",
+            code="secure_promised",
+        )
     if secure_aggregation and study.participants.count() < 2:
         raise InvalidInput("a secure sum needs at least two sites")
     now = timezone.now()
-    superseded = SummaryRequest.objects.filter(study=study, state=SummaryRequestState.OPEN)
-    superseded.update(
-        state=SummaryRequestState.FAILED, finished_at=now, reason=f"superseded by {actor}'s new request"
-    )
+    for superseded in SummaryRequest.objects.filter(study=study, state=SummaryRequestState.OPEN):
+        _fail(superseded, f"superseded by {actor}'s new request")
     request = SummaryRequest.objects.create(
         study=study,
         requested_by=actor,
@@ -177,10 +184,12 @@ def _plain_summary(body: Mapping[str, object], schema: DataSchema) -> dict[str, 
 
 
 def _public_key(body: Mapping[str, object]) -> str:
+    if "public_key" not in body:
+        raise Conflict("this step asks for public_key (or refused)", code="wrong_phase")
     try:
         key = base64.b64decode(str(body["public_key"]), validate=True)
-    except (KeyError, binascii.Error, ValueError):
-        raise Conflict("this step asks for public_key, base64 (or refused)", code="wrong_phase") from None
+    except (binascii.Error, ValueError):
+        raise InvalidInput("public_key must be base64") from None
     if len(key) != KEY_BYTES:
         raise InvalidInput(f"public_key must be {KEY_BYTES} bytes")
     return str(body["public_key"])
@@ -190,16 +199,20 @@ def _masked(body: Mapping[str, object], schema: DataSchema) -> str:
     if "masked" not in body:
         raise Conflict("this step asks for masked (or refused)", code="wrong_phase")
     try:
-        from_text(body["masked"], summary_length(schema))
+        from_text(body["masked"], masked_length(summary_length(schema)))
     except FederationError as error:
         raise InvalidInput(f"masked: {error}") from None
     return str(body["masked"])
 
 
 def _locked_request(credential: AgentCredential, request_id: int) -> SummaryRequest:
+    """The open request, its study locked first (the order every writer takes: study, request)."""
+    study_id = SummaryRequest.objects.filter(pk=request_id).values_list("study_id", flat=True).first()
+    if study_id is not None:
+        Study.objects.select_for_update().filter(pk=study_id).first()
     request = (
         _open_requests_for(credential.institution_id)
-        .select_for_update()
+        .select_for_update(of=("self",))
         .filter(pk=request_id)
         .select_related("study")
         .first()
@@ -222,6 +235,8 @@ def summary_answer_record(
     answer = request.answers.filter(institution_id=credential.institution_id).first()
     if not _awaits(request, answer) or (answer is not None and request.phase == SecurePhase.KEYS):
         raise Conflict("this site has answered this step already", code="answered")
+    if request.phase == SecurePhase.MASK and (answer is None or not answer.public_key):
+        raise Conflict("this site sent no key for this request: it is not in the sum", code="not_in_roster")
     answer = answer or SummaryAnswer(request=request, institution_id=credential.institution_id)
     schema = _tabular_schema(request.study)
     refusal = _refusal_of(body)
@@ -255,17 +270,19 @@ def _audit_answer(credential: AgentCredential, request: SummaryRequest, refusal:
 
 
 def _advance(request: SummaryRequest) -> None:
-    """Fail on a refusal; once every site has taken the step: the next step, or the result."""
-    answers = list(request.answers.select_related("institution"))
-    refusals = [f"{a.institution.name}: {a.refusal}" for a in answers if a.refusal]
-    if refusals:
-        _fail(request, "refused by " + "; ".join(refusals))
-        return
+    """Fail on a refusal; once every site has taken the step: the next step, or the result.
+    Only the sites that approve the study count (a decision that changes fails the request:
+    :func:`summary_requests_fail_on_decision`)."""
     approved = set(
         StudyParticipant.objects.filter(study=request.study_id, decision=Decision.APPROVED).values_list(
             "institution_id", flat=True
         )
     )
+    answers = [a for a in request.answers.select_related("institution") if a.institution_id in approved]
+    refusals = [f"{a.institution.name}: {a.refusal}" for a in answers if a.refusal]
+    if refusals:
+        _fail(request, "refused by " + "; ".join(refusals))
+        return
     if any(_awaits(request, a) for a in answers) or not approved <= {a.institution_id for a in answers}:
         return
     if request.secure_aggregation and request.phase == SecurePhase.KEYS:
@@ -281,7 +298,7 @@ def _total_summary(
     """The sites' summaries, or under secure aggregation the one summary of their sum."""
     if not request.secure_aggregation:
         return [SiteSummary.from_json(a.summary, schema) for a in answers]
-    length = summary_length(schema)
+    length = masked_length(summary_length(schema))
     total = unmasked_sum([from_text(a.masked, length) for a in answers])
     # The total is checked as a site's summary is: it must be a summary of real rows.
     return [SiteSummary.from_json(summary_of_vector(total, schema).to_json(), schema)]
@@ -289,12 +306,19 @@ def _total_summary(
 
 def _finish(request: SummaryRequest, answers: list[SummaryAnswer]) -> None:
     study = Study.objects.select_for_update().get(pk=request.study_id)
+    if study.jobs.exists():  # a job was created meanwhile: its versions fix the columns
+        _fail(request, "the study has a job now: its features are fixed")
+        return
     schema = _tabular_schema(study)
     try:
         agreed = combine_summaries(schema, _total_summary(request, answers, schema))
         scaler = Standardizer.from_moments(agreed.moments)
-    except FederationError as error:
+        check_model_size(model_config_from_json({**study.model_config, "num_features": scaler.num_features}))
+    except (FederationError, ArithmeticError, ValueError) as error:
         _fail(request, f"the summaries do not combine: {error}")
+        return
+    except InvalidInput as error:
+        _fail(request, f"the agreed categories make the model too large: {error.message}")
         return
     _store_agreement(study, agreed.schema, scaler)
     request.state = SummaryRequestState.COMPLETE
@@ -338,8 +362,9 @@ def latest_summary_request(*, study: Study) -> SummaryRequest | None:
     return study.summary_requests.prefetch_related("answers__institution").first()
 
 
-def summary_request_view(*, study: Study) -> dict[str, object] | None:
-    """The latest request as the coordinator sees it: its state, who answered, the result."""
+def summary_request_view(*, study: Study, scope: Scope) -> dict[str, object] | None:
+    """The latest request: its state, who answered, the result. A data owner reads the
+    refusal of their own site only (another site's reasons speak of its data)."""
     request = latest_summary_request(study=study)
     if request is None:
         return None
@@ -351,7 +376,9 @@ def summary_request_view(*, study: Study) -> dict[str, object] | None:
         {
             "institution": {"id": p.institution_id, "name": p.institution.name},
             "answer": _answer_state(request, answers.get(p.institution_id)),
-            "refusal": answers[p.institution_id].refusal if p.institution_id in answers else "",
+            "refusal": answers[p.institution_id].refusal
+            if p.institution_id in answers and _may_read(scope, p.institution_id)
+            else "",
         }
         for p in study.participants.select_related("institution")
         if p.decision == Decision.APPROVED
@@ -365,9 +392,19 @@ def summary_request_view(*, study: Study) -> dict[str, object] | None:
         "requested_at": request.requested_at,
         "deadline_at": request.deadline_at,
         "finished_at": request.finished_at,
-        "reason": request.reason,
+        "reason": request.reason if scope.sees_every_institution else _own_reason(request, scope),
         "sites": sites,
     }
+
+
+def _may_read(scope: Scope, institution_id: int) -> bool:
+    return scope.sees_every_institution or scope.institution_id == institution_id
+
+
+def _own_reason(request: SummaryRequest, scope: Scope) -> str:
+    if not request.reason:
+        return ""
+    return "the request failed; your site's answer is listed below" if request.state == "failed" else ""
 
 
 def _answer_state(request: SummaryRequest, answer: SummaryAnswer | None) -> str:
@@ -384,3 +421,16 @@ def scaling_refusal(study: Study) -> str | None:
             f"ask them (POST /api/v1/studies/{study.pk}/summaries/, or 'Agree scaling' on the study's page)"
         )
     return None
+
+
+def summary_requests_fail_on_decision(*, study: Study, institution_name: str) -> None:
+    """A site's decision changed: the study's open request no longer asks the right sites."""
+    for request in SummaryRequest.objects.filter(study=study, state=SummaryRequestState.OPEN):
+        _fail(request, f"{institution_name} changed its decision while the sites answered; ask again")
+
+
+def summary_request_open_exists(*, study: Study) -> bool:
+    """Whether the study has a summary request still running (a job would race it)."""
+    return SummaryRequest.objects.filter(
+        study=study, state=SummaryRequestState.OPEN, deadline_at__gt=timezone.now()
+    ).exists()

@@ -284,19 +284,19 @@ class StudySummariesApi(ApiView):
         class Meta:
             ref_name = "StudySummaries"
 
-    def _answer(self, study: Study, status_code: int = status.HTTP_200_OK) -> Response:
+    def _answer(self, request: Request, study: Study, status_code: int = status.HTTP_200_OK) -> Response:
         study.refresh_from_db()
         body = {
             "scaling_mode": study.scaling_mode,
             "feature_scaling": study.feature_scaling,
-            "request": agreement.summary_request_view(study=study),
+            "request": agreement.summary_request_view(study=study, scope=request_scope(request)),
         }
         return Response(self.OutputSerializer(body).data, status=status_code)
 
     @extend_schema(tags=TAGS, responses={200: OutputSerializer, **error_responses(401, 404)})
     def get(self, request: Request, study_id: int) -> Response:
         """The study's scaling and the latest summary request: who answered, who refused and why."""
-        return self._answer(selectors.study_get(scope=request_scope(request), study_id=study_id))
+        return self._answer(request, selectors.study_get(scope=request_scope(request), study_id=study_id))
 
     class InputSerializer(serializers.Serializer):
         secure_aggregation = serializers.BooleanField(
@@ -325,4 +325,4 @@ class StudySummariesApi(ApiView):
             actor=request_actor(request),
             secure_aggregation=serializer.validated_data.get("secure_aggregation"),
         )
-        return self._answer(study, status.HTTP_201_CREATED)
+        return self._answer(request, study, status.HTTP_201_CREATED)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from django.conf import settings as django_settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -29,6 +28,8 @@ from federation.privacy.settings import DPLevel, PrivacySettings
 from federation.rounds import RoundPlan
 from fedplatform.errors import Conflict, InvalidInput, NotFound
 from institutions.models import Institution
+from studies.agreement import summary_requests_fail_on_decision
+from studies.model_limits import check_model_size
 from studies.models import Decision, ScalingMode, Study, StudyParticipant
 
 TRAINING_KEYS = {"epochs", "batch_size", "learning_rate", "proximal_mu", "max_steps", "class_weighting"}
@@ -70,7 +71,7 @@ def study_validate(
             Standardizer(mean=feature_scaling.get("mean"), std=feature_scaling.get("std"))  # type: ignore[arg-type]
     except (FederationError, TypeError, ValueError) as error:
         raise InvalidInput(str(error)) from error
-    _check_model_size(model)
+    check_model_size(model)
     if norm_bound is not None and plan.privacy.secure_aggregation:
         raise InvalidInput(
             "update_norm_bound needs to see each update; under secure aggregation the server sees "
@@ -176,16 +177,6 @@ def _check_privacy_fits(
         )
     except ConfigurationError as error:
         raise InvalidInput(str(error)) from None
-
-
-def _check_model_size(model: AnyModelConfig) -> None:
-    """Refuse a model too large to build, send and aggregate (counted, never built here)."""
-    limit = django_settings.FEDHEALTH_MAX_MODEL_PARAMETERS
-    if model.num_parameters > limit:
-        raise InvalidInput(
-            f"the model has {model.num_parameters:,} parameters; this control plane takes at most "
-            f"{limit:,} (FEDHEALTH_MAX_MODEL_PARAMETERS)"
-        )
 
 
 def _check_model_fits_schema(
@@ -310,6 +301,7 @@ def study_decide(*, study: Study, institution: Institution, approve: bool, actor
     participant.decided_at = timezone.now()
     participant.decided_by = actor
     participant.save(update_fields=["decision", "decided_at", "decided_by"])
+    summary_requests_fail_on_decision(study=study, institution_name=institution.name)
     audit_record(
         actor=actor,
         kind="study.approved" if approve else "study.declined",

@@ -151,3 +151,25 @@ def test_a_person_changes_their_own_password(make_client) -> None:  # type: igno
     assert client.get("/").status_code == 200  # this session stays signed in
     assert Client().post("/login/", {"username": "pat", "password": PASSWORD})["Location"] == "/"
     assert AuditEvent.objects.filter(kind="user.password_changed").exists()
+
+
+def test_a_coordinator_cannot_lock_out_other_coordinators_or_administrators(
+    coordinator: Client, make_client
+) -> None:  # type: ignore[no-untyped-def]
+    make_client("cora", Role.COORDINATOR)
+    admin = get_user_model().objects.create_superuser("root", password=PASSWORD)
+    listing = text(coordinator.get("/people/"))
+    assert 'data-user="cora"' in listing
+    assert listing.count('data-testid="deactivate"') == 0  # carol herself, cora and root: none
+    for name in ("cora", "root"):
+        target = get_user_model().objects.get(username=name)
+        response = coordinator.post("/people/", {"action": "deactivate", "id": target.pk}, follow=True)
+        assert "(de)activated by an administrator" in text(response)
+        target.refresh_from_db()
+        assert target.is_active
+    root = Client()
+    root.force_login(admin)
+    cora = get_user_model().objects.get(username="cora")
+    root.post("/people/", {"action": "deactivate", "id": cora.pk})
+    cora.refresh_from_db()
+    assert not cora.is_active  # an administrator may

@@ -11,11 +11,13 @@ from platform_world import Site
 from rest_framework.test import APIClient
 from world import study_approve_all
 
+from accounts.models import Role
 from federation.data import DataSchema
 from federation.data.agreement import summarise, summary_vector, widened_schema
 from federation.privacy import secagg
 from federation.privacy.secure_sum import masked_input, to_text
 from studies.models import ScalingMode, Study, SummaryAnswer
+from studies.services import study_decide
 
 pytestmark = pytest.mark.django_db
 
@@ -280,3 +282,64 @@ def test_under_secure_aggregation_the_server_sees_only_the_total(
     pooled = encoded(ROWS["Hospital A"] + ROWS["Hospital B"], ("icu", "neuro", "onco"))
     np.testing.assert_allclose(study.feature_scaling["mean"], pooled.mean(axis=0), atol=1e-4)
     np.testing.assert_allclose(study.feature_scaling["std"], pooled.std(axis=0), atol=1e-4)
+
+
+def test_no_job_while_the_sites_answer_and_a_changed_decision_fails_the_request(
+    coordinator_client: APIClient, sites: dict[str, Site], study: Study
+) -> None:
+    coordinator_client.post(f"/api/v1/studies/{study.pk}/summaries/")
+    Study.objects.filter(pk=study.pk).update(scaling_mode="none")  # even a study that needs none
+    job = {"study": study.pk, "num_rounds": 1, "min_updates": 2}
+    refused = coordinator_client.post("/api/v1/jobs/", job, format="json")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "agreement_running"
+    assert answer(sites["Hospital A"], summary_body("Hospital A")).status_code == 200
+    study_decide(study=study, institution=sites["Hospital A"].institution, approve=False, actor="user:alice")
+    request = coordinator_client.get(f"/api/v1/studies/{study.pk}/summaries/").json()["request"]
+    assert request["state"] == "failed"
+    assert "Hospital A changed its decision" in request["reason"]
+    assert coordinator_client.post("/api/v1/jobs/", job, format="json").status_code == 201
+
+
+def test_a_data_owner_reads_only_their_own_sites_refusal(
+    coordinator_client: APIClient, sites: dict[str, Site], study: Study, make_api_client
+) -> None:  # type: ignore[no-untyped-def]
+    coordinator_client.post(f"/api/v1/studies/{study.pk}/summaries/")
+    answer(sites["Hospital A"], {"refused": "fewer rows than policy.summaries.min_rows"})
+    owner_b = make_api_client("bea", Role.DATA_OWNER, sites["Hospital B"].institution)
+    request = owner_b.get(f"/api/v1/studies/{study.pk}/summaries/").json()["request"]
+    assert [s["refusal"] for s in request["sites"]] == ["", ""]
+    assert "min_rows" not in request["reason"]
+    seen = coordinator_client.get(f"/api/v1/studies/{study.pk}/summaries/").json()["request"]
+    assert seen["sites"][0]["refusal"] == "fewer rows than policy.summaries.min_rows"
+
+
+def test_a_study_promising_secure_aggregation_is_not_summarised_in_the_clear(
+    coordinator_client: APIClient, sites: dict[str, Site]
+) -> None:
+    third = Site("Hospital C")  # secure aggregation in training needs three sites
+    body = {
+        "name": "Promised",
+        "model": {"kind": "logistic"},
+        "data_schema": SECURE_SCHEMA,
+        "strategy": "fedavg",
+        "privacy": {"secure_aggregation": True},
+        "institutions": [site.institution.pk for site in (*sites.values(), third)],
+    }
+    study = Study.objects.get(
+        pk=coordinator_client.post("/api/v1/studies/", body, format="json").json()["id"]
+    )
+    study_approve_all(study)
+    url = f"/api/v1/studies/{study.pk}/summaries/"
+    refused = coordinator_client.post(url, {"secure_aggregation": False}, format="json")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "secure_promised"
+    opened = coordinator_client.post(url, {}, format="json").json()["request"]
+    assert (opened["secure_aggregation"], opened["phase"]) == (True, "keys")
+    # A site that sent no key is not in the sum: its masked input is refused.
+    task = sites["Hospital A"].work()
+    assert task is not None
+    masked = sites["Hospital A"].client.post(
+        f"/api/agent/v1/summaries/{task['request_id']}", {"masked": "AAAA"}, format="json"
+    )
+    assert masked.json()["error"]["code"] == "wrong_phase"

@@ -13,10 +13,10 @@ import pytest
 from federation.data import DataSchema
 from federation.data.agreement import summary_length
 from federation.privacy import secagg
-from federation.privacy.secure_sum import from_text, masked_input, unmasked_sum
+from federation.privacy.secure_sum import from_text, masked_input, masked_length, unmasked_sum
 from federation.protocol import SummaryTask
 from silo_agent.config import DataSource, DataSourceKind, Policy, SummaryPolicy, load_config
-from silo_agent.errors import ConfigError, TaskError
+from silo_agent.errors import ConfigError
 from silo_agent.local_data import DataCache
 from silo_agent.summaries import SummaryAnswerer
 
@@ -145,7 +145,7 @@ def test_a_secure_summary_sends_a_key_then_a_masked_vector_that_only_sums_to_the
     answerer(tmp_path, client, policy).answer(secure_task(step))
     [(_, body)] = client.sent
     length = summary_length(DataSchema.from_json(SECURE_SCHEMA))
-    masked = from_text(body["masked"], length)
+    masked = from_text(body["masked"], masked_length(length))
     ages = [40 + i for i in range(12)]
     truth = [12, sum(ages), sum(a * a for a in ages), 6, 6]  # count, age sums, icu and onco rows
     assert not np.allclose(unmasked_sum([masked]), truth)  # alone, the vector says nothing
@@ -161,9 +161,14 @@ def test_a_secure_summary_refuses_values_the_schema_does_not_declare(tmp_path: P
     assert "values of ward that the schema does not declare" in str(body["refused"])
 
 
-def test_a_lost_key_fails_the_step_without_sending_anything(tmp_path: Path) -> None:
+def test_a_step_that_cannot_be_taken_is_refused_with_the_detail_kept_here(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     client = RecordingClient()
     step = {"phase": "mask", "roster": {"2": base64.b64encode(bytes(32)).decode()}}
-    with pytest.raises(TaskError, match="key for the secure summary is lost"):
-        answerer(tmp_path, client, Policy(approved_studies=("Wards",))).answer(secure_task(step))
-    assert client.sent == []
+    answerer(tmp_path, client, Policy(approved_studies=("Wards",))).answer(secure_task(step))
+    [(_, body)] = client.sent  # refused at once: the coordinator does not wait for the deadline
+    assert body == {
+        "refused": "this site's data could not be summarised for this study (the agent's log says why)"
+    }
+    assert "key for the secure summary is lost" in caplog.text

@@ -20,6 +20,7 @@ from accounts.invitations import (
     invitation_create,
     invitation_open,
     invitation_withdraw,
+    may_set_active,
     user_set_active,
 )
 from accounts.models import Invitation, Role
@@ -31,9 +32,10 @@ from fedplatform.errors import ServiceError
 
 
 def _people_page(request: HttpRequest, form: InvitationForm, link: str | None = None) -> HttpResponse:
-    users = get_user_model().objects.select_related("profile__institution").order_by("username")
+    users = list(get_user_model().objects.select_related("profile__institution").order_by("username"))
     context = {
         "people": users,
+        "switchable": {u.pk for u in users if may_set_active(user=u, actor_user=request.user)},  # type: ignore[arg-type]
         "invitations": [i for i in Invitation.objects.select_related("institution") if i.state == "pending"],
         "form": form,
         "link": link,

@@ -69,7 +69,7 @@ def _study_page(request: HttpRequest, scope: Scope, study: Study, job_form: JobF
         "jobs": job_list(scope=scope, study_id=study.pk),
         "job_form": job_form or JobForm(participants=len(participants)),
         "schema_features": study.data_schema.get("features", []),
-        "agreement": summary_request_view(study=study),
+        "agreement": summary_request_view(study=study, scope=scope),
         "agreement_open": not study.jobs.exists(),
         "secure_by_default": bool((study.privacy or {}).get("secure_aggregation", False)),
     }

@@ -18,7 +18,7 @@ from federation.types import ModelSpec, Weights
 from federation.wire import serialize_weights
 from fedplatform.errors import Conflict, InvalidInput, NotFound
 from institutions.models import AgentCredential
-from studies.agreement import scaling_refusal
+from studies.agreement import scaling_refusal, summary_request_open_exists
 from studies.models import Decision, Study
 from training import privacy, queue
 from training.blobs import blob_store
@@ -56,6 +56,12 @@ def job_create(
     refusal = scaling_refusal(study)
     if refusal is not None:
         raise Conflict(refusal, code="scaling_not_agreed")
+    if summary_request_open_exists(study=study):
+        raise Conflict(
+            "the sites are answering a summary request of this study: wait for its result (or its "
+            "deadline) before creating a job",
+            code="agreement_running",
+        )
     participants = study.participants.count()
     if not 1 <= min_updates <= participants:
         raise InvalidInput(f"min_updates must lie between 1 and the {participants} participants of the study")

@@ -116,8 +116,14 @@ GOOD = {
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"count": 0}, "positive whole number"),
-        ({"count": True}, "positive whole number"),
+        ({"count": 0}, "whole number in 1.."),
+        ({"count": True}, "whole number in 1.."),
+        ({"count": 10**400}, "whole number in 1.."),
+        ({"categories": {"ward": {"icu": 1, "x" * 201: 1}}}, "at most 200 characters"),
+        (
+            {"count": 1001, "categories": {"ward": {f"P{i:05d}": 1 for i in range(1001)}}},
+            "at most 1000 values",
+        ),
         ({"numeric": {"age": {"sum": 1.0, "sum_sq": 1.0}}}, "missing ['smoker']"),
         ({"numeric": {**GOOD["numeric"], "bmi": {"sum": 1.0, "sum_sq": 1.0}}}, "unexpected ['bmi']"),
         ({"numeric": {**GOOD["numeric"], "age": {"sum": float("nan"), "sum_sq": 1.0}}}, "finite"),

@@ -11,7 +11,17 @@ from hypothesis.extra.numpy import arrays
 
 from federation.errors import SecureAggregationError
 from federation.privacy import secagg
-from federation.privacy.secure_sum import FRACTION_BITS, from_text, masked_input, to_text, unmasked_sum
+from federation.privacy.secure_sum import (
+    FRACTION_BITS,
+    MAX_ABS_VALUE,
+    decode_wide,
+    encode_wide,
+    from_text,
+    masked_input,
+    masked_length,
+    to_text,
+    unmasked_sum,
+)
 
 
 def inputs(vectors: list[np.ndarray], question: str = "q") -> list[np.ndarray]:
@@ -63,8 +73,26 @@ def test_a_roster_without_this_site_or_alone_is_refused() -> None:
 
 def test_the_text_form_round_trips_and_checks_its_length() -> None:
     masked = inputs([np.arange(4.0), np.arange(4.0)])[0]
-    assert (from_text(to_text(masked), 4) == masked).all()
-    with pytest.raises(SecureAggregationError, match="holds 5 values"):
-        from_text(to_text(masked), 5)
+    assert (from_text(to_text(masked), masked_length(4)) == masked).all()
+    with pytest.raises(SecureAggregationError, match="holds 20 lanes"):
+        from_text(to_text(masked), masked_length(5))
     with pytest.raises(SecureAggregationError, match="base64"):
-        from_text("not base64!", 4)
+        from_text("not base64!", masked_length(4))
+
+
+def test_sums_of_squares_far_beyond_one_64_bit_word_stay_exact() -> None:
+    # A platelet count (2.5e5) squared over 5,000 rows: 3e14 a site, beyond 2^63 / 2^24.
+    vectors = [
+        np.array([3.125e14, 5000.0, -7.5]),
+        np.array([2.5e14, 4000.0, 2.25]),
+        np.array([1e14, 1.0, 0.0]),
+    ]
+    total = unmasked_sum(inputs(vectors))
+    assert total.tolist() == [6.625e14, 9001.0, -5.25]  # exact: every addend is a multiple of 2^-24
+
+
+@settings(max_examples=50, deadline=None)
+@given(value=st.floats(-MAX_ABS_VALUE, MAX_ABS_VALUE, allow_nan=False))
+def test_the_wide_encoding_round_trips(value: float) -> None:
+    decoded = decode_wide(encode_wide(np.array([value])))[0]
+    assert abs(decoded - value) <= 2.0**-25 + abs(value) * 2.0**-52
