@@ -46,13 +46,20 @@ class BinCounts:
 def site_histogram(values: ArrayLike, edges: ArrayLike, *, min_count: int = DEFAULT_MIN_COUNT) -> BinCounts:
     """One site's counts per bin, cells below ``min_count`` (but above 0) suppressed.
     Values outside the edges are not counted (agree edges that cover the data)."""
-    if min_count < 1:
-        raise ConfigurationError("min_count must be at least 1")
     data = np.asarray(values, dtype=np.float64)
     bins = np.asarray(edges, dtype=np.float64)
     counts, _ = np.histogram(data[np.isfinite(data)], bins=bins)
-    small = (counts > 0) & (counts < min_count)
-    return BinCounts(bins, np.where(small, 0, counts), small)
+    kept, small = suppress(counts, min_count)
+    return BinCounts(bins, kept, small)
+
+
+def suppress(counts: ArrayLike, min_count: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """Cells with fewer than ``min_count`` rows (but some) sent as 0, and which they were."""
+    if min_count < 1:
+        raise ConfigurationError("min_count must be at least 1")
+    cells = np.asarray(counts, dtype=np.int64)
+    small = (cells > 0) & (cells < min_count)
+    return np.where(small, 0, cells), small
 
 
 def combine_histograms(histograms: Sequence[BinCounts]) -> BinCounts:
