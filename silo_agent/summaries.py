@@ -9,15 +9,18 @@ aggregation (:mod:`federation.privacy.secure_sum`), in two steps: a public key f
 request, then its summary as a fixed-point vector masked so that only the sum of every
 site's vector means anything. Under secure aggregation only the schema's declared
 categories can be summed: a site holding other values refuses rather than reveal them.
-Every answer and refusal is logged here, without any value from the file.
+Every answer and refusal is logged here, and recorded in ``state_dir/answers.jsonl`` (the
+site's own account of what it told the server), without any value from the file.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 from collections.abc import Collection
+from datetime import UTC, datetime
 from pathlib import Path
 
 from federation.data.agreement import SiteSummary, summary_vector, undeclared_values
@@ -74,6 +77,7 @@ class SummaryAnswerer:
         self._data = data
         self._institution_id = institution_id
         self._keys = state_dir / "summary-keys"
+        self._answers = state_dir / "answers.jsonl"
 
     def answer(self, task: SummaryTask) -> bool:
         """Send the summary (or this step of a secure one) or the refusal; True if a refusal."""
@@ -93,10 +97,12 @@ class SummaryAnswerer:
         if reason is not None:
             logger.warning("refusing the summary request of study %r: %s", task.study_name, reason)
             self._client.post_summary(task.request_id, {"refused": reason})
+            self._record(task, rows=None, refused=reason)
             return True
         assert summary is not None
         assert body is not None
         self._client.post_summary(task.request_id, body)
+        self._record(task, rows=summary.count, refused=None)
         if self._phase(task) == "mask":
             self._key_file(task.request_id).unlink(missing_ok=True)  # one use, once it is delivered
         logger.info(
@@ -115,6 +121,22 @@ class SummaryAnswerer:
             return site_summary(self._data.source, DataSchema.from_json(dict(task.data_schema)))
         except FederationError as error:
             raise TaskError(f"the summary of this site's data failed: {error}") from None
+
+    def _record(self, task: SummaryTask, *, rows: int | None, refused: str | None) -> None:
+        """The site's own record of what it answered (``state_dir/answers.jsonl``): the
+        request, the step, the rows summarised or the refusal; never a value."""
+        entry = {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "study_id": task.study_id,
+            "study": task.study_name,
+            "request_id": task.request_id,
+            "step": self._phase(task) or "summary",
+            "rows": rows,
+            "refused": refused,
+        }
+        self._answers.parent.mkdir(parents=True, exist_ok=True)
+        with self._answers.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
 
     @staticmethod
     def _phase(task: SummaryTask) -> str:

@@ -4,6 +4,7 @@ refuses by its policy (study not approved, too few rows, secure aggregation dema
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -172,3 +173,19 @@ def test_a_step_that_cannot_be_taken_is_refused_with_the_detail_kept_here(
         "refused": "this site's data could not be summarised for this study (the agent's log says why)"
     }
     assert "key for the secure summary is lost" in caplog.text
+
+
+def test_the_site_keeps_its_own_record_of_what_it_answered(tmp_path: Path) -> None:
+    answer(tmp_path, Policy(approved_studies=("Wards",)), rows=12)
+    answer(tmp_path, Policy(approved_studies=("Wards",)), rows=3)  # below min_rows: refused
+    lines = (tmp_path / "state" / "answers.jsonl").read_text().splitlines()
+    first, second = (json.loads(line) for line in lines)
+    assert (first["study"], first["request_id"], first["step"], first["rows"], first["refused"]) == (
+        "Wards",
+        7,
+        "summary",
+        12,
+        None,
+    )
+    assert second["rows"] is None
+    assert "min_rows" in second["refused"]

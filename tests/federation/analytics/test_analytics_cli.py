@@ -28,3 +28,18 @@ def test_the_lung_data_across_three_institutions(tmp_path: Path, capsys: pytest.
     assert histogram["median_within"] == [60.0, 65.0]
     assert 0 < result["log_rank"]["p_value"] <= 1
     assert (tmp_path / "km.png").stat().st_size > 10_000
+
+
+def test_the_sites_own_csv_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from federation.analytics.__main__ import lung_sites
+
+    paths = []
+    for index, site in enumerate(lung_sites(2)):
+        path = tmp_path / f"site{index}.csv"
+        site.rename(columns={"time": "days", "event": "died"}).to_csv(path, index=False)
+        paths.append(str(path))
+    arguments = ["--csv", *paths, "--numeric", "age,wt.loss", "--time", "days", "--event", "died"]
+    assert main(arguments) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["sites"], sorted(result["columns"])) == (2, ["age", "wt.loss"])
+    assert max(result["max_abs_difference_from_pooled"].values()) < 1e-9
