@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -82,13 +83,17 @@ def site_evaluation(labels: ArrayLike, scores: ArrayLike) -> SiteEvaluation:
     )
 
 
-def combine_evaluations(sites: Sequence[SiteEvaluation]) -> SiteEvaluation:
+def combine_evaluations(sites: Sequence[_Evaluation]) -> _Evaluation:
+    """The sum of the sites' counts (binary or multiclass alike)."""
     if not sites:
         raise ConfigurationError("no evaluation to combine")
     total = sites[0]
     for site in sites[1:]:
         total = total + site
     return total
+
+
+_Evaluation = TypeVar("_Evaluation", "SiteEvaluation", "MulticlassEvaluation")
 
 
 @dataclass(frozen=True)
@@ -109,19 +114,17 @@ def combined_metrics(total: SiteEvaluation) -> CombinedMetrics:
     rows = confusion.sum()
     sensitivity = confusion[1, 1] / confusion[1].sum() if confusion[1].sum() else float("nan")
     specificity = confusion[0, 0] / confusion[0].sum() if confusion[0].sum() else float("nan")
-    positives, negatives = total.positive_scores.astype(np.float64), total.negative_scores.astype(np.float64)
-    pairs = positives.sum() * negatives.sum()
-    below = np.cumsum(negatives) - negatives  # negatives in lower bins than each bin
-    wins = float((positives * below).sum())
-    ties = float((positives * negatives).sum())
+    auc, bound = _auc_with_bound(
+        total.positive_scores.astype(np.float64), total.negative_scores.astype(np.float64)
+    )
     return CombinedMetrics(
         accuracy=float(np.trace(confusion) / rows),
         balanced_accuracy=float(np.nanmean([sensitivity, specificity])),
         sensitivity=float(sensitivity),
         specificity=float(specificity),
         brier=total.squared_error / rows,
-        roc_auc=(wins + ties / 2) / pairs if pairs else float("nan"),
-        roc_auc_bound=ties / 2 / pairs if pairs else float("nan"),
+        roc_auc=auc,
+        roc_auc_bound=bound,
     )
 
 
@@ -131,3 +134,76 @@ def reliability_curve(total: SiteEvaluation) -> tuple[NDArray[np.float64], NDArr
     present = total.calibration_rows > 0
     rows = total.calibration_rows[present].astype(np.float64)
     return total.calibration_positives[present] / rows, total.calibration_scores[present] / rows
+
+
+# --- multiclass: a confusion matrix and one score histogram per class -----------------------
+
+
+@dataclass(frozen=True)
+class MulticlassEvaluation:
+    """One site's ``(true, predicted)`` counts and, per class, the histograms of that class's
+    score over its rows of the class and over the others (one-vs-rest), or their sums."""
+
+    confusion: NDArray[np.int64]
+    class_scores: NDArray[np.int64]
+    other_scores: NDArray[np.int64]
+
+    def __add__(self, other: MulticlassEvaluation) -> MulticlassEvaluation:
+        if self.confusion.shape != other.confusion.shape:
+            raise ConfigurationError("the sites' evaluations have different classes")
+        return MulticlassEvaluation(
+            self.confusion + other.confusion,
+            self.class_scores + other.class_scores,
+            self.other_scores + other.other_scores,
+        )
+
+
+def site_multiclass_evaluation(labels: ArrayLike, scores: ArrayLike) -> MulticlassEvaluation:
+    """Counts of a model scoring ``(rows, classes)`` probabilities against class indices."""
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(scores, dtype=np.float64)
+    if p.ndim != 2 or y.shape != (p.shape[0],) or y.size == 0:
+        raise ConfigurationError("scores must be (rows, classes) and labels one per row")
+    classes = p.shape[1]
+    if np.any((y < 0) | (y >= classes)) or not np.all((p >= 0) & (p <= 1)):
+        raise ConfigurationError("labels must be class indices and scores probabilities")
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(confusion, (y, p.argmax(axis=1)), 1)
+    fine = np.minimum((p * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
+    own = np.stack([np.bincount(fine[y == c, c], minlength=SCORE_BINS) for c in range(classes)])
+    rest = np.stack([np.bincount(fine[y != c, c], minlength=SCORE_BINS) for c in range(classes)])
+    return MulticlassEvaluation(confusion, own, rest)
+
+
+def _auc_with_bound(positives: NDArray[np.float64], negatives: NDArray[np.float64]) -> tuple[float, float]:
+    """The AUC from score histograms, rows sharing a bin counted as ties (half a win), and
+    the bound on its error: half the tied pairs' share."""
+    pairs = positives.sum() * negatives.sum()
+    if not pairs:
+        return float("nan"), float("nan")
+    below = np.cumsum(negatives) - negatives  # negatives in lower bins than each bin
+    ties = float((positives * negatives).sum())
+    return (float((positives * below).sum()) + ties / 2) / pairs, ties / 2 / pairs
+
+
+def multiclass_metrics(total: MulticlassEvaluation) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean recall over the classes present), macro-F1, and the
+    one-vs-rest ROC AUC averaged over the classes present, within ``roc_auc_bound``."""
+    confusion = total.confusion.astype(np.float64)
+    true_rows, predicted_rows, hits = confusion.sum(axis=1), confusion.sum(axis=0), np.diag(confusion)
+    present = true_rows > 0
+    recall = hits[present] / true_rows[present]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(true_rows + predicted_rows > 0, 2 * hits / (true_rows + predicted_rows), 0.0)
+    aucs = [
+        _auc_with_bound(total.class_scores[c].astype(np.float64), total.other_scores[c].astype(np.float64))
+        for c in np.flatnonzero(present)
+    ]
+    defined = [(auc, bound) for auc, bound in aucs if np.isfinite(auc)]
+    return {
+        "accuracy": float(hits.sum() / confusion.sum()),
+        "balanced_accuracy": float(recall.mean()),
+        "macro_f1": float(f1[present | (predicted_rows > 0)].mean()),
+        "roc_auc": float(np.mean([a for a, _ in defined])) if defined else float("nan"),
+        "roc_auc_bound": float(np.mean([b for _, b in defined])) if defined else float("nan"),
+    }

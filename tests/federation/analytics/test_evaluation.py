@@ -11,6 +11,7 @@ from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
     brier_score_loss,
+    f1_score,
     recall_score,
     roc_auc_score,
 )
@@ -18,8 +19,10 @@ from sklearn.metrics import (
 from federation.analytics.evaluation import (
     combine_evaluations,
     combined_metrics,
+    multiclass_metrics,
     reliability_curve,
     site_evaluation,
+    site_multiclass_evaluation,
 )
 
 pytestmark = pytest.mark.analytics
@@ -60,3 +63,39 @@ def test_the_combined_auc_is_not_the_mean_of_the_sites_aucs() -> None:
     ours = combined_metrics(total)
     assert ours.roc_auc == pytest.approx(pooled)
     assert ours.roc_auc_bound == 0.0  # no two scores share a fine bin
+
+
+def probabilities(raw: list[list[float]]) -> np.ndarray:
+    scores = np.asarray(raw, dtype=np.float64) + 1e-3
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
+multiclass_rows = st.lists(
+    st.tuples(st.integers(0, 2), st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3)),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sites=st.lists(multiclass_rows, min_size=1, max_size=3))
+def test_multiclass_metrics_are_the_pooled_ones(sites: list[list[tuple[int, list[float]]]]) -> None:
+    evaluations = [
+        site_multiclass_evaluation([y for y, _ in rows], probabilities([s for _, s in rows]))
+        for rows in sites
+    ]
+    ours = multiclass_metrics(combine_evaluations(evaluations))
+    y = np.array([label for rows in sites for label, _ in rows])
+    p = probabilities([s for rows in sites for _, s in rows])
+    predicted = p.argmax(axis=1)
+    assert ours["accuracy"] == pytest.approx(accuracy_score(y, predicted), abs=1e-12)
+    labels = sorted(set(y) | set(predicted))
+    assert ours["macro_f1"] == pytest.approx(
+        f1_score(y, predicted, labels=labels, average="macro"), abs=1e-12
+    )
+    assert ours["balanced_accuracy"] == pytest.approx(
+        np.mean([recall_score(y == c, predicted == c) for c in sorted(set(y))]), abs=1e-12
+    )
+    per_class = [roc_auc_score(y == c, p[:, c]) for c in sorted(set(y)) if 0 < (y == c).sum() < len(y)]
+    if per_class:
+        assert abs(ours["roc_auc"] - np.mean(per_class)) <= ours["roc_auc_bound"] + 1e-12
