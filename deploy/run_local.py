@@ -77,6 +77,8 @@ from deploy.local.processes import (  # noqa: E402
     worker_command,
 )
 from federation.data import Dataset, load_builtin  # noqa: E402
+from federation.data.text import TextSchema, parse_data_schema  # noqa: E402
+from federation.errors import FederationError  # noqa: E402
 from federation.wire import sha256_hex  # noqa: E402
 
 __all__ = [
@@ -326,8 +328,8 @@ def run_and_report(
 def is_text_schema(path: str) -> bool:
     """Whether ``--schema`` names a text schema (read again, with its errors, by the runner)."""
     try:
-        return bool(json.loads(Path(path).read_text(encoding="utf-8")).get("kind") == "text")
-    except (OSError, ValueError, AttributeError):
+        return isinstance(parse_data_schema(json.loads(Path(path).read_text(encoding="utf-8"))), TextSchema)
+    except (OSError, ValueError, FederationError):
         return False
 
 

@@ -68,11 +68,10 @@ def write_text_site(folder: Path, name: str, notes: TextDataset, max_tokens: int
     return _text_site(folder, name, "notes.csv", len(notes), server_url)
 
 
-def copy_text_site(folder: Path, name: str, source: Path, schema: TextSchema, server_url: str) -> Site:
-    """A site folder holding a copy of the consortium's own file (CSV or JSON Lines)."""
+def copy_text_site(folder: Path, name: str, source: Path, rows: int, server_url: str) -> Site:
+    """A site folder holding a copy of the consortium's own file (CSV or JSON Lines) of ``rows`` notes."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, folder / f"notes{source.suffix}")
-    rows = len(load_text(source, schema))
     return _text_site(folder, name, f"notes{source.suffix}", rows, server_url)
 
 
@@ -164,19 +163,21 @@ def training_start_delays(logs: list[Path]) -> list[float]:
     return delays
 
 
-def own_text_files(args: argparse.Namespace) -> tuple[TextSchema, list[Path], TextDataset | None]:
-    """The consortium's text schema and files (``--csv``), each read once so that a bad file
-    fails here, naming the file, line and column, before any process starts."""
+OwnText = tuple[TextSchema, list[tuple[Path, int]], TextDataset | None]
+
+
+def own_text_files(args: argparse.Namespace) -> OwnText:
+    """The consortium's text schema, its files (``--csv``) with their note counts and the test
+    notes, each file read once so that a bad one fails here, naming the file, line and column,
+    before any process starts."""
     try:
         schema = parse_data_schema(json.loads(Path(args.schema).read_text(encoding="utf-8")))
     except (OSError, ValueError, FederationError) as error:
         raise RuntimeError(f"--schema {args.schema}: {error}") from None
     if not isinstance(schema, TextSchema):
         raise RuntimeError(f"--schema {args.schema}: not a text schema (tabular files: deploy/run_local.py)")
-    files = [Path(path).resolve() for path in args.csv]
     try:
-        for path in files:
-            load_text(path, schema)
+        files = [(path, len(load_text(path, schema))) for path in (Path(name).resolve() for name in args.csv)]
         test = load_text(Path(args.test), schema) if args.test else None
     except FederationError as error:
         raise RuntimeError(str(error)) from None
@@ -184,14 +185,14 @@ def own_text_files(args: argparse.Namespace) -> tuple[TextSchema, list[Path], Te
 
 
 def text_sites(
-    args: argparse.Namespace, data_dir: Path, server_url: str
+    args: argparse.Namespace, data_dir: Path, server_url: str, own: OwnText | None
 ) -> tuple[list[Site], TextSchema, TextDataset | None]:
-    """The sites' folders: the consortium's own files, or each its synthetic notes."""
-    if args.csv:
-        schema, files, test = own_text_files(args)
+    """The sites' folders: the consortium's own files (``own``), or each its synthetic notes."""
+    if own is not None:
+        schema, files, test = own
         sites = [
-            copy_text_site(data_dir / f"site-{i + 1}", f"Hospital {chr(65 + i)}", path, schema, server_url)
-            for i, path in enumerate(files)
+            copy_text_site(data_dir / f"site-{i + 1}", f"Hospital {chr(65 + i)}", path, rows, server_url)
+            for i, (path, rows) in enumerate(files)
         ]
         return sites, schema, test
     silos, test_notes = clinical_notes_federation(
@@ -208,8 +209,7 @@ def text_sites(
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     started = time.monotonic()
-    if args.csv:
-        own_text_files(args)  # a bad file fails before any process starts
+    own = own_text_files(args) if args.csv else None  # a bad file fails before any process starts
     data_dir = Path(args.data_dir).resolve()
     with running_control_plane(data_dir, args.port, args.database_url, args.broker_url, args.sites) as (
         processes,
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     ):
         log(f"control plane at {settings.url}, data in {settings.data_dir}")
         api = Api(settings.url, create_user(settings, "coordinator", "coordinator"))
-        sites, schema, test = text_sites(args, settings.data_dir, settings.url)
+        sites, schema, test = text_sites(args, settings.data_dir, settings.url, own)
         institution_ids, owners = enroll_sites(api, settings, sites)
         study = api.call("POST", "studies/", json=study_body(args, institution_ids, schema))
         approve_study(owners, institution_ids, study["id"])

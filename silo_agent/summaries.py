@@ -39,9 +39,14 @@ logger = logging.getLogger(__name__)
 
 
 def summary_refusal(
-    policy: Policy, task: SummaryTask, server_approved: Collection[int], summary: SiteSummary | None
+    policy: Policy,
+    task: SummaryTask,
+    server_approved: Collection[int],
+    summary: SiteSummary | None,
+    schema: DataSchema | None = None,
 ) -> str | None:
-    """The reason to refuse ``task`` (``summary``: the site's, None before its file is read)."""
+    """The reason to refuse ``task`` (``summary``: the site's under the task's ``schema``,
+    both None before its file is read)."""
     reason = study_refusal(policy, task.study_id, task.study_name, server_approved)
     if reason is not None:
         return reason
@@ -50,14 +55,14 @@ def summary_refusal(
             "this site's policy demands secure aggregation for its summaries "
             "(policy.summaries.require_secure_aggregation): ask again with secure aggregation"
         )
-    if summary is None:
+    if summary is None or schema is None:
         return None
     if summary.count < policy.summaries.min_rows:
         return (
             f"this site holds fewer rows than its policy's minimum for summaries "
             f"(policy.summaries.min_rows = {policy.summaries.min_rows})"
         )
-    undeclared = undeclared_values(summary, DataSchema.from_json(dict(task.data_schema)))
+    undeclared = undeclared_values(summary, schema)
     if task.secure_aggregation is not None and undeclared:
         return (
             f"this site holds values of {', '.join(undeclared)} that the schema does not declare; "
@@ -86,9 +91,9 @@ class SummaryAnswerer:
         summary = body = None
         if reason is None:
             try:
-                summary = self._summary(task)
-                reason = summary_refusal(self._policy, task, approved, summary)
-                body = None if reason is not None else self._body(task, summary)
+                schema, summary = self._summary(task)
+                reason = summary_refusal(self._policy, task, approved, summary, schema)
+                body = None if reason is not None else self._body(task, schema, summary)
             except TaskError as error:
                 # The detail (file, line, column) stays in this log; the coordinator learns
                 # that this site cannot answer, rather than waiting for the deadline.
@@ -116,9 +121,11 @@ class SummaryAnswerer:
         )
         return False
 
-    def _summary(self, task: SummaryTask) -> SiteSummary:
+    def _summary(self, task: SummaryTask) -> tuple[DataSchema, SiteSummary]:
+        """The task's schema, parsed once, and the site's summary under it."""
         try:
-            return site_summary(self._data.source, DataSchema.from_json(dict(task.data_schema)))
+            schema = DataSchema.from_json(dict(task.data_schema))
+            return schema, site_summary(self._data.source, schema)
         except FederationError as error:
             raise TaskError(f"the summary of this site's data failed: {error}") from None
 
@@ -142,13 +149,13 @@ class SummaryAnswerer:
     def _phase(task: SummaryTask) -> str:
         return str((task.secure_aggregation or {}).get("phase", ""))
 
-    def _body(self, task: SummaryTask, summary: SiteSummary) -> dict[str, object]:
+    def _body(self, task: SummaryTask, schema: DataSchema, summary: SiteSummary) -> dict[str, object]:
         if task.secure_aggregation is None:
             return {"summary": summary.to_json()}
         if self._phase(task) == "keys":
             return {"public_key": base64.b64encode(self._new_key(task.request_id)).decode()}
         if self._phase(task) == "mask":
-            return {"masked": self._masked(task, summary)}
+            return {"masked": self._masked(task, schema, summary)}
         raise TaskError(f"unknown step of a secure summary: {self._phase(task)!r}")
 
     def _key_file(self, request_id: int) -> Path:
@@ -163,7 +170,7 @@ class SummaryAnswerer:
             handle.write(private_key)
         return secagg.public_key_bytes(private_key)
 
-    def _masked(self, task: SummaryTask, summary: SiteSummary) -> str:
+    def _masked(self, task: SummaryTask, schema: DataSchema, summary: SiteSummary) -> str:
         key_file = self._key_file(task.request_id)
         if not key_file.exists():
             raise TaskError("this site's key for the secure summary is lost; the coordinator must ask again")
@@ -171,7 +178,7 @@ class SummaryAnswerer:
         try:
             roster = {int(site): base64.b64decode(str(key)) for site, key in dict(roster_json).items()}  # type: ignore[call-overload]
             masked = masked_input(
-                summary_vector(summary, DataSchema.from_json(dict(task.data_schema))),
+                summary_vector(summary, schema),
                 site_id=self._institution_id,
                 private_key=key_file.read_bytes(),
                 roster=roster,

@@ -38,6 +38,8 @@ class OwnData:
     schema_json: Json
     site_files: list[Path]
     test_file: Path | None
+    #: Each site file's row count, from the check.
+    site_rows: list[int]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> OwnData:
@@ -50,16 +52,18 @@ class OwnData:
             raise RuntimeError(f"--schema {args.schema}: {error}") from None
         files = [Path(path).resolve() for path in args.csv]
         test = Path(args.test).resolve() if args.test else None
-        for path in [*files, *([test] if test else [])]:
-            try:
-                load_csv(path, widened_schema(schema, categories_in(path, schema)))
-            except FederationError as error:
-                raise RuntimeError(str(error)) from None
-        return cls(schema, schema.to_json(), files, test)
+        try:
+            rows = [len(load_own(path, schema)) for path in files]
+            if test is not None:
+                load_own(test, schema)
+        except FederationError as error:
+            raise RuntimeError(str(error)) from None
+        return cls(schema, schema.to_json(), files, test, rows)
 
-    def load(self, path: Path) -> Dataset:
-        """The file's rows, with the categories it holds (the agreement adds them to the study's)."""
-        return load_csv(path, widened_schema(self.schema, categories_in(path, self.schema)))
+
+def load_own(path: Path, schema: DataSchema) -> Dataset:
+    """A file's rows, with the categories it holds (the agreement adds them to the study's)."""
+    return load_csv(path, widened_schema(schema, categories_in(path, schema)))
 
 
 def write_csv_sites(data_dir: Path, own: OwnData, server_url: str) -> list[Site]:
@@ -78,7 +82,7 @@ def write_csv_sites(data_dir: Path, own: OwnData, server_url: str) -> list[Site]
             '[policy]\napproved_studies = ["*"]\nmax_rounds = 1000\nmax_epochs = 20\n'
         )
         (folder / "schema.json").write_text(json.dumps(own.schema_json))
-        rows = np.arange(len(own.load(source)))
+        rows = np.arange(own.site_rows[index])
         sites.append(Site(name=f"Hospital {chr(65 + index)}", folder=folder, rows=rows))
     return sites
 

@@ -9,7 +9,6 @@ their sessions and API tokens stop working at once (Django and DRF refuse inacti
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,15 +25,12 @@ from accounts.services import CreatedUser, check_role, user_create
 from audit.services import audit_record
 from fedplatform.errors import Conflict, Forbidden, InvalidInput, NotFound
 from institutions.models import Institution
+from institutions.services import secret_hash
 
 #: How long an invitation link works.
 INVITATION_DAYS = 7
 #: Roles an invitation may give: coordinators are made by an administrator.
 INVITED_ROLES = (Role.DATA_OWNER, Role.OBSERVER)
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,7 @@ def invitation_create(
         raise Conflict(f"{username!r} has a pending invitation already: withdraw it first", code="duplicate")
     secret = secrets.token_urlsafe(32)
     record = Invitation.objects.create(
-        token_hash=_hash(secret),
+        token_hash=secret_hash(secret),
         username=username,
         role=role,
         institution=institution,
@@ -81,7 +77,7 @@ def invitation_create(
 
 def invitation_open(*, secret: str) -> Invitation | None:
     """The pending invitation of a link, or None (unknown, used, withdrawn or expired alike)."""
-    record = Invitation.objects.select_related("institution").filter(token_hash=_hash(secret)).first()
+    record = Invitation.objects.select_related("institution").filter(token_hash=secret_hash(secret)).first()
     return record if record is not None and record.state == "pending" else None
 
 
@@ -89,7 +85,7 @@ def invitation_open(*, secret: str) -> Invitation | None:
 def invitation_accept(*, secret: str, password: str, with_token: bool = False) -> CreatedUser:
     """Create the invited account with ``password`` (checked by Django's validators) and, for
     the API, its token."""
-    record = Invitation.objects.select_for_update().filter(token_hash=_hash(secret)).first()
+    record = Invitation.objects.select_for_update().filter(token_hash=secret_hash(secret)).first()
     if record is None or record.state != "pending":
         raise NotFound("this invitation link is invalid, used, withdrawn or expired")
     created = user_create(

@@ -34,7 +34,7 @@ CREDENTIAL_PATTERN = re.compile(
 )
 
 
-def _hash(secret: str) -> str:
+def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -71,7 +71,7 @@ def enrollment_token_create(*, institution: Institution, actor: str, hours: int 
     lifetime = timedelta(hours=hours or settings.FEDHEALTH_ENROLLMENT_TOKEN_HOURS)
     record = EnrollmentToken.objects.create(
         institution=institution,
-        token_hash=_hash(token),
+        token_hash=secret_hash(token),
         created_by=actor,
         expires_at=timezone.now() + lifetime,
     )
@@ -115,7 +115,7 @@ class Enrollment:
 @transaction.atomic
 def agent_enroll(*, token: str, agent_version: str, hostname: str) -> Enrollment:
     """Trade a valid, unused, unexpired token for a credential."""
-    record = EnrollmentToken.objects.select_for_update().filter(token_hash=_hash(token)).first()
+    record = EnrollmentToken.objects.select_for_update().filter(token_hash=secret_hash(token)).first()
     if record is None or record.state != "unused":
         # One answer for unknown, used, withdrawn and expired tokens: nothing to learn by probing.
         raise Unauthenticated("the enrollment token is invalid, used or expired", code="invalid_token")
@@ -124,7 +124,7 @@ def agent_enroll(*, token: str, agent_version: str, hostname: str) -> Enrollment
     secret = secrets.token_urlsafe(32)
     credential = AgentCredential.objects.create(
         institution=record.institution,
-        secret_hash=_hash(secret),
+        secret_hash=secret_hash(secret),
         agent_version=agent_version[:50],
         hostname=hostname[:200],
     )
@@ -145,8 +145,8 @@ def credential_authenticate(*, key: str) -> AgentCredential:
         raise Unauthenticated("malformed agent credential", code="invalid_credential")
     identifier, secret = parsed.group("id"), parsed.group("secret")
     credential = AgentCredential.objects.select_related("institution").filter(pk=int(identifier)).first()
-    expected = credential.secret_hash if credential else _hash("")
-    if not hmac.compare_digest(expected, _hash(secret)) or credential is None:
+    expected = credential.secret_hash if credential else secret_hash("")
+    if not hmac.compare_digest(expected, secret_hash(secret)) or credential is None:
         raise Unauthenticated("unknown agent credential", code="invalid_credential")
     if credential.revoked_at is not None:
         raise Unauthenticated("this agent credential has been revoked", code="credential_revoked")

@@ -53,6 +53,11 @@ MAX_REASON_CHARS = 2000
 KEY_BYTES = 32
 
 
+def secure_promised(study: Study) -> bool:
+    """Whether the study's privacy settings promise secure aggregation: its summaries too."""
+    return bool((study.privacy or {}).get("secure_aggregation", False))
+
+
 def _tabular_schema(study: Study) -> DataSchema:
     schema = parse_data_schema(dict(study.data_schema))
     if isinstance(schema, TextSchema):
@@ -85,7 +90,7 @@ def summary_request_open(
             "its versions were trained on); set up a new study to agree them again",
             code="study_has_jobs",
         )
-    promised = bool((study.privacy or {}).get("secure_aggregation", False))
+    promised = secure_promised(study)
     if secure_aggregation is None:
         secure_aggregation = promised
     if promised and not secure_aggregation:

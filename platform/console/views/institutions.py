@@ -18,6 +18,7 @@ from console.access import actor_of, console_view, require_coordinator, scope_of
 from console.forms import EnrollmentTokenForm, InstitutionForm, add_service_error
 from console.pages import page
 from fedplatform.errors import ServiceError
+from institutions.models import EnrollmentToken, Institution
 from institutions.selectors import (
     credential_get,
     credential_list,
@@ -118,13 +119,20 @@ def _token_from_cookie(request: HttpRequest, token_id: int) -> str | None:
     return token if token and identifier == str(token_id) else None
 
 
-@console_view
-@require_safe
-def token_show(request: HttpRequest, institution_id: int, token_id: int) -> HttpResponse:
+def _coordinators_token(
+    request: HttpRequest, institution_id: int, token_id: int
+) -> tuple[Institution, EnrollmentToken]:
+    """The institution and its token, for a coordinator (others: 403; another's token: 404)."""
     scope = scope_of(request)
     require_coordinator(scope)
     institution = institution_get(scope=scope, institution_id=institution_id)
-    record = enrollment_token_get(institution=institution, token_id=token_id)
+    return institution, enrollment_token_get(institution=institution, token_id=token_id)
+
+
+@console_view
+@require_safe
+def token_show(request: HttpRequest, institution_id: int, token_id: int) -> HttpResponse:
+    institution, record = _coordinators_token(request, institution_id, token_id)
     context = {"institution": institution, "record": record, "token": _token_from_cookie(request, record.pk)}
     response = page(request, "console/institutions/token.html", context, section="institutions")
     response.delete_cookie(ONCE_COOKIE, path=request.path, samesite="Strict")
@@ -149,10 +157,7 @@ def credential_revoke_view(request: HttpRequest, credential_id: int) -> HttpResp
 @console_view
 @require_POST
 def token_withdraw(request: HttpRequest, institution_id: int, token_id: int) -> HttpResponseBase:
-    scope = scope_of(request)
-    require_coordinator(scope)
-    institution = institution_get(scope=scope, institution_id=institution_id)
-    record = enrollment_token_get(institution=institution, token_id=token_id)  # another's: 404
+    institution, record = _coordinators_token(request, institution_id, token_id)  # another's: 404
     try:
         enrollment_token_withdraw(institution=institution, token_id=record.pk, actor=actor_of(request))
     except ServiceError as error:
@@ -166,10 +171,7 @@ def token_withdraw(request: HttpRequest, institution_id: int, token_id: int) -> 
 @require_safe
 def token_site_kit(request: HttpRequest, institution_id: int, token_id: int) -> HttpResponse:
     """The token's site kit (no secret in it: the token travels separately)."""
-    scope = scope_of(request)
-    require_coordinator(scope)
-    institution = institution_get(scope=scope, institution_id=institution_id)
-    record = enrollment_token_get(institution=institution, token_id=token_id)
+    institution, record = _coordinators_token(request, institution_id, token_id)
     server_url = request.build_absolute_uri("/").rstrip("/")
     response = HttpResponse(site_kit_zip(record, server_url), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="site-kit-{institution.pk}-{record.pk}.zip"'

@@ -16,7 +16,7 @@ from console.pages import page
 from console.study_form import StudyForm
 from fedplatform.errors import Conflict, ServiceError
 from institutions.selectors import institution_get, institution_list
-from studies.agreement import summary_request_open, summary_request_view
+from studies.agreement import secure_promised, summary_request_open, summary_request_view
 from studies.models import Decision, Study
 from studies.selectors import participant_decided_by, study_get, study_list
 from studies.services import study_create, study_decide
@@ -71,7 +71,7 @@ def _study_page(request: HttpRequest, scope: Scope, study: Study, job_form: JobF
         "schema_features": study.data_schema.get("features", []),
         "agreement": summary_request_view(study=study, scope=scope),
         "agreement_open": not study.jobs.exists(),
-        "secure_by_default": bool((study.privacy or {}).get("secure_aggregation", False)),
+        "secure_by_default": secure_promised(study),
     }
     return page(request, "console/studies/detail.html", context, section="studies")
 
