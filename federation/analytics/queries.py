@@ -1,0 +1,955 @@
+"""Federated queries: what a coordinator asks, what each site answers, and what they combine to.
+
+A :class:`Query` names columns of the study's schema and is checked against it when it is
+asked (:func:`parse_query`), so both sides read the same columns, bins and levels. A site
+answers with counts and sums of its own rows only (:func:`site_answer`), after its policy
+has had its say: any cell below the site's ``min_count`` is suppressed there and marked,
+and a query that asks for it gets Laplace noise of scale ``1/epsilon`` on each count cell
+first (one row moves one cell by one: the L1 sensitivity of a counting query is 1), so the
+noisy answer is epsilon-DP and the suppression that follows is post-processing. The control
+plane checks every answer's shape (:func:`parse_answer`) and combines them
+(:func:`combine_answers`): the counts add up, so the combined result equals the pooled
+computation exactly, and means and variances to floating-point precision, wherever nothing
+was suppressed or noised.
+
+Under secure aggregation a site sends its answer as one fixed-length vector
+(:func:`answer_vector`) masked so that the server sees only the sum of all sites'
+(:mod:`federation.privacy.secure_sum`); the server then suppresses the small cells of the
+total instead (:func:`combine_total`). Kinds whose answer has no fixed length (survival
+times are each site's own) or that read a model are asked in the clear.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from federation.analytics.columns import ColumnSums, CrossProducts, column_sums, correlation, cross_products
+from federation.analytics.counts import BinCounts, quantile_bounds, suppress
+from federation.analytics.evaluation import (
+    CALIBRATION_BINS,
+    SCORE_BINS,
+    MulticlassEvaluation,
+    SiteEvaluation,
+    combined_metrics,
+    multiclass_metrics,
+    reliability_curve,
+    site_evaluation,
+    site_multiclass_evaluation,
+)
+from federation.analytics.survival import RiskTable, combine_tables, kaplan_meier, log_rank, risk_table
+from federation.data.schema import DataSchema, FeatureKind
+from federation.errors import ConfigurationError
+
+Json = dict[str, object]
+
+#: The most bins a histogram may ask for, and the most fine bins of a quantile query.
+MAX_HISTOGRAM_BINS = 200
+MAX_QUANTILE_BINS = 1000
+#: The most model versions one evaluation compares.
+MAX_VERSIONS = 10
+#: The largest epsilon a query may spend (beyond it the noise protects little).
+MAX_QUERY_EPSILON = 10.0
+
+
+class QueryKind(enum.StrEnum):
+    COLUMNS = "columns"
+    HISTOGRAM = "histogram"
+    QUANTILES = "quantiles"
+    CROSS_TABLE = "cross_table"
+    CORRELATION = "correlation"
+    SURVIVAL = "survival"
+    EVALUATION = "evaluation"
+
+
+#: The kinds whose answer is a fixed-length vector, summable under secure aggregation.
+SECURE_KINDS = frozenset(
+    {
+        QueryKind.COLUMNS,
+        QueryKind.HISTOGRAM,
+        QueryKind.QUANTILES,
+        QueryKind.CROSS_TABLE,
+        QueryKind.CORRELATION,
+    }
+)
+#: The counting kinds, to which DP noise applies (one row moves one cell by one).
+NOISE_KINDS = frozenset({QueryKind.HISTOGRAM, QueryKind.QUANTILES, QueryKind.CROSS_TABLE})
+
+
+@dataclass(frozen=True)
+class Query:
+    """One question, its columns resolved against the study's schema."""
+
+    kind: QueryKind
+    #: COLUMNS and CORRELATION: numeric columns.
+    columns: tuple[str, ...] = ()
+    #: HISTOGRAM and QUANTILES: one numeric column and its agreed bin edges.
+    column: str = ""
+    edges: tuple[float, ...] = ()
+    #: QUANTILES: the probabilities asked for.
+    probabilities: tuple[float, ...] = ()
+    #: CROSS_TABLE: two categorical columns (or the label) and their declared levels.
+    rows: str = ""
+    row_levels: tuple[str, ...] = ()
+    by: str = ""
+    by_levels: tuple[str, ...] = ()
+    #: SURVIVAL: the time column, the event column (1: the event; 0: censored), and an
+    #: optional grid step to which each time is rounded up.
+    time: str = ""
+    event: str = ""
+    #: The event column's level that marks the event, when it is categorical (the second class).
+    event_level: str = ""
+    time_step: float | None = None
+    #: EVALUATION: model versions (ids) and the task's class count (2: binary).
+    versions: tuple[int, ...] = ()
+    num_classes: int = 0
+    #: Laplace noise on each count cell (NOISE_KINDS only).
+    epsilon: float | None = None
+
+    def to_json(self) -> Json:
+        data: Json = {"kind": self.kind.value}
+        for name, value in _fields(self).items():
+            if name != "kind" and value not in ((), "", None, 0):
+                data[name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    @property
+    def secure_supported(self) -> bool:
+        return self.kind in SECURE_KINDS
+
+    def describe(self) -> str:
+        """One line for lists and logs."""
+        subject = {
+            QueryKind.COLUMNS: ", ".join(self.columns),
+            QueryKind.HISTOGRAM: self.column,
+            QueryKind.QUANTILES: self.column,
+            QueryKind.CROSS_TABLE: f"{self.rows} by {self.by}",
+            QueryKind.CORRELATION: ", ".join(self.columns),
+            QueryKind.SURVIVAL: f"{self.time} until {self.event}",
+            QueryKind.EVALUATION: "versions " + ", ".join(str(v) for v in self.versions),
+        }[self.kind]
+        noise = f", epsilon {self.epsilon:g}" if self.epsilon else ""
+        return f"{self.kind.value.replace('_', '-')}: {subject}{noise}"
+
+
+def _fields(query: Query) -> dict[str, object]:
+    return {name: getattr(query, name) for name in Query.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class SiteTable:
+    """A site's columns: numeric ones as float64 with NaN for a missing value, categorical
+    ones (and the label) as strings with "" for a missing value."""
+
+    numeric: Mapping[str, NDArray[np.float64]]
+    categorical: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        for values in (*self.numeric.values(), *self.categorical.values()):
+            return len(values)
+        return 0
+
+
+# --- the question ---------------------------------------------------------------------------
+
+
+def schema_levels(schema: DataSchema) -> dict[str, tuple[str, ...] | None]:
+    """Every column a query may name: numeric (None) or categorical with its levels. A
+    boolean feature counts as numeric 0/1; a classification label as categorical over its
+    classes; a regression label as numeric."""
+    columns: dict[str, tuple[str, ...] | None] = {}
+    for feature in schema.features:
+        categorical = feature.kind is FeatureKind.CATEGORICAL
+        columns[feature.name] = tuple(feature.categories or ()) if categorical else None
+    columns[schema.label] = tuple(schema.classes) if schema.classes else None
+    return columns
+
+
+def parse_query(data: object, schema: DataSchema) -> Query:
+    """Check a query against ``schema``; :class:`ConfigurationError` says what is wrong."""
+    if not isinstance(data, Mapping):
+        raise ConfigurationError("a query is a JSON object with a kind")
+    kind_name = data.get("kind")
+    try:
+        kind = QueryKind(str(kind_name))
+    except ValueError:
+        raise ConfigurationError(
+            f"unknown query kind {kind_name!r}; choose one of: {', '.join(k.value for k in QueryKind)}"
+        ) from None
+    allowed = _KEYS[kind] | {"kind", "epsilon"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigurationError(f"a {kind.value} query takes no {', '.join(unknown)}")
+    levels = schema_levels(schema)
+    query = _PARSERS[kind](data, levels)
+    epsilon = _epsilon(data.get("epsilon"), kind)
+    return Query(**{**_fields(query), "epsilon": epsilon})  # type: ignore[arg-type]
+
+
+_KEYS: dict[QueryKind, set[str]] = {
+    QueryKind.COLUMNS: {"columns"},
+    QueryKind.HISTOGRAM: {"column", "edges"},
+    QueryKind.QUANTILES: {"column", "edges", "probabilities"},
+    QueryKind.CROSS_TABLE: {"rows", "by", "row_levels", "by_levels"},
+    QueryKind.CORRELATION: {"columns"},
+    QueryKind.SURVIVAL: {"time", "event", "time_step", "event_level"},
+    QueryKind.EVALUATION: {"versions", "num_classes"},
+}
+
+
+def _epsilon(value: object, kind: QueryKind) -> float | None:
+    if value is None:
+        return None
+    if kind not in NOISE_KINDS:
+        raise ConfigurationError(
+            f"DP noise applies to counting queries ({', '.join(sorted(k.value for k in NOISE_KINDS))}), "
+            f"not to a {kind.value} query"
+        )
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= MAX_QUERY_EPSILON:
+        raise ConfigurationError(f"epsilon must be a number in (0, {MAX_QUERY_EPSILON:g}]")
+    return float(value)
+
+
+def _numeric_column(name: object, levels: Mapping[str, tuple[str, ...] | None], what: str) -> str:
+    if not isinstance(name, str) or name not in levels:
+        raise ConfigurationError(f"{what} must name a column of the study's schema, got {name!r}")
+    if levels[name] is not None:
+        raise ConfigurationError(f"{what} {name!r} is categorical; this needs a numeric column")
+    return name
+
+
+def _categorical_column(name: object, levels: Mapping[str, tuple[str, ...] | None], what: str) -> str:
+    if not isinstance(name, str) or name not in levels:
+        raise ConfigurationError(f"{what} must name a column of the study's schema, got {name!r}")
+    if not levels[name]:
+        raise ConfigurationError(f"{what} {name!r} is not categorical with declared levels")
+    return name
+
+
+def _numbers(value: object, what: str) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    ):
+        raise ConfigurationError(f"{what} must be a list of finite numbers")
+    return tuple(float(v) for v in value)
+
+
+def _edges(value: object, most: int) -> tuple[float, ...]:
+    edges = _numbers(value, "edges")
+    if len(edges) < 2 or len(edges) - 1 > most or any(b <= a for a, b in itertools.pairwise(edges)):
+        raise ConfigurationError(f"edges must be 2 to {most + 1} strictly increasing numbers")
+    return edges
+
+
+def _column_list(
+    data: Mapping[str, object], levels: Mapping[str, tuple[str, ...] | None], least: int
+) -> tuple[str, ...]:
+    names = data.get("columns")
+    if names is None:
+        names = [name for name, kind in levels.items() if kind is None]
+    if not isinstance(names, list) or len(names) < least or len(set(names)) != len(names):
+        raise ConfigurationError(f"columns must list at least {least} distinct numeric columns")
+    return tuple(_numeric_column(name, levels, "columns") for name in names)
+
+
+def _parse_columns(data: Mapping[str, object], levels: Mapping[str, tuple[str, ...] | None]) -> Query:
+    return Query(QueryKind.COLUMNS, columns=_column_list(data, levels, 1))
+
+
+def _parse_correlation(data: Mapping[str, object], levels: Mapping[str, tuple[str, ...] | None]) -> Query:
+    return Query(QueryKind.CORRELATION, columns=_column_list(data, levels, 2))
+
+
+def _parse_histogram(data: Mapping[str, object], levels: Mapping[str, tuple[str, ...] | None]) -> Query:
+    column = _numeric_column(data.get("column"), levels, "column")
+    return Query(QueryKind.HISTOGRAM, column=column, edges=_edges(data.get("edges"), MAX_HISTOGRAM_BINS))
+
+
+def _parse_quantiles(data: Mapping[str, object], levels: Mapping[str, tuple[str, ...] | None]) -> Query:
+    column = _numeric_column(data.get("column"), levels, "column")
+    probabilities = _numbers(data.get("probabilities", [0.25, 0.5, 0.75]), "probabilities")
+    if not probabilities or not all(0 <= p <= 1 for p in probabilities):
+        raise ConfigurationError("probabilities must be numbers in [0, 1]")
+    edges = _edges(data.get("edges"), MAX_QUANTILE_BINS)
+    return Query(QueryKind.QUANTILES, column=column, edges=edges, probabilities=probabilities)
+
+
+def _parse_cross_table(data: Mapping[str, object], levels: Mapping[str, tuple[str, ...] | None]) -> Query:
+    rows = _categorical_column(data.get("rows"), levels, "rows")
+    by = _categorical_column(data.get("by"), levels, "by")
+    if rows == by:
+        raise ConfigurationError("a cross-table needs two different columns")
+    return Query(
+        QueryKind.CROSS_TABLE, rows=rows, row_levels=levels[rows] or (), by=by, by_levels=levels[by] or ()
+    )
+
+
+def _parse_survival(data: Mapping[str, object], levels: Mapping[str, tuple[str, ...] | None]) -> Query:
+    time = _numeric_column(data.get("time"), levels, "time")
+    event = data.get("event")
+    if (
+        isinstance(event, str)
+        and event in levels
+        and levels[event] is not None
+        and len(levels[event] or ()) != 2
+    ):
+        raise ConfigurationError(
+            f"event {event!r} must be numeric 0/1 or have two classes (the second: the event)"
+        )
+    if not isinstance(event, str) or event not in levels:
+        raise ConfigurationError(f"event must name a column of the study's schema, got {event!r}")
+    step = data.get("time_step")
+    if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or not step > 0):
+        raise ConfigurationError("time_step must be a positive number")
+    if event == time:
+        raise ConfigurationError("time and event must be different columns")
+    event_levels = levels[event]
+    return Query(
+        QueryKind.SURVIVAL,
+        time=time,
+        event=event,
+        event_level=event_levels[1] if event_levels else "",
+        time_step=None if step is None else float(step),
+    )
+
+
+def _parse_evaluation(data: Mapping[str, object], levels: Mapping[str, tuple[str, ...] | None]) -> Query:
+    versions = data.get("versions")
+    if (
+        not isinstance(versions, list)
+        or not 1 <= len(versions) <= MAX_VERSIONS
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in versions)
+        or len(set(versions)) != len(versions)
+    ):
+        raise ConfigurationError(f"versions must list 1 to {MAX_VERSIONS} distinct model version ids")
+    classes = data.get("num_classes", 2)
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 2:
+        raise ConfigurationError("an evaluation needs a classification study (num_classes at least 2)")
+    return Query(QueryKind.EVALUATION, versions=tuple(versions), num_classes=classes)
+
+
+_PARSERS: dict[QueryKind, Callable[[Mapping[str, object], Mapping[str, tuple[str, ...] | None]], Query]] = {
+    QueryKind.COLUMNS: _parse_columns,
+    QueryKind.HISTOGRAM: _parse_histogram,
+    QueryKind.QUANTILES: _parse_quantiles,
+    QueryKind.CROSS_TABLE: _parse_cross_table,
+    QueryKind.CORRELATION: _parse_correlation,
+    QueryKind.SURVIVAL: _parse_survival,
+    QueryKind.EVALUATION: _parse_evaluation,
+}
+
+
+# --- the site's answer ----------------------------------------------------------------------
+
+
+def _noisy(
+    counts: NDArray[np.int64], epsilon: float | None, rng: np.random.Generator | None
+) -> NDArray[np.int64]:
+    """Counts with Laplace(1/epsilon) noise, rounded and floored at 0 (post-processing)."""
+    if epsilon is None:
+        return counts
+    if rng is None:
+        raise ConfigurationError("a noised query needs a random generator")
+    noisy = counts + rng.laplace(0.0, 1.0 / epsilon, size=counts.shape)
+    return np.maximum(np.rint(noisy), 0).astype(np.int64)
+
+
+def _counted(
+    counts: NDArray[np.int64], query: Query, min_count: int, rng: np.random.Generator | None, secure: bool
+) -> Json:
+    """A count cell set as the site sends it: noised if asked, then (in the clear) suppressed."""
+    counts = _noisy(counts, query.epsilon, rng)
+    if secure:
+        return {"counts": counts.tolist()}
+    kept, small = suppress(counts, min_count)
+    return {"counts": kept.tolist(), "suppressed": small.tolist()}
+
+
+def site_answer(
+    query: Query,
+    table: SiteTable,
+    *,
+    min_count: int,
+    rng: np.random.Generator | None = None,
+    secure: bool = False,
+) -> Json:
+    """The site's answer to a statistics query (an evaluation is :func:`evaluation_answer`).
+    ``secure``: the answer goes into a secure sum, unsuppressed (the server suppresses the total)."""
+    if query.kind is QueryKind.EVALUATION:
+        raise ConfigurationError("an evaluation is answered from a model's scores (evaluation_answer)")
+    if secure and not query.secure_supported:
+        raise ConfigurationError(f"a {query.kind.value} query cannot be summed securely")
+    if query.kind is QueryKind.COLUMNS:
+        return _columns_answer(query, table, min_count, secure)
+    if query.kind is QueryKind.CORRELATION:
+        products = cross_products(np.column_stack([table.numeric[name] for name in query.columns]))
+        if not secure and 0 < products.count < min_count:
+            raise ConfigurationError(f"fewer complete rows than the site's minimum ({min_count})")
+        return {
+            "count": products.count,
+            "totals": products.totals.tolist(),
+            "products": products.products.tolist(),
+        }
+    if query.kind in (QueryKind.HISTOGRAM, QueryKind.QUANTILES):
+        values = table.numeric[query.column]
+        counts, _ = np.histogram(values[np.isfinite(values)], bins=np.asarray(query.edges))
+        return _counted(counts.astype(np.int64), query, min_count, rng, secure)
+    if query.kind is QueryKind.CROSS_TABLE:
+        return _counted(_cross_counts(query, table), query, min_count, rng, secure)
+    return _survival_answer(query, table, min_count)
+
+
+def _columns_answer(query: Query, table: SiteTable, min_count: int, secure: bool) -> Json:
+    answer: Json = {}
+    for name in query.columns:
+        sums = column_sums(table.numeric[name])
+        small = not secure and 0 < sums.present < min_count
+        if small:  # a mean of too few values: only the missing count is sent
+            sums = ColumnSums(0, sums.missing, 0.0, 0.0)
+        answer[name] = {
+            "present": sums.present,
+            "missing": sums.missing,
+            "sum": sums.total,
+            "sum_sq": sums.total_sq,
+            **({} if secure else {"suppressed": small}),
+        }
+    return {"columns": answer}
+
+
+def _cross_counts(query: Query, table: SiteTable) -> NDArray[np.int64]:
+    row_index = {level: i for i, level in enumerate(query.row_levels)}
+    by_index = {level: i for i, level in enumerate(query.by_levels)}
+    counts = np.zeros((len(row_index), len(by_index)), dtype=np.int64)
+    for value, label in zip(table.categorical[query.rows], table.categorical[query.by], strict=True):
+        if value in row_index and label in by_index:
+            counts[row_index[value], by_index[label]] += 1
+    return counts
+
+
+def _event_flags(query: Query, table: SiteTable) -> NDArray[np.bool_]:
+    if query.event_level:
+        return np.asarray(
+            [value == query.event_level for value in table.categorical[query.event]], dtype=bool
+        )
+    flags = table.numeric[query.event]
+    if not np.all(np.isin(flags[np.isfinite(flags)], (0.0, 1.0))):
+        raise ConfigurationError(f"the event column {query.event!r} must hold 0 or 1")
+    return np.asarray(flags == 1.0)
+
+
+def _survival_answer(query: Query, table: SiteTable, min_count: int) -> Json:
+    times = table.numeric[query.time]
+    events = _event_flags(query, table)
+    known = np.isfinite(times)
+    times, events = times[known], events[known]
+    if times.size == 0:
+        raise ConfigurationError(f"no row has a time in {query.time!r}")
+    if query.time_step is not None:
+        times = np.ceil(times / query.time_step) * query.time_step
+    risk = _risk_table(times, events)
+    event_counts, small = suppress(risk.events, min_count)
+    return {
+        "times": risk.times.tolist(),
+        "at_risk": risk.at_risk.tolist(),
+        "events": event_counts.tolist(),
+        "suppressed": small.tolist(),
+    }
+
+
+def _risk_table(times: NDArray[np.float64], events: NDArray[np.bool_]) -> RiskTable:
+    return risk_table(times, events.astype(np.int64))
+
+
+def evaluation_answer(
+    query: Query,
+    labels_and_scores: Sequence[tuple[NDArray[np.int64], NDArray[np.float64]]],
+    *,
+    min_count: int,
+) -> Json:
+    """A site's counts for each model version of an evaluation: labels (class indices) and
+    the model's scores on the site's held-out rows (binary: the probability of class 1)."""
+    if len(labels_and_scores) != len(query.versions):
+        raise ConfigurationError("one set of scores per model version")
+    answer: Json = {}
+    for version, (labels, scores) in zip(query.versions, labels_and_scores, strict=True):
+        if labels.size < min_count:
+            raise ConfigurationError(f"fewer held-out rows than the site's minimum ({min_count})")
+        answer[str(version)] = _evaluation_counts(query, labels, scores)
+    return {"versions": answer}
+
+
+def _evaluation_counts(query: Query, labels: NDArray[np.int64], scores: NDArray[np.float64]) -> Json:
+    if query.num_classes == 2:
+        binary = site_evaluation(labels, scores if scores.ndim == 1 else scores[:, 1])
+        return {
+            "confusion": binary.confusion.tolist(),
+            "positive_scores": binary.positive_scores.tolist(),
+            "negative_scores": binary.negative_scores.tolist(),
+            "squared_error": binary.squared_error,
+            "calibration_rows": binary.calibration_rows.tolist(),
+            "calibration_scores": binary.calibration_scores.tolist(),
+            "calibration_positives": binary.calibration_positives.tolist(),
+        }
+    multi = site_multiclass_evaluation(labels, scores)
+    return {
+        "confusion": multi.confusion.tolist(),
+        "class_scores": multi.class_scores.tolist(),
+        "other_scores": multi.other_scores.tolist(),
+    }
+
+
+# --- checking an answer ---------------------------------------------------------------------
+
+#: The most distinct times one site's survival answer may list.
+MAX_SURVIVAL_TIMES = 100_000
+
+
+def _int_array(value: object, shape: tuple[int, ...], what: str) -> NDArray[np.int64]:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{what} must be numbers") from None
+    if array.shape != shape or not np.all(np.isfinite(array)) or np.any(array < 0) or np.any(array % 1):
+        raise ConfigurationError(f"{what} must be {shape} non-negative whole numbers")
+    return array.astype(np.int64)
+
+
+def _float_array(value: object, shape: tuple[int, ...], what: str) -> NDArray[np.float64]:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{what} must be numbers") from None
+    if array.shape != shape or not np.all(np.isfinite(array)):
+        raise ConfigurationError(f"{what} must be {shape} finite numbers")
+    return array
+
+
+def _marks(value: object, shape: tuple[int, ...], what: str) -> NDArray[np.bool_]:
+    array = np.asarray(value if value is not None else np.zeros(shape, dtype=bool))
+    if array.shape != shape or array.dtype != np.bool_:
+        raise ConfigurationError(f"{what} must be {shape} true/false marks")
+    return array
+
+
+def _object(value: object, what: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{what} must be a JSON object")
+    return value
+
+
+def _count_shape(query: Query) -> tuple[int, ...]:
+    if query.kind is QueryKind.CROSS_TABLE:
+        return (len(query.row_levels), len(query.by_levels))
+    return (len(query.edges) - 1,)
+
+
+def parse_answer(query: Query, data: object, *, secure: bool = False) -> Json:
+    """A site's answer, checked against the query (shapes, counts, sums that real rows could
+    give); :class:`ConfigurationError` says what is wrong. Returns it normalised."""
+    answer = _object(data, "the answer")
+    if query.kind is QueryKind.COLUMNS:
+        return {
+            "columns": {
+                name: _column_answer(answer, name) for name in _same_keys(answer, "columns", query.columns)
+            }
+        }
+    if query.kind is QueryKind.CORRELATION:
+        k = len(query.columns)
+        count = _int_array(answer.get("count"), (), "count")
+        products = _float_array(answer.get("products"), (k, k), "products")
+        if not np.allclose(products, products.T):
+            raise ConfigurationError("products must be symmetric")
+        totals = _float_array(answer.get("totals"), (k,), "totals")
+        return {"count": int(count), "totals": totals.tolist(), "products": products.tolist()}
+    if query.kind in (QueryKind.HISTOGRAM, QueryKind.QUANTILES, QueryKind.CROSS_TABLE):
+        shape = _count_shape(query)
+        counts = _int_array(answer.get("counts"), shape, "counts")
+        marks = _marks(answer.get("suppressed"), shape, "suppressed")
+        if np.any(counts[marks]):
+            raise ConfigurationError("a suppressed cell is sent as 0")
+        return {"counts": counts.tolist(), **({} if secure else {"suppressed": marks.tolist()})}
+    if query.kind is QueryKind.SURVIVAL:
+        return _survival_of(answer).to_json()
+    return {"versions": _evaluation_versions(query, answer)}
+
+
+def _same_keys(answer: Mapping[str, object], key: str, expected: Sequence[str]) -> list[str]:
+    inner = _object(answer.get(key), key)
+    if sorted(inner) != sorted(expected):
+        raise ConfigurationError(f"{key} must answer exactly {', '.join(expected)}")
+    return list(expected)
+
+
+def _column_answer(answer: Mapping[str, object], name: str) -> Json:
+    column = _object(_object(answer.get("columns"), "columns").get(name), f"columns.{name}")
+    present = int(_int_array(column.get("present"), (), f"{name}.present"))
+    missing = int(_int_array(column.get("missing"), (), f"{name}.missing"))
+    total = float(_float_array(column.get("sum"), (), f"{name}.sum"))
+    total_sq = float(_float_array(column.get("sum_sq"), (), f"{name}.sum_sq"))
+    # Cauchy-Schwarz: sum^2 <= n * sum of squares for any real values.
+    if total_sq < 0 or total * total > present * total_sq * (1 + 1e-9) + 1e-9:
+        raise ConfigurationError(f"{name}: no {present} real values have these sums")
+    suppressed = column.get("suppressed", False)
+    if not isinstance(suppressed, bool):
+        raise ConfigurationError(f"{name}.suppressed must be true or false")
+    return {
+        "present": present,
+        "missing": missing,
+        "sum": total,
+        "sum_sq": total_sq,
+        "suppressed": suppressed,
+    }
+
+
+@dataclass(frozen=True)
+class _SurvivalAnswer:
+    table: RiskTable
+    suppressed: NDArray[np.bool_]
+
+    def to_json(self) -> Json:
+        return {
+            "times": self.table.times.tolist(),
+            "at_risk": self.table.at_risk.tolist(),
+            "events": self.table.events.tolist(),
+            "suppressed": self.suppressed.tolist(),
+        }
+
+
+def _survival_of(answer: Mapping[str, object]) -> _SurvivalAnswer:
+    times = answer.get("times")
+    if not isinstance(times, list) or not 1 <= len(times) <= MAX_SURVIVAL_TIMES:
+        raise ConfigurationError(f"times must list 1 to {MAX_SURVIVAL_TIMES} times")
+    shape = (len(times),)
+    table = RiskTable(
+        _float_array(times, shape, "times"),
+        _int_array(answer.get("at_risk"), shape, "at_risk"),
+        _int_array(answer.get("events"), shape, "events"),
+    )
+    marks = _marks(answer.get("suppressed"), shape, "suppressed")
+    if np.any(table.events[marks]):
+        raise ConfigurationError("a suppressed time step is sent with 0 events")
+    return _SurvivalAnswer(table, marks)
+
+
+def _evaluation_versions(query: Query, answer: Mapping[str, object]) -> dict[str, Json]:
+    versions = _same_keys(answer, "versions", [str(v) for v in query.versions])
+    inner = _object(answer.get("versions"), "versions")
+    return {v: _evaluation_json(_evaluation_of(query, _object(inner[v], f"versions.{v}"))) for v in versions}
+
+
+def _evaluation_of(query: Query, data: Mapping[str, object]) -> SiteEvaluation | MulticlassEvaluation:
+    c = query.num_classes
+    if c == 2:
+        return SiteEvaluation(
+            _int_array(data.get("confusion"), (2, 2), "confusion"),
+            _int_array(data.get("positive_scores"), (SCORE_BINS,), "positive_scores"),
+            _int_array(data.get("negative_scores"), (SCORE_BINS,), "negative_scores"),
+            float(_float_array(data.get("squared_error"), (), "squared_error")),
+            _int_array(data.get("calibration_rows"), (CALIBRATION_BINS,), "calibration_rows"),
+            _float_array(data.get("calibration_scores"), (CALIBRATION_BINS,), "calibration_scores"),
+            _int_array(data.get("calibration_positives"), (CALIBRATION_BINS,), "calibration_positives"),
+        )
+    return MulticlassEvaluation(
+        _int_array(data.get("confusion"), (c, c), "confusion"),
+        _int_array(data.get("class_scores"), (c, SCORE_BINS), "class_scores"),
+        _int_array(data.get("other_scores"), (c, SCORE_BINS), "other_scores"),
+    )
+
+
+def _evaluation_json(evaluation: SiteEvaluation | MulticlassEvaluation) -> Json:
+    return {
+        name: value.tolist() if isinstance(value, np.ndarray) else value
+        for name, value in vars(evaluation).items()
+    }
+
+
+# --- secure aggregation: one vector per site ------------------------------------------------
+
+
+def vector_length(query: Query) -> int:
+    """The length of a site's answer as a vector (SECURE_KINDS only)."""
+    if query.kind is QueryKind.COLUMNS:
+        return 4 * len(query.columns)
+    if query.kind is QueryKind.CORRELATION:
+        k = len(query.columns)
+        return 1 + k + k * k
+    if not query.secure_supported:
+        raise ConfigurationError(f"a {query.kind.value} query cannot be summed securely")
+    return int(np.prod(_count_shape(query)))
+
+
+def answer_vector(query: Query, answer: Json) -> NDArray[np.float64]:
+    """A site's (unsuppressed) answer as the vector it adds to the secure sum."""
+    if query.kind is QueryKind.COLUMNS:
+        columns = _object(answer["columns"], "columns")
+        cells = [_object(columns[name], name) for name in query.columns]
+        return np.asarray(
+            [float(c[key]) for c in cells for key in ("present", "missing", "sum", "sum_sq")],  # type: ignore[arg-type]
+            dtype=np.float64,
+        )
+    if query.kind is QueryKind.CORRELATION:
+        parts = [[answer["count"]], answer["totals"], np.ravel(np.asarray(answer["products"]))]
+        return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+    vector = np.ravel(np.asarray(answer["counts"], dtype=np.float64))
+    if vector.size != vector_length(query):
+        raise ConfigurationError("the answer does not fit the query")
+    return vector
+
+
+def answer_of_vector(query: Query, vector: NDArray[np.float64]) -> Json:
+    """The total answer a summed vector stands for (counts rounded: the fixed point is exact
+    for whole numbers)."""
+    if vector.shape != (vector_length(query),):
+        raise ConfigurationError("the summed vector does not fit the query")
+    if query.kind is QueryKind.COLUMNS:
+        cells = vector.reshape(len(query.columns), 4)
+        return {
+            "columns": {
+                name: {
+                    "present": round(c[0]),
+                    "missing": round(c[1]),
+                    "sum": float(c[2]),
+                    "sum_sq": float(c[3]),
+                }
+                for name, c in zip(query.columns, cells, strict=True)
+            }
+        }
+    if query.kind is QueryKind.CORRELATION:
+        k = len(query.columns)
+        return {
+            "count": round(vector[0]),
+            "totals": vector[1 : 1 + k].tolist(),
+            "products": vector[1 + k :].reshape(k, k).tolist(),
+        }
+    return {"counts": np.rint(vector).astype(np.int64).reshape(_count_shape(query)).tolist()}
+
+
+# --- combining ------------------------------------------------------------------------------
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _column_stats(sums: ColumnSums, suppressed: bool) -> Json:
+    return {
+        "count": sums.present,
+        "missing": sums.missing,
+        "mean": _finite_or_none(sums.mean),
+        "variance": _finite_or_none(sums.variance),
+        "std": _finite_or_none(sums.std),
+        "suppressed": suppressed,
+    }
+
+
+def _columns_of(answer: Json) -> dict[str, tuple[ColumnSums, bool]]:
+    columns = _object(answer["columns"], "columns")
+    sums: dict[str, tuple[ColumnSums, bool]] = {}
+    for name, cell in columns.items():
+        c = _object(cell, name)
+        numbers = [float(c[key]) for key in ("present", "missing", "sum", "sum_sq")]  # type: ignore[arg-type]
+        sums[name] = (
+            ColumnSums(int(numbers[0]), int(numbers[1]), numbers[2], numbers[3]),
+            bool(c.get("suppressed", False)),
+        )
+    return sums
+
+
+def _correlation_stats(answer: Json, columns: Sequence[str]) -> Json:
+    products = CrossProducts(
+        int(answer["count"]),  # type: ignore[call-overload]
+        np.asarray(answer["totals"], dtype=np.float64),
+        np.asarray(answer["products"], dtype=np.float64),
+    )
+    matrix = correlation(products) if products.count >= 2 else None
+    return {
+        "count": products.count,
+        "columns": list(columns),
+        "matrix": None if matrix is None else [[_finite_or_none(v) for v in row] for row in matrix],
+    }
+
+
+def _bin_counts(query: Query, answer: Json) -> BinCounts:
+    counts = np.asarray(answer["counts"], dtype=np.int64)
+    marks = np.asarray(answer.get("suppressed", np.zeros(counts.shape, dtype=bool)), dtype=bool)
+    return BinCounts(np.asarray(query.edges), counts, marks)
+
+
+def _histogram_stats(query: Query, histogram: BinCounts) -> Json:
+    stats: Json = {"counts": histogram.counts.tolist(), "suppressed": histogram.suppressed.tolist()}
+    if query.kind is QueryKind.QUANTILES and histogram.counts.sum() > 0:
+        stats["quantiles"] = [
+            dict(zip(("probability", "lower", "upper"), (p, *quantile_bounds(histogram, p)), strict=True))
+            for p in query.probabilities
+        ]
+        stats["approximate"] = bool(histogram.suppressed.any()) or query.epsilon is not None
+    return stats
+
+
+def _curve_stats(answer: _SurvivalAnswer) -> Json:
+    curve = kaplan_meier(answer.table)
+    return {
+        **answer.to_json(),
+        "survival": curve.survival.tolist(),
+        "lower": curve.lower.tolist(),
+        "upper": curve.upper.tolist(),
+    }
+
+
+def _combined_survival(answers: Sequence[_SurvivalAnswer]) -> _SurvivalAnswer:
+    table = combine_tables([a.table for a in answers])
+    marks = np.zeros(table.times.shape, dtype=bool)
+    for answer in answers:
+        marks |= np.isin(table.times, answer.table.times[answer.suppressed])
+    return _SurvivalAnswer(table, marks)
+
+
+def _evaluation_metrics(evaluation: SiteEvaluation | MulticlassEvaluation) -> Json:
+    if isinstance(evaluation, MulticlassEvaluation):
+        metrics = {name: _finite_or_none(value) for name, value in multiclass_metrics(evaluation).items()}
+        return {
+            "rows": int(evaluation.confusion.sum()),
+            **metrics,
+            "confusion": evaluation.confusion.tolist(),
+        }
+    combined = combined_metrics(evaluation)
+    observed, predicted = reliability_curve(evaluation)
+    return {
+        "rows": int(evaluation.confusion.sum()),
+        **{name: _finite_or_none(value) for name, value in vars(combined).items()},
+        "confusion": evaluation.confusion.tolist(),
+        "reliability": {"predicted": predicted.tolist(), "observed": observed.tolist()},
+    }
+
+
+def _example_weighted(sites: Mapping[str, Json], name: str) -> float | None:
+    """The former approximation: the per-site values averaged, weighted by rows."""
+    pairs = [(float(s["rows"]), s.get(name)) for s in sites.values()]  # type: ignore[arg-type]
+    usable = [(rows, float(value)) for rows, value in pairs if isinstance(value, float)]
+    total = sum(rows for rows, _ in usable)
+    return sum(rows * value for rows, value in usable) / total if total else None
+
+
+def _evaluation_result(query: Query, answers: Mapping[str, Json]) -> Json:
+    result: Json = {}
+    for version in (str(v) for v in query.versions):
+        parts = {
+            name: _evaluation_of(query, _object(_object(a["versions"], "versions")[version], version))
+            for name, a in answers.items()
+        }
+        total = _sum(list(parts.values()))
+        sites = {name: _evaluation_metrics(part) for name, part in parts.items()}
+        result[version] = {
+            "combined": _evaluation_metrics(total),
+            "sites": sites,
+            "example_weighted": {
+                name: _example_weighted(sites, name) for name in ("accuracy", "balanced_accuracy", "roc_auc")
+            },
+        }
+    return {"versions": result}
+
+
+def _sum(parts: Sequence[SiteEvaluation | MulticlassEvaluation]) -> SiteEvaluation | MulticlassEvaluation:
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part  # type: ignore[operator]
+    return total
+
+
+def combine_answers(query: Query, answers: Mapping[str, Json]) -> Json:
+    """The result of a query answered in the clear: per site and combined. ``answers`` maps
+    each site's name to its checked answer (:func:`parse_answer`)."""
+    if not answers:
+        raise ConfigurationError("no answer to combine")
+    if query.kind is QueryKind.EVALUATION:
+        return _evaluation_result(query, answers)
+    if query.kind is QueryKind.SURVIVAL:
+        parts = {name: _survival_of(a) for name, a in answers.items()}
+        combined = _combined_survival(list(parts.values()))
+        test = log_rank([p.table for p in parts.values()]) if len(parts) > 1 else None
+        return {
+            "combined": _curve_stats(combined),
+            "sites": {name: _curve_stats(part) for name, part in parts.items()},
+            "log_rank": None
+            if test is None
+            else {
+                "statistic": test.statistic,
+                "degrees_of_freedom": test.degrees_of_freedom,
+                "p_value": test.p_value,
+            },
+        }
+    sites = {name: _stats(query, answer) for name, answer in answers.items()}
+    return {"combined": _stats(query, _total(query, list(answers.values()))), "sites": sites, **_frame(query)}
+
+
+def _frame(query: Query) -> Json:
+    """What the result's cells refer to: the bins or the levels."""
+    if query.kind in (QueryKind.HISTOGRAM, QueryKind.QUANTILES):
+        return {"edges": list(query.edges)}
+    if query.kind is QueryKind.CROSS_TABLE:
+        return {"row_levels": list(query.row_levels), "by_levels": list(query.by_levels)}
+    return {}
+
+
+def _total(query: Query, answers: Sequence[Json]) -> Json:
+    """The sum of the sites' answers, a cell suppressed anywhere marked."""
+    if query.kind is QueryKind.COLUMNS:
+        columns: dict[str, Json] = {}
+        for name in query.columns:
+            cells = [_columns_of(a)[name] for a in answers]
+            total = sum((s for s, _ in cells), ColumnSums(0, 0, 0.0, 0.0))
+            columns[name] = {
+                "present": total.present,
+                "missing": total.missing,
+                "sum": total.total,
+                "sum_sq": total.total_sq,
+                "suppressed": any(m for _, m in cells),
+            }
+        return {"columns": columns}
+    if query.kind is QueryKind.CORRELATION:
+        return answer_of_vector(query, np.sum([answer_vector(query, a) for a in answers], axis=0))
+    counts = np.sum([np.asarray(a["counts"], dtype=np.int64) for a in answers], axis=0)
+    marks = np.any([np.asarray(a["suppressed"], dtype=bool) for a in answers], axis=0)
+    return {"counts": counts.tolist(), "suppressed": marks.tolist()}
+
+
+def _stats(query: Query, answer: Json) -> Json:
+    if query.kind is QueryKind.COLUMNS:
+        return {name: _column_stats(sums, marked) for name, (sums, marked) in _columns_of(answer).items()}
+    if query.kind is QueryKind.CORRELATION:
+        return _correlation_stats(answer, query.columns)
+    if query.kind is QueryKind.CROSS_TABLE:
+        return {"counts": answer["counts"], "suppressed": answer["suppressed"]}
+    return _histogram_stats(query, _bin_counts(query, answer))
+
+
+def combine_total(query: Query, total: Json, *, min_count: int) -> Json:
+    """The result of a securely summed query: the total only, its cells below ``min_count``
+    (the largest of the sites' minimums) suppressed here, since no site saw the total."""
+    if query.kind is QueryKind.COLUMNS:
+        columns = {}
+        for name, (sums, _) in _columns_of(total).items():
+            small = 0 < sums.present < min_count
+            kept = ColumnSums(0, sums.missing, 0.0, 0.0) if small else sums
+            columns[name] = {
+                "present": kept.present,
+                "missing": kept.missing,
+                "sum": kept.total,
+                "sum_sq": kept.total_sq,
+                "suppressed": small,
+            }
+        total = {"columns": columns}
+    elif query.kind is QueryKind.CORRELATION:
+        if int(total["count"]) < min_count:  # type: ignore[call-overload]
+            raise ConfigurationError(f"fewer complete rows in total than the sites' minimum ({min_count})")
+    else:
+        cells, small_cells = suppress(np.asarray(total["counts"], dtype=np.int64), min_count)
+        total = {"counts": cells.tolist(), "suppressed": small_cells.tolist()}
+    return {"combined": _stats(query, total), "sites": {}, **_frame(query)}
