@@ -31,12 +31,14 @@ PROTOCOL_VERSION = 1
 
 
 class TaskKind(enum.StrEnum):
-    """What a task asks: train one round, evaluate the final model, or summarise the site's
-    data for the data agreement (:class:`SummaryTask`)."""
+    """What a task asks: train one round, evaluate the final model, summarise the site's
+    data for the data agreement (:class:`SummaryTask`), or answer a federated query
+    (:class:`QueryTask`)."""
 
     TRAIN = "train"
     EVALUATE = "evaluate"
     SUMMARISE = "summarise"
+    QUERY = "query"
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,70 @@ class SummaryTask:
         return message
 
 
-def parse_any_task(data: JsonObject) -> WorkTask | SummaryTask:
-    """A round's task or a summary task, by its kind; :class:`ProtocolError` if malformed."""
+@dataclass(frozen=True)
+class QueryTask:
+    """Asks a site to answer a federated query its data owner approved
+    (:mod:`federation.analytics.queries`): counts and sums, never rows."""
+
+    query_id: int
+    deadline_at: str
+    study_id: int
+    study_name: str
+    data_schema: JsonObject
+    #: ``Query.to_json()``.
+    query: JsonObject
+    #: Under secure aggregation, the step, as for a summary.
+    secure_aggregation: JsonObject | None = None
+    #: An evaluation's study settings (model, scaling, split) and the model versions to
+    #: score: ``{"study": StudySettings json, "versions": [{"id", "sha256", "size"}]}``.
+    evaluation: JsonObject | None = None
+    kind: TaskKind = TaskKind.QUERY
+
+    def to_json(self) -> dict[str, object]:
+        message: dict[str, object] = {
+            "protocol_version": PROTOCOL_VERSION,
+            "kind": self.kind.value,
+            "query_id": self.query_id,
+            "deadline_at": self.deadline_at,
+            "study": {"id": self.study_id, "name": self.study_name, "data_schema": dict(self.data_schema)},
+            "query": dict(self.query),
+        }
+        if self.secure_aggregation is not None:
+            message["secure_aggregation"] = dict(self.secure_aggregation)
+        if self.evaluation is not None:
+            message["evaluation"] = dict(self.evaluation)
+        return message
+
+    def evaluation_study(self) -> StudySettings:
+        """The study settings an evaluation scores its versions under."""
+        return _study(_object(self.evaluation or {}, "study", where="evaluation."))
+
+    def evaluation_versions(self) -> list[ModelVersionRef]:
+        versions = (self.evaluation or {}).get("versions")
+        if not isinstance(versions, list) or not all(isinstance(v, Mapping) for v in versions):
+            raise ProtocolError("malformed task: evaluation.versions must be a list of model versions")
+        return [_model_version(v) for v in versions]
+
+
+def _query_task(data: JsonObject) -> QueryTask:
+    study = _object(data, "study")
+    return QueryTask(
+        query_id=_integer(data, "query_id"),
+        deadline_at=str(data.get("deadline_at", "")),
+        study_id=_integer(study, "id", where="study."),
+        study_name=_text(study, "name", where="study."),
+        data_schema=_object(study, "data_schema", where="study."),
+        query=_object(data, "query"),
+        secure_aggregation=_optional_object(data, "secure_aggregation", where=""),
+        evaluation=_optional_object(data, "evaluation", where=""),
+    )
+
+
+def parse_any_task(data: JsonObject) -> WorkTask | SummaryTask | QueryTask:
+    """A round's task, a summary task or a query task, by its kind; :class:`ProtocolError`
+    if malformed."""
+    if _task_kind(data) is TaskKind.QUERY:
+        return _query_task(data)
     if _task_kind(data) is TaskKind.SUMMARISE:
         study = _object(data, "study")
         return SummaryTask(
@@ -193,8 +257,8 @@ def _task_kind(data: JsonObject) -> TaskKind:
 def parse_task(data: JsonObject) -> WorkTask:
     """Check and parse a round's task; raises :class:`ProtocolError` saying which field is wrong."""
     kind = _task_kind(data)
-    if kind is TaskKind.SUMMARISE:
-        raise ProtocolError("malformed task: a summary task is not a round's task")
+    if kind in (TaskKind.SUMMARISE, TaskKind.QUERY):
+        raise ProtocolError(f"malformed task: a {kind.value} task is not a round's task")
     return WorkTask(
         kind=kind,
         job_id=_integer(data, "job_id"),

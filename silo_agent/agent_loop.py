@@ -28,6 +28,7 @@ _ACTIVE_OUTCOMES = frozenset(
         TaskOutcome.REFUSED,
         TaskOutcome.SECURE_STEP,
         TaskOutcome.SUMMARISED,
+        TaskOutcome.ANSWERED,
     }
 )
 

@@ -255,6 +255,10 @@ class AgentClient:
             f"answer to summary request {request_id}", "POST", f"summaries/{request_id}", json=dict(body)
         )
 
+    def post_query(self, query_id: int, body: Mapping[str, object]) -> None:
+        """Answer a federated query: ``{"answer": ...}``, a secure step, or ``{"refused": reason}``."""
+        self._json_call(f"answer to query {query_id}", "POST", f"queries/{query_id}", json=dict(body))
+
     def refuse_job(self, job_id: int, reason: str) -> None:
         """Tell the server this institution will not take part in ``job_id``, and why."""
         self._json_call(f"refusal of job {job_id}", "POST", f"jobs/{job_id}/refuse", json={"reason": reason})

@@ -48,7 +48,9 @@ _POLICY_KEYS = {
     "privacy",
     "filters",
     "summaries",
+    "analytics",
 }
+_ANALYTICS_KEYS = {"min_count", "require_secure_aggregation", "max_epsilon", "allow_evaluation"}
 _SUMMARY_KEYS = {"min_rows", "require_secure_aggregation"}
 _PRIVACY_KEYS = {"require_secure_aggregation", "require_differential_privacy", "max_epsilon"}
 _FILTER_KEYS = {"clip_update_norm", "exclude_layers"}
@@ -92,6 +94,19 @@ class SummaryPolicy:
 
 
 @dataclass(frozen=True)
+class AnalyticsPolicy:
+    """What the site answers of federated queries: no cell, bin or time step of fewer than
+    ``min_count`` rows (suppressed and marked); with ``require_secure_aggregation`` only
+    securely summed queries; noised queries up to ``max_epsilon`` in total (the site's own
+    record, ``answers.jsonl``, counts it); model evaluations only with ``allow_evaluation``."""
+
+    min_count: int = 5
+    require_secure_aggregation: bool = False
+    max_epsilon: float = math.inf
+    allow_evaluation: bool = True
+
+
+@dataclass(frozen=True)
 class UpdateFilters:
     """What the hospital does to every update before it leaves, whatever the study says.
 
@@ -116,6 +131,7 @@ class Policy:
     privacy: PrivacyPolicy = PrivacyPolicy()
     filters: UpdateFilters = UpdateFilters()
     summaries: SummaryPolicy = SummaryPolicy()
+    analytics: AnalyticsPolicy = AnalyticsPolicy()
 
     def limits(self) -> PolicyLimits:
         """The limits a job can be checked against before it starts (reported with heartbeats)."""
@@ -266,6 +282,7 @@ def _parse_policy(table: Mapping[str, object]) -> Policy:
     privacy = _table(table, "privacy", prefix="policy.", required=False)
     filters = _table(table, "filters", prefix="policy.", required=False)
     summaries = _table(table, "summaries", prefix="policy.", required=False)
+    analytics = _table(table, "analytics", prefix="policy.", required=False)
     return Policy(
         approved_studies=_names(table, "approved_studies", allow_numbers=True),
         max_rounds=_integer(table, "max_rounds", default=100, minimum=1, prefix="policy."),
@@ -275,6 +292,21 @@ def _parse_policy(table: Mapping[str, object]) -> Policy:
         privacy=_parse_privacy(privacy),
         filters=_parse_filters(filters),
         summaries=_parse_summaries(summaries),
+        analytics=_parse_analytics(analytics),
+    )
+
+
+def _parse_analytics(table: Mapping[str, object]) -> AnalyticsPolicy:
+    prefix = "policy.analytics."
+    _reject_unknown(table, _ANALYTICS_KEYS, prefix=prefix)
+    epsilon = table.get("max_epsilon", math.inf)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not epsilon >= 0:
+        raise ConfigError(f"{prefix}max_epsilon: must be a number >= 0 (0: no noised query; inf: no limit)")
+    return AnalyticsPolicy(
+        min_count=_integer(table, "min_count", default=5, minimum=1, prefix=prefix),
+        require_secure_aggregation=_boolean(table, "require_secure_aggregation", prefix=prefix),
+        max_epsilon=float(epsilon),
+        allow_evaluation=_boolean(table, "allow_evaluation", prefix=prefix, default=True),
     )
 
 
@@ -316,8 +348,8 @@ def _parse_filters(table: Mapping[str, object]) -> UpdateFilters:
     )
 
 
-def _boolean(table: Mapping[str, object], key: str, *, prefix: str) -> bool:
-    value = table.get(key, False)
+def _boolean(table: Mapping[str, object], key: str, *, prefix: str, default: bool = False) -> bool:
+    value = table.get(key, default)
     if not isinstance(value, bool):
         raise ConfigError(f"{prefix}{key}: must be true or false")
     return value

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from federation.analytics.queries import SiteTable
 from federation.data import (
     DataSchema,
     Dataset,
@@ -25,7 +26,7 @@ from federation.data import (
     local_moments,
 )
 from federation.data.agreement import SiteSummary, summarise, widened_schema
-from federation.data.csv_loader import categories_in
+from federation.data.csv_loader import categories_in, load_columns
 from federation.data.text import TextDataset, TextSchema, load_text, parse_data_schema
 from federation.errors import FederationError
 from federation.models import AnyModelConfig, TextModelConfig
@@ -100,6 +101,27 @@ def site_summary(source: DataSource, schema: DataSchema) -> SiteSummary:
             f"{len(widened.encoded_feature_names())}"
         )
     return summarise(widened, dataset.features)
+
+
+def site_table(source: DataSource, schema: DataSchema) -> SiteTable:
+    """The site's columns as they are (missing values kept), for a federated query."""
+    if source.kind is DataSourceKind.CSV:
+        assert source.csv_path is not None  # guaranteed by the configuration parser
+        numeric, categorical = load_columns(source.csv_path, schema)
+        return SiteTable(numeric=numeric, categorical=categorical)
+    dataset = load_dataset(source, schema)
+    assert isinstance(dataset, Dataset)
+    names = schema.encoded_feature_names()
+    if dataset.num_features != len(names):
+        raise TaskError(
+            f"this site's data has {dataset.num_features} features; the study's schema encodes {len(names)}"
+        )
+    numeric = {name: dataset.features[:, i].astype(np.float64) for i, name in enumerate(names)}
+    if schema.classes:
+        return SiteTable(
+            numeric=numeric, categorical={schema.label: [schema.classes[i] for i in dataset.labels]}
+        )
+    return SiteTable(numeric={**numeric, schema.label: dataset.labels.astype(np.float64)})
 
 
 def split_rng(study_seed: int, institution_id: int) -> np.random.Generator:

@@ -14,6 +14,9 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+import numpy as np
+from numpy.typing import NDArray
+
 from federation.data import Dataset
 from federation.data.text import TextDataset
 from federation.errors import BaseModelError, FederationError
@@ -32,10 +35,19 @@ from silo_agent.local_data import DataCache, PreparedData
 from silo_agent.logs import log_context
 from silo_agent.policy import check_task, needs_server_approvals
 from silo_agent.privacy import DpSgdPlan, LocalLedger, dp_sgd_plan, filter_update
+from silo_agent.queries import QueryAnswerer
 from silo_agent.secure_round import SecureRound
 from silo_agent.state import RoundState, StateStore, Step
 from silo_agent.summaries import SummaryAnswerer
-from silo_agent.tasks import ModelVersionRef, SummaryTask, TaskKind, WorkTask, parse_any_task
+from silo_agent.tasks import (
+    ModelVersionRef,
+    QueryTask,
+    StudySettings,
+    SummaryTask,
+    TaskKind,
+    WorkTask,
+    parse_any_task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +68,8 @@ class TaskOutcome(enum.StrEnum):
     SECURE_STEP = "secure_step"
     #: A study's summary request answered (the data agreement).
     SUMMARISED = "summarised"
+    #: A federated query (or one step of a secure one) answered.
+    ANSWERED = "answered"
 
 
 class ProgressStep(enum.StrEnum):
@@ -105,12 +119,22 @@ class TaskRunner:
         self._summaries = SummaryAnswerer(
             client=client, policy=policy, data=data, institution_id=institution_id, state_dir=store.directory
         )
+        self._queries = QueryAnswerer(
+            client=client,
+            policy=policy,
+            data=data,
+            institution_id=institution_id,
+            state_dir=store.directory,
+            scorer=self._held_out_scores,
+        )
 
     def handle(self, raw_task: Mapping[str, object]) -> TaskOutcome:
         """Carry out one task as returned by ``GET work``."""
         task = parse_any_task(raw_task)
         if isinstance(task, SummaryTask):
             return self._summarise(task)
+        if isinstance(task, QueryTask):
+            return self._answer_query(task)
         evaluation = task.kind is TaskKind.EVALUATE
         with log_context(job_id=task.job_id, round_number=task.round_number, final_evaluation=evaluation):
             logger.info("received a %s task", task.kind.value)
@@ -126,6 +150,42 @@ class TaskRunner:
         except FederationError as error:
             raise TaskError(str(error)) from None
         return TaskOutcome.REFUSED if refused else TaskOutcome.SUMMARISED
+
+    def _answer_query(self, task: QueryTask) -> TaskOutcome:
+        logger.info("received query %d of study %r", task.query_id, task.study_name)
+        try:
+            refused = self._queries.answer(task)
+        except FederationError as error:
+            raise TaskError(str(error)) from None
+        return TaskOutcome.REFUSED if refused else TaskOutcome.ANSWERED
+
+    def _held_out_scores(
+        self, study: StudySettings, reference: ModelVersionRef
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """A model version's scores on this site's held-out (validation) rows, for a query."""
+        try:
+            model = model_config_from_json(study.model)
+        except FederationError as error:
+            raise TaskError(f"the study's model cannot be built: {error}") from None
+        adapter = self._build(model)
+        spec = adapter.model_spec()
+        limit = max_update_bytes(spec)
+        if reference.size > limit:
+            raise TaskError(
+                f"model version {reference.id} announces {reference.size} bytes; its spec allows {limit}"
+            )
+        self._progress(
+            ProgressStep.DOWNLOADING, f"model version {reference.id} to evaluate ({reference.size} bytes)"
+        )
+        downloaded = self._client.download_model(reference.id, max_bytes=limit)
+        verify_download(reference, downloaded)
+        adapter.set_weights(deserialize_weights(downloaded.data, spec=spec))
+        validation = self._data.prepare(study, model).validation
+        self._progress(
+            ProgressStep.EVALUATING, f"model version {reference.id} on {len(validation)} held-out rows"
+        )
+        labels = np.asarray(validation.labels, dtype=np.int64)
+        return labels, np.asarray(adapter.predict(validation.features), dtype=np.float64)
 
     def _handle(self, task: WorkTask) -> TaskOutcome:
         state = self._store.load()

@@ -11,6 +11,7 @@ from federation.errors import ProtocolError
 from federation.protocol import (
     JsonObject,
     ModelVersionRef,
+    QueryTask,
     StudySettings,
     SummaryTask,
     TaskKind,
@@ -23,6 +24,7 @@ from silo_agent.errors import TaskError
 __all__ = [
     "JsonObject",
     "ModelVersionRef",
+    "QueryTask",
     "StudySettings",
     "SummaryTask",
     "TaskKind",
@@ -42,8 +44,8 @@ def parse_task(data: JsonObject) -> WorkTask:
         raise TaskError(str(error)) from None
 
 
-def parse_any_task(data: JsonObject) -> WorkTask | SummaryTask:
-    """A round's task or a summary request; raises :class:`TaskError` naming the bad field."""
+def parse_any_task(data: JsonObject) -> WorkTask | SummaryTask | QueryTask:
+    """A round's task, a summary request or a query; raises :class:`TaskError` naming the bad field."""
     try:
         return protocol.parse_any_task(data)
     except ProtocolError as error:

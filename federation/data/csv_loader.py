@@ -257,3 +257,52 @@ def _label_parser(schema: DataSchema) -> Callable[[str], float | int]:
         return index[text]
 
     return parse_class
+
+
+def load_columns(
+    path: str | os.PathLike[str], schema: DataSchema
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """The schema's columns as they are, for statistics: numeric and boolean ones as float64
+    with NaN for an empty cell, categorical ones and a classification label as their text
+    ("" for an empty cell). Values outside the declared categories are kept (a statistic
+    counts only declared ones). Raises :class:`DataSchemaError` naming the line and column."""
+    return _with_file(path, lambda handle, file: _read_columns(handle, file, schema))
+
+
+def _column_parser(feature: FeatureSpec) -> Callable[[str], float]:
+    if feature.kind is FeatureKind.NUMERIC:
+        return lambda text: math.nan if not text else _parse_number(text)
+
+    def parse_boolean(text: str) -> float:
+        return math.nan if not text else _feature_parser(feature, False)(text)[0]
+
+    return parse_boolean
+
+
+def _read_columns(
+    handle: TextIO, file: Path, schema: DataSchema
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    reader = csv.reader(handle)
+    header = [name.strip() for name in next(reader, None) or []]
+    positions = {name: i for i, name in reversed(list(enumerate(header)))}
+    missing = [name for name in schema.required_columns() if name not in positions]
+    if missing:
+        raise DataSchemaError(f"{file}: header is missing declared column(s): {', '.join(missing)}")
+    numeric = {f.name: _column_parser(f) for f in schema.features if f.kind is not FeatureKind.CATEGORICAL}
+    if schema.task is Task.REGRESSION:
+        numeric[schema.label] = lambda text: math.nan if not text else _parse_number(text)
+    texts = [name for name in schema.required_columns() if name not in numeric]
+    numbers: dict[str, list[float]] = {name: [] for name in numeric}
+    words: dict[str, list[str]] = {name: [] for name in texts}
+    for row in reader:
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != len(header):
+            raise DataSchemaError(
+                f"{file}, line {reader.line_num}: {len(row)} cell(s) but the header has {len(header)}"
+            )
+        for name, parse in numeric.items():
+            numbers[name].append(_parse_cell(parse, row[positions[name]], file, reader.line_num, name))
+        for name in texts:
+            words[name].append(row[positions[name]].strip())
+    return {name: np.asarray(values, dtype=np.float64) for name, values in numbers.items()}, words

@@ -27,6 +27,7 @@ from fedplatform.parsers import BoundedJSONParser, loads_checked
 from fedplatform.serializers import MAX_ID, ErrorResponseSerializer
 from institutions import services as institution_services
 from institutions.models import AgentCredential
+from queries import services as query_services
 from studies import agreement
 from training import secure_services
 from training import services as training_services
@@ -531,4 +532,52 @@ class SummaryAnswerApi(AgentView):
             self.AgentSummaryOutputSerializer(
                 {"request_id": request_id, "refused": bool(answer.refusal)}
             ).data
+        )
+
+
+class QueryAnswerApi(AgentView):
+    """This site's answer to a federated query its data owner approved, or its refusal."""
+
+    class AgentQueryInputSerializer(serializers.Serializer):
+        answer = serializers.DictField(
+            required=False, help_text="the site's counts and sums (federation.analytics.queries.site_answer)"
+        )
+        refused = serializers.CharField(required=False, max_length=2000, help_text="the reason to refuse")
+        public_key = serializers.CharField(
+            required=False, max_length=100, help_text="secure aggregation, keys step: base64 X25519 key"
+        )
+        min_count = serializers.IntegerField(
+            required=False,
+            min_value=1,
+            max_value=1_000_000,
+            help_text="keys step: the site's minimum cell count",
+        )
+        masked = serializers.CharField(
+            required=False, max_length=10_000_000, help_text="secure aggregation, mask step: base64 uint64s"
+        )
+
+        def validate(self, attrs: dict[str, object]) -> dict[str, object]:
+            if set(attrs) not in ({"answer"}, {"refused"}, {"public_key", "min_count"}, {"masked"}):
+                raise serializers.ValidationError(
+                    "send answer, refused, masked, or public_key with min_count"
+                )
+            return attrs
+
+    class AgentQueryOutputSerializer(serializers.Serializer):
+        query_id = serializers.IntegerField()
+        refused = serializers.BooleanField()
+
+    @extend_schema(
+        request=AgentQueryInputSerializer,
+        responses={200: AgentQueryOutputSerializer, **ERRORS},
+        tags=["agent"],
+    )
+    def post(self, request: Request, query_id: int) -> Response:
+        data = self.AgentQueryInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        site = query_services.query_answer_record(
+            credential=credential_of(request), query_id=query_id, body=data.validated_data
+        )
+        return Response(
+            self.AgentQueryOutputSerializer({"query_id": query_id, "refused": bool(site.refusal)}).data
         )

@@ -5,12 +5,20 @@ from __future__ import annotations
 from django.db.models import Exists, OuterRef
 
 from federation.models import TrainConfig
-from federation.protocol import ModelVersionRef, StudySettings, TaskKind, TrainingSettings, WorkTask
+from federation.protocol import (
+    ModelVersionRef,
+    QueryTask,
+    StudySettings,
+    TaskKind,
+    TrainingSettings,
+    WorkTask,
+)
 from institutions.models import AgentCredential
+from queries import services as query_services
 from studies.agreement import summary_task_for
 from studies.models import Decision, StudyParticipant
 from training import secure_rounds
-from training.models import ACCEPTING_STATES, JobState, ModelVersion, Refusal, Round, Update
+from training.models import ACCEPTING_STATES, Job, JobState, ModelVersion, Refusal, Round, Update
 from training.selectors import approved_site_id_list
 
 
@@ -37,6 +45,9 @@ def work_for(*, credential: AgentCredential) -> dict[str, object] | None:
     summary = summary_task_for(credential=credential)
     if summary is not None:
         return summary
+    query = query_task_for(credential=credential)
+    if query is not None:
+        return query
     rounds = (
         _open_rounds_for(credential.institution_id)
         .select_related("job__study", "base_version")
@@ -51,9 +62,59 @@ def work_for(*, credential: AgentCredential) -> dict[str, object] | None:
     return None
 
 
+def study_settings(job: Job) -> StudySettings:
+    """What a site needs of a job's study to load its data and build its model."""
+    study = job.study
+    return StudySettings(
+        id=study.pk,
+        name=study.name,
+        model=study.model_config,
+        data_schema=study.data_schema,
+        feature_scaling=study.feature_scaling,
+        # The job's round plan is the one source of how the job aggregates.
+        strategy_name=job.plan.strategy.name.value,
+        strategy_params=job.plan.strategy.params(),
+        privacy=job.plan.privacy,
+        training=_training_settings(study.training),
+        validation_fraction=study.validation_fraction,
+        seed=study.seed,
+    )
+
+
+def query_task_for(*, credential: AgentCredential) -> dict[str, object] | None:
+    """The oldest open query (or step) this institution's data owner approved and its agent
+    has not yet answered, as a task; an evaluation carries the study's settings and versions."""
+    awaiting = query_services.query_awaiting(credential=credential)
+    if awaiting is None:
+        return None
+    query, _ = awaiting
+    evaluation = None
+    if query.spec.get("kind") == "evaluation":
+        versions = list(
+            ModelVersion.objects.filter(pk__in=query.spec["versions"]).select_related("job__study")
+        )
+        by_id = {v.pk: v for v in versions}
+        ordered = [by_id[v] for v in query.spec["versions"] if v in by_id]
+        evaluation = {
+            "study": study_settings(ordered[0].job).to_json(),
+            "versions": [{"id": v.pk, "sha256": v.sha256, "size": v.size} for v in ordered],
+        }
+    task = QueryTask(
+        query_id=query.pk,
+        deadline_at=query.deadline_at.isoformat(),
+        study_id=query.study.pk,
+        study_name=query.study.name,
+        data_schema=query.study.data_schema,
+        query=query.spec,
+        secure_aggregation=query_services.secure_step(query),
+        evaluation=evaluation,
+    )
+    return task.to_json()
+
+
 def task_for(round_: Round, institution_id: int) -> dict[str, object]:
     """The task message for one site in one round (``federation.protocol``)."""
-    job, study, version = round_.job, round_.job.study, round_.base_version
+    job, version = round_.job, round_.base_version
     task = WorkTask(
         kind=TaskKind(round_.kind),
         job_id=job.pk,
@@ -62,20 +123,7 @@ def task_for(round_: Round, institution_id: int) -> dict[str, object]:
         total_rounds=job.num_rounds,
         deadline_at=round_.deadline_at.isoformat(),
         model_version=ModelVersionRef(id=version.pk, sha256=version.sha256, size=version.size),
-        study=StudySettings(
-            id=study.pk,
-            name=study.name,
-            model=study.model_config,
-            data_schema=study.data_schema,
-            feature_scaling=study.feature_scaling,
-            # The job's round plan is the one source of how the job aggregates.
-            strategy_name=job.plan.strategy.name.value,
-            strategy_params=job.plan.strategy.params(),
-            privacy=job.plan.privacy,
-            training=_training_settings(study.training),
-            validation_fraction=study.validation_fraction,
-            seed=study.seed,
-        ),
+        study=study_settings(job),
         secure_aggregation=(
             secure_rounds.task_view(round_, institution_id) if secure_rounds.is_secure(round_) else None
         ),
@@ -117,8 +165,6 @@ def agent_overview(*, credential: AgentCredential) -> dict[str, object]:
     )
     studies = [{"id": p.study_id, "name": p.study.name, "approval": p.decision} for p in participations]
     study_ids = [p.study_id for p in participations]
-    from training.models import Job
-
     jobs = [
         {
             "id": job.pk,

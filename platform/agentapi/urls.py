@@ -23,5 +23,6 @@ urlpatterns = [
         name="agent-secagg-unmasking",
     ),
     path("summaries/<int:request_id>", apis.SummaryAnswerApi.as_view(), name="agent-summary"),
+    path("queries/<int:query_id>", apis.QueryAnswerApi.as_view(), name="agent-query"),
     path("jobs/<int:job_id>/refuse", apis.RefuseApi.as_view(), name="agent-refuse"),
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console.views import audit, institutions, jobs, overview, people, studies
+from console.views import audit, institutions, jobs, overview, people, queries, studies
 
 app_name = "console"
 
@@ -48,6 +48,13 @@ urlpatterns = [
     path("studies/<int:study_id>/decision/", studies.study_decide_view, name="study-decide"),
     path("studies/<int:study_id>/jobs/", studies.job_new, name="job-new"),
     path("studies/<int:study_id>/scaling/", studies.study_agree_scaling, name="study-agree-scaling"),
+    path("studies/<int:study_id>/queries/", queries.query_list_view, name="query-list"),
+    path("studies/<int:study_id>/queries/<int:query_id>/", queries.query_detail, name="query-detail"),
+    path(
+        "studies/<int:study_id>/queries/<int:query_id>/decision/",
+        queries.query_decide_view,
+        name="query-decide",
+    ),
     # jobs and models
     path("jobs/", jobs.job_list_view, name="job-list"),
     path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),

@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "institutions",
     "studies",
     "training",
+    "queries",
     "agentapi",
     "console",
 ]
@@ -183,6 +184,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # A summary request and a federated query go through the same states.
+    "ENUM_NAME_OVERRIDES": {"RequestStateEnum": ["open", "complete", "failed", "expired"]},
 }
 
 # --- Celery: JSON only, IDs only, late acks, nothing lost when a worker dies ------------
@@ -222,6 +225,8 @@ CELERY_TASK_ALWAYS_EAGER = False
 FEDHEALTH_ENROLLMENT_TOKEN_HOURS = 24
 # How long the sites have to answer a study's summary request (the data agreement).
 FEDHEALTH_SUMMARY_DEADLINE_SECONDS = int(os.environ.get("FEDHEALTH_SUMMARY_DEADLINE_SECONDS", 600))
+# How long a federated query waits for the data owners' decisions and the agents' answers.
+FEDHEALTH_QUERY_DEADLINE_SECONDS = int(os.environ.get("FEDHEALTH_QUERY_DEADLINE_SECONDS", 3 * 24 * 3600))
 # The largest model a study may use, counted from its config before anything is built.
 FEDHEALTH_MAX_MODEL_PARAMETERS = int(os.environ.get("FEDHEALTH_MAX_MODEL_PARAMETERS", 50_000_000))
 FEDHEALTH_API_TOKEN_DAYS = int(os.environ.get("FEDHEALTH_API_TOKEN_DAYS", 30))

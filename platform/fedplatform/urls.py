@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/v1/", include("institutions.urls")),
     path("api/v1/", include("studies.urls")),
     path("api/v1/", include("training.urls")),
+    path("api/v1/", include("queries.urls")),
     path("api/v1/", include("accounts.urls")),
     path("api/v1/", include("audit.urls")),
     # Every other path under api/ is an unknown endpoint: a JSON 404, never an HTML page.

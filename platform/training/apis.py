@@ -408,11 +408,25 @@ class PrivacySpendOutputSerializer(serializers.Serializer):
         ref_name = "PrivacySpend"
 
 
+class QuerySpendOutputSerializer(serializers.Serializer):
+    query = serializers.IntegerField(source="query_id")
+    study = StudyRefSerializer(source="query.study")
+    title = serializers.CharField(source="query.title")
+    epsilon = serializers.FloatField(help_text="Laplace noise on the query's count cells: pure epsilon-DP")
+    spent_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "QuerySpend"
+
+
 class PrivacyLedgerOutputSerializer(serializers.Serializer):
     institution = InstitutionRefSerializer()
-    total_epsilon = serializers.FloatField(help_text="sum over jobs (basic composition): an upper bound")
+    total_epsilon = serializers.FloatField(
+        help_text="sum over jobs and noised queries (basic composition): an upper bound"
+    )
     total_delta = serializers.FloatField()
     entries = PrivacySpendOutputSerializer(many=True)
+    query_entries = QuerySpendOutputSerializer(many=True, help_text="noised federated queries answered")
 
     class Meta:
         ref_name = "PrivacyLedger"

@@ -17,6 +17,7 @@ from federation.types import ModelSpec
 from fedplatform.errors import NotFound
 from institutions.models import AgentCredential, Institution
 from institutions.selectors import is_online
+from queries.models import QuerySpend
 from studies.models import Decision, StudyParticipant
 from training.models import Job, ModelVersion, PrivacySpend, Refusal, Round, RoundKind, Update
 
@@ -239,6 +240,8 @@ class PrivacyLedger:
     entries: list[PrivacySpend]
     total_epsilon: float
     total_delta: float
+    #: Noised federated queries the institution answered (pure epsilon-DP, delta 0).
+    query_entries: list[QuerySpend]
 
 
 def privacy_ledger(*, institution: Institution) -> PrivacyLedger:
@@ -246,11 +249,15 @@ def privacy_ledger(*, institution: Institution) -> PrivacyLedger:
     entries = list(
         PrivacySpend.objects.filter(institution=institution).select_related("job__study").order_by("job_id")
     )
+    queries = list(
+        QuerySpend.objects.filter(institution=institution).select_related("query__study").order_by("query_id")
+    )
     return PrivacyLedger(
         institution=institution,
         entries=entries,
-        total_epsilon=sum(entry.epsilon for entry in entries),
+        total_epsilon=sum(entry.epsilon for entry in entries) + sum(q.epsilon for q in queries),
         total_delta=min(1.0, sum(entry.delta for entry in entries)),
+        query_entries=queries,
     )
 
 

@@ -21,6 +21,8 @@ from world import agent_make, job_make, job_run, person_make, study_approve_all,
 from accounts.models import Role
 from institutions.models import AgentCredential, EnrollmentToken, Institution
 from institutions.services import credential_revoke, enrollment_token_create, institution_create
+from queries.models import Query
+from queries.services import query_create
 from studies.models import Study
 from training.blobs import blob_store
 from training.models import Job, ModelVersion, Round, Update
@@ -73,6 +75,7 @@ class Side:
     job: Job
     round: Round
     version: ModelVersion
+    query: Query
     hostnames: list[str] = field(default_factory=list)
     credential_ids: list[int] = field(default_factory=list)
     shared_update: Update | None = None  # its answer to round 1 of the shared job
@@ -85,6 +88,7 @@ class World:
     shared_job: Job
     shared_round: Round
     shared_version: ModelVersion
+    shared_query: Query
     revoked_credential: AgentCredential  # A's
     revoked_key: str
     principals: list[Principal]
@@ -103,6 +107,15 @@ class World:
                     {"institution_id": a.institution.pk, "token_id": b.token.pk},
                     frozenset(),
                 ),
+                missing,
+            ]
+        if kind == "query":
+            return [
+                Variant("AB", _query_kwargs(self.shared_query), frozenset(SIDES)),
+                Variant("A", _query_kwargs(a.query), frozenset("A")),
+                Variant("B", _query_kwargs(b.query), frozenset("B")),
+                # B's query under A's study: not A's study's query, so no one finds it there.
+                Variant("A-with-B-query", {"study_id": a.study.pk, "query_id": b.query.pk}, frozenset()),
                 missing,
             ]
         if kind in ("institution", "credential"):
@@ -173,9 +186,20 @@ class World:
         return [re.compile(pattern) for pattern in patterns]
 
 
+def _query_kwargs(query: Query) -> dict[str, int]:
+    return {"study_id": query.study_id, "query_id": query.pk}
+
+
+def _query(study: Study) -> Query:
+    """A query of ``study`` awaiting its data owners' decisions."""
+    return query_create(study=study, spec={"kind": "columns"}, actor="user:setup")
+
+
 def _missing_kwargs(kind: str) -> dict[str, int]:
     if kind == "token":
         return {"institution_id": MISSING_ID, "token_id": MISSING_ID}
+    if kind == "query":
+        return {"study_id": MISSING_ID, "query_id": MISSING_ID}
     return {f"{kind}_id": MISSING_ID}
 
 
@@ -256,6 +280,7 @@ def _side(name: str, institution_name: str, seed: int) -> Side:
         job=job,
         round=round_,
         version=version,
+        query=_query(study),
         hostnames=[hostname],
         credential_ids=[credential.pk],
     )
@@ -328,6 +353,7 @@ def build_world() -> World:
         shared_study=shared_study,
         shared_job=shared_job,
         shared_round=shared_round,
+        shared_query=_query(shared_study),
         shared_version=shared_version,
         revoked_credential=revoked,
         revoked_key=revoked_key,

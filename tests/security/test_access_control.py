@@ -194,6 +194,9 @@ ADMIN_MODELS = (
     "training/refusal",
     "training/privacyspend",
     "training/secaggmessage",
+    "queries/query",
+    "queries/querysite",
+    "queries/queryspend",
 )
 ADMIN_MODEL_ROUTES = (
     "",
@@ -203,7 +206,9 @@ ADMIN_MODEL_ROUTES = (
     "<path:object_id>/change/",
     "<path:object_id>/",
 )
-ADMIN_APP_LIST = "admin/(?P<app_label>auth|axes|authtoken|accounts|audit|institutions|studies|training)/$"
+ADMIN_APP_LIST = (
+    "admin/(?P<app_label>auth|axes|authtoken|accounts|audit|institutions|studies|training|queries)/$"
+)
 
 
 def _admin_routes() -> dict[str, Rule]:
@@ -256,6 +261,10 @@ ROUTES: dict[str, Rule] = {
     "api/agent/v1/summaries/<int:request_id>": Rule(
         Surface.AGENT, {"POST": PEOPLE}, sample="/api/agent/v1/summaries/1"
     ),
+    # Scoped by the answering site's data owner's approval (tests/platform/test_queries_api.py).
+    "api/agent/v1/queries/<int:query_id>": Rule(
+        Surface.AGENT, {"POST": PEOPLE}, sample="/api/agent/v1/queries/1"
+    ),
     # --- any other path under api/: a JSON 404, whoever asks ----------------------------
     "^api/": Rule(Surface.NOT_FOUND, sample="/api/no-such-endpoint/"),
     # --- the coordinator API: everyone signed in reads, coordinators write ---------------
@@ -270,6 +279,11 @@ ROUTES: dict[str, Rule] = {
     "api/v1/studies/<int:study_id>/": api("GET", shows_participants=True),
     "api/v1/studies/<int:study_id>/decision/": api("POST", gate=Gate.DATA_OWNER),
     "api/v1/studies/<int:study_id>/summaries/": api("GET", "POST", shows_participants=True),
+    "api/v1/studies/<int:study_id>/queries/": api("GET", "POST", shows_participants=True),
+    "api/v1/studies/<int:study_id>/queries/<int:query_id>/": api("GET", shows_participants=True),
+    "api/v1/studies/<int:study_id>/queries/<int:query_id>/decision/": api(
+        "POST", gate=Gate.DATA_OWNER, shows_participants=True
+    ),
     "api/v1/jobs/": api("GET", "POST", queries=("?study={study_a}", "?study={study_b}")),
     "api/v1/jobs/<int:job_id>/": api("GET"),
     "api/v1/jobs/<int:job_id>/start/": api("POST"),
@@ -301,6 +315,9 @@ ROUTES: dict[str, Rule] = {
     "studies/<int:study_id>/decision/": console(POST=DATA_OWNERS),
     "studies/<int:study_id>/jobs/": console(POST=COORDINATORS),
     "studies/<int:study_id>/scaling/": console(POST=COORDINATORS),
+    "studies/<int:study_id>/queries/": console(GET=PEOPLE, POST=COORDINATORS, shows_participants=True),
+    "studies/<int:study_id>/queries/<int:query_id>/": console(GET=PEOPLE, shows_participants=True),
+    "studies/<int:study_id>/queries/<int:query_id>/decision/": console(POST=DATA_OWNERS),
     "jobs/": console(GET=PEOPLE, queries=("?state=running",)),
     "jobs/<int:job_id>/": console(GET=PEOPLE),
     "jobs/<int:job_id>/live.json": console(GET=PEOPLE, json_errors=True),
@@ -357,6 +374,7 @@ KIND_OF = {
     "version_id": "version",
     "round_id": "round",
     "token_id": "token",
+    "query_id": "query",
 }
 ADMIN_PARAMETERS = {"object_id", "content_type_id", "id"}
 
@@ -369,7 +387,10 @@ def object_kind(route: str) -> str | None:
     unknown = names - KIND_OF.keys()
     assert not unknown, f"{route!r}: teach the walk how to fill {sorted(unknown)} (KIND_OF)"
     kinds = {KIND_OF[name] for name in names}
-    return "token" if "token" in kinds else kinds.pop()
+    for paired in ("token", "query"):  # named with their institution or study
+        if paired in kinds:
+            return paired
+    return kinds.pop()
 
 
 def fill(route: str, values: Mapping[str, int]) -> str:
@@ -522,6 +543,16 @@ BODIES: dict[str, Callable[[World, Principal], Body]] = {
     ),
     "api/v1/studies/<int:study_id>/decision/": lambda world, principal: json_body(
         {"institution": _own_institution(world, principal), "decision": "approve"}
+    ),
+    "api/v1/studies/<int:study_id>/queries/": lambda world, principal: json_body(
+        {"query": {"kind": "columns"}}
+    ),
+    "api/v1/studies/<int:study_id>/queries/<int:query_id>/decision/": lambda world, principal: json_body(
+        {"institution": _own_institution(world, principal), "decision": "approve"}
+    ),
+    "studies/<int:study_id>/queries/": lambda world, principal: form_body({"kind": "columns"}),
+    "studies/<int:study_id>/queries/<int:query_id>/decision/": lambda world, principal: form_body(
+        {"decision": "approve"}
     ),
     "institutions/<int:institution_id>/tokens/": lambda world, principal: form_body({"hours": "1"}),
     "studies/<int:study_id>/decision/": lambda world, principal: form_body({"decision": "approve"}),

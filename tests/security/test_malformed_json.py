@@ -26,6 +26,7 @@ from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
 from institutions.models import AgentCredential, EnrollmentToken, Institution
+from queries.services import query_create
 from studies.models import Study, StudyParticipant
 from training.models import Job, Refusal, Round, Update
 
@@ -169,6 +170,7 @@ def real_ids(world: World) -> dict[str, int]:
         "credential_id": world.uploader.credential.pk,
         "version_id": target.base_version_id,
         "request_id": 1,
+        "query_id": query_create(study=target.job.study, spec={"kind": "columns"}, actor="user:setup").pk,
     }
 
 

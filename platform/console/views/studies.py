@@ -16,6 +16,7 @@ from console.pages import page
 from console.study_form import StudyForm
 from fedplatform.errors import Conflict, ServiceError
 from institutions.selectors import institution_get, institution_list
+from queries.services import queries_awaiting_decision
 from studies.agreement import secure_promised, summary_request_open, summary_request_view
 from studies.models import Decision, Study
 from studies.selectors import participant_decided_by, study_get, study_list
@@ -72,6 +73,8 @@ def _study_page(request: HttpRequest, scope: Scope, study: Study, job_form: JobF
         "agreement": summary_request_view(study=study, scope=scope),
         "agreement_open": not study.jobs.exists(),
         "secure_by_default": secure_promised(study),
+        "query_count": study.queries.count(),
+        "queries_awaiting": queries_awaiting_decision(study=study, scope=scope),
     }
     return page(request, "console/studies/detail.html", context, section="studies")
 
