@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,7 @@ from deploy.local.processes import (  # noqa: E402
     web_command,
     worker_command,
 )
+from deploy.local.queries import cross_site_evaluation  # noqa: E402
 from federation.data import Dataset, load_builtin  # noqa: E402
 from federation.data.text import TextSchema, parse_data_schema  # noqa: E402
 from federation.errors import FederationError  # noqa: E402
@@ -116,15 +118,30 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class Federation:
+    """The coordinator's client, the data owners' and their institutions, the study and the job."""
+
+    api: Api
+    owners: list[Api]
+    institution_ids: list[int]
+    study: Json
+    job: Json
+
+    def evaluate_across_sites(self, versions: list[Json]) -> Json:
+        """The first and the last model versions, scored by every site's agent."""
+        ids = [versions[0]["id"], versions[-1]["id"]]
+        return cross_site_evaluation(self.api, self.owners, self.institution_ids, self.study["id"], ids)
+
+
 def set_up_job(
     processes: Processes,
     settings: Settings,
     dataset: Dataset,
     shares: list[np.ndarray],
     args: argparse.Namespace,
-) -> tuple[Api, Json, Json]:
-    """The coordinator, the enrolled sites, the approved study, the agents and the started
-    job; returns the coordinator's client, the study and the job."""
+) -> Federation:
+    """The coordinator, the enrolled sites, the approved study, the agents and the started job."""
     api = Api(settings.url, create_user(settings, "coordinator", "coordinator"))
     sites = write_sites(settings.data_dir, shares, args.dataset, settings.url)
     institution_ids, owners = enroll_sites(api, settings, sites)
@@ -138,7 +155,7 @@ def set_up_job(
     job = api.call("POST", "jobs/", json={**job_body, "round_deadline_seconds": 120})
     api.call("POST", f"jobs/{job['id']}/start/")
     log(f"job {job['id']} started: {args.rounds} rounds of {args.strategy} with {len(sites)} agents")
-    return api, study, job
+    return Federation(api, owners, institution_ids, study, job)
 
 
 def finished_models(api: Api, job: Json) -> tuple[list[Json], bytes, bytes, Json]:
@@ -161,7 +178,7 @@ def check_completed(job: Json, progress: Json) -> None:
 
 def set_up_own_job(
     processes: Processes, settings: Settings, own: OwnData, args: argparse.Namespace
-) -> tuple[Api, Json, Json]:
+) -> Federation:
     """As :func:`set_up_job`, each site with its own CSV file and the consortium's schema."""
     api = Api(settings.url, create_user(settings, "coordinator", "coordinator"))
     sites = write_csv_sites(settings.data_dir, own, settings.url)
@@ -180,7 +197,7 @@ def set_up_own_job(
     job = api.call("POST", "jobs/", json={**job_body, "round_deadline_seconds": 120})
     api.call("POST", f"jobs/{job['id']}/start/")
     log(f"job {job['id']} started: {args.rounds} rounds of {args.strategy} with {len(sites)} agents")
-    return api, study, job
+    return Federation(api, owners, institution_ids, study, job)
 
 
 def run_own_data(args: argparse.Namespace) -> dict[str, object]:
@@ -190,17 +207,19 @@ def run_own_data(args: argparse.Namespace) -> dict[str, object]:
     with running_control_plane(
         Path(args.data_dir).resolve(), args.port, args.database_url, args.broker_url, len(own.site_files)
     ) as (processes, settings):
-        api, study, job = set_up_own_job(processes, settings, own, args)
+        federation = set_up_own_job(processes, settings, own, args)
+        api, study, job = federation.api, federation.study, federation.job
         progress = follow_job(api, job["id"], args.rounds, processes, timeout=args.timeout)
-        if progress["job"]["state"] != "completed":
-            raise RuntimeError(
-                f"job {job['id']} ended {progress['job']['state']}: {progress['job'].get('failure_reason')}"
-            )
+        check_completed(job, progress)
         versions, final_blob, initial_blob, finished_job = finished_models(api, job)
+        evaluation = (
+            federation.evaluate_across_sites(versions) if study["model"].get("num_classes", 0) >= 2 else None
+        )
     final = [r for r in progress["rounds"] if r["kind"] == "evaluate"]
     return {
         **own_figures(own, study, final_blob, initial_blob, args),
         "sites_final_evaluation": final[0]["metrics"] if final else {},
+        "cross_site_evaluation": evaluation,
         "rounds": sum(1 for r in progress["rounds"] if r["kind"] == "train" and r["state"] == "closed"),
         "sites": len(own.site_files),
         "feature_scaling": study["feature_scaling"] is not None,
@@ -223,13 +242,21 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         settings,
     ):
         log(f"control plane at {settings.url}, data in {settings.data_dir}")
-        api, study, job = set_up_job(processes, settings, dataset, shares, args)
+        federation = set_up_job(processes, settings, dataset, shares, args)
+        api, study, job = federation.api, federation.study, federation.job
         progress = follow_job(api, job["id"], args.rounds, processes, timeout=args.timeout)
         check_completed(job, progress)
         versions, final_blob, initial_blob, finished_job = finished_models(api, job)
+        evaluation = federation.evaluate_across_sites(versions)
     log("computing the figures: pooled and local-only baselines")
     result = figures(dataset, shares, test_rows, study, final_blob, initial_blob, progress, args, started)
-    return {**result, **privacy_figures(finished_job, versions)}
+    final = [r for r in progress["rounds"] if r["kind"] == "evaluate"]
+    return {
+        **result,
+        **privacy_figures(finished_job, versions),
+        "sites_final_evaluation": final[0]["metrics"] if final else {},
+        "cross_site_evaluation": evaluation,
+    }
 
 
 def serve(args: argparse.Namespace) -> dict[str, object]:

@@ -176,12 +176,15 @@ def _evaluation_row(name: str, metrics: Json) -> list[str]:
 
 def _evaluation(result: Json, spec: Json) -> tuple[list[Table], list[str]]:
     versions = result["versions"]
+    labels = result.get("labels") or {}
     assert isinstance(versions, Mapping)
-    comparison = Table("Versions side by side (combined over every site)", ["Version", *EVALUATION_COLUMNS])
-    comparison.rows = [_evaluation_row(f"version {v}", part["combined"]) for v, part in versions.items()]
+    assert isinstance(labels, Mapping)
+    named = {v: str(labels.get(v, f"version id {v}")) for v in versions}
+    comparison = Table("Versions side by side (combined over every site)", ["Model", *EVALUATION_COLUMNS])
+    comparison.rows = [_evaluation_row(named[v], part["combined"]) for v, part in versions.items()]
     tables = [comparison]
     for version, part in versions.items():
-        table = Table(f"Version {version} per site", ["Site", *EVALUATION_COLUMNS])
+        table = Table(f"{named[version].capitalize()}: per site", ["Site", *EVALUATION_COLUMNS])
         table.rows.append(_evaluation_row("Combined (exact)", part["combined"]))
         table.rows.extend(_evaluation_row(str(name), metrics) for name, metrics in part["sites"].items())
         weighted = part["example_weighted"]

@@ -78,22 +78,33 @@ def _num_classes(study: Study) -> int:
 
 
 def _check_versions(study: Study, spec: Mapping[str, object]) -> dict[str, object]:
-    """An evaluation names versions of the study's own jobs; its class count is the study's."""
+    """An evaluation names versions of the study's own jobs, oldest first; its class count
+    is the study's."""
     versions = spec.get("versions")
     if not isinstance(versions, list):
         return dict(spec)
-    known = set(
-        ModelVersion.objects.filter(
-            job__study=study, pk__in=[v for v in versions if isinstance(v, int)]
-        ).values_list("pk", flat=True)
-    )
+    ids = [v for v in versions if isinstance(v, int) and not isinstance(v, bool)]
+    known = set(ModelVersion.objects.filter(job__study=study, pk__in=ids).values_list("pk", flat=True))
     unknown = [v for v in versions if v not in known]
     if unknown:
         raise InvalidInput(f"versions {unknown} are not model versions of this study's jobs")
     classes = _num_classes(study)
     if classes < 2:
         raise InvalidInput("only a classification study's models can be evaluated this way")
-    return {**spec, "num_classes": classes}
+    return {**spec, "versions": sorted(set(ids)), "num_classes": classes}
+
+
+def version_labels(version_ids: list[int]) -> dict[str, str]:
+    """How people name model versions: "job 3, version 2" (ids are the API's)."""
+    versions = ModelVersion.objects.filter(pk__in=version_ids)
+    return {str(v.pk): f"job {v.job_id}, version {v.number}" for v in versions}
+
+
+def _title(parsed: QuerySpec) -> str:
+    if parsed.kind is not QueryKind.EVALUATION:
+        return parsed.describe()
+    labels = version_labels(list(parsed.versions))
+    return "evaluation: " + "; ".join(labels.get(str(v), str(v)) for v in parsed.versions)
 
 
 @transaction.atomic
@@ -129,7 +140,7 @@ def query_create(
     query = Query.objects.create(
         study=study,
         spec=parsed.to_json(),
-        title=parsed.describe(),
+        title=_title(parsed),
         secure_aggregation=secure,
         phase=SecurePhase.KEYS if secure else "",
         requested_by=actor,
@@ -333,6 +344,8 @@ def _finish(query: Query, sites: list[QuerySite]) -> None:
     except (FederationError, ArithmeticError, ValueError) as error:
         _fail(query, f"the answers do not combine: {error}")
         return
+    if "versions" in result:
+        result["labels"] = version_labels(list(query.spec["versions"]))
     query.result = result
     query.state = QueryState.COMPLETE
     query.finished_at = timezone.now()

@@ -287,6 +287,47 @@ def watch_until_completed(driver: WebDriver, timeout: float = 240) -> None:
     raise AssertionError("the job did not complete on the live page in time")
 
 
+def evaluate_across_sites(driver: WebDriver, stack: Stack, study_url: str, coordinator: str) -> None:
+    """The coordinator asks every site's agent to score each model version of the job on its
+    held-out rows; each data owner approves on the query's page; the page then shows the
+    versions side by side, combined exactly, per site, and the reliability curves."""
+    driver.get(f"{study_url}queries/")
+    Select(wait_for(driver, (By.ID, "id_kind"))).select_by_value("evaluation")
+    boxes = driver.find_elements(By.CSS_SELECTOR, '#field-versions input[type="checkbox"]')
+    assert len(boxes) == ROUNDS + 1  # the initial model and one version per round
+    for box in boxes:
+        box.click()
+    driver.find_element(*by_testid("ask-query")).click()
+    wait_for(driver, by_testid("query-title"))
+    query_url = driver.current_url
+    for index in range(len(SITES)):
+        sign_in(driver, stack, f"owner{index}", f"correct horse battery staple {index}")
+        driver.get(query_url)
+        approve = driver.find_elements(*by_testid("approve-query"))
+        assert len(approve) == 1  # only on its own institution's row
+        approve[0].click()
+        wait_for(driver, by_testid("message"))
+    sign_in(driver, stack, "carol", coordinator)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        driver.get(query_url)
+        state = wait_for(driver, by_testid("query-state")).get_attribute("data-state")
+        if state == "complete":
+            break
+        assert state == "open", f"the query ended {state}: {driver.page_source[:2000]}"
+        time.sleep(1)
+    else:
+        raise AssertionError("the agents did not answer the evaluation query in time")
+    tables = driver.find_elements(*by_testid("result-table"))
+    assert len(tables) == 1 + ROUNDS + 1  # the versions side by side, then one table per version
+    comparison = tables[0].find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(comparison) == ROUNDS + 1
+    assert "Combined (exact)" in tables[-1].text
+    assert all(site in tables[-1].text for site in SITES)
+    assert driver.execute_script("return Chart.getChart('query-chart').data.datasets.length") == ROUNDS + 2
+    screenshot(driver, "query-evaluation")
+
+
 def downloaded_file(directory: Path, timeout: float = 20) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -349,6 +390,7 @@ def test_a_coordinator_runs_a_federation_from_the_browser(stack: Stack, browser:
     blob = bundle.read("model.safetensors")
     digest = hashlib.sha256(blob).hexdigest()
     assert digest[:12] in browser.page_source  # the weights are the version the page lists
+    evaluate_across_sites(browser, stack, study_url, people["carol"])
     print(json.dumps({"console_flow_seconds": round(time.monotonic() - started, 1)}))
     for page in ("", "institutions/", "studies/", "jobs/", "audit/"):
         browser.get(f"{stack.url}/{page}")

@@ -30,10 +30,34 @@ DEMO_FIGURES = {
 MAX_ROUND_LATENCY_MS = 2000
 
 
+#: The agents' cross-site evaluation of the final model on their 30 held-out rows each,
+#: combined exactly from their counts, and the example-weighted mean of their AUCs.
+CROSS_SITE_FIGURES = {"rows": 90, "accuracy": 0.9556, "roc_auc": 0.9942, "weighted_mean_roc_auc": 0.9937}
+
+
 def check_figures(figures: dict) -> None:
     assert {name: figures[name] for name in DEMO_FIGURES} == DEMO_FIGURES
     assert 0 < figures["round_latency_median_ms"] < MAX_ROUND_LATENCY_MS
     assert 0 < figures["round_seconds_median"] < figures["seconds"]
+    check_cross_site_evaluation(figures["cross_site_evaluation"], figures["sites_final_evaluation"])
+
+
+def check_cross_site_evaluation(evaluation: dict, final_round: dict) -> None:
+    """The query the agents answered after the job: their counts combine to the accuracy the
+    job's final evaluation round reported (each site's scikit-learn accuracy, weighted by
+    its rows: for accuracy that mean is exact), and the exact AUC differs from the mean."""
+    combined = evaluation["combined"]
+    assert combined["accuracy"] == pytest.approx(final_round["accuracy"], abs=1e-4)
+    assert combined["accuracy"] == evaluation["example_weighted"]["accuracy"]
+    assert sum(evaluation["site_rows"].values()) == evaluation["rows"]
+    observed = {
+        "rows": evaluation["rows"],
+        "accuracy": combined["accuracy"],
+        "roc_auc": combined["roc_auc"],
+        "weighted_mean_roc_auc": evaluation["example_weighted"]["roc_auc"],
+    }
+    assert observed == CROSS_SITE_FIGURES
+    assert combined["roc_auc_bound"] < 1e-3
 
 
 def test_a_federation_on_the_embedded_default(tmp_path: Path) -> None:

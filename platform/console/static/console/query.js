@@ -84,7 +84,7 @@
       var curve = result.versions[version].combined.reliability;
       if (!curve) { return; }
       datasets.push({
-        label: "version " + version,
+        label: (result.labels || {})[version] || "version id " + version,
         data: curve.predicted.map(function (p, i) { return { x: p, y: curve.observed[i] }; }),
         borderColor: color(index), backgroundColor: color(index), fill: false
       });
