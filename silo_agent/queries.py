@@ -150,14 +150,15 @@ class QueryAnswerer:
                 "public_key": base64.b64encode(self._new_key(task.query_id)).decode(),
                 "min_count": min_count,
             }
+        secure = task.secure_aggregation is not None
         if query.kind is QueryKind.EVALUATION:
             study = task.evaluation_study()
             scores = [self._scorer(study, version) for version in task.evaluation_versions()]
-            return {"answer": evaluation_answer(query, scores, min_count=min_count)}
-        rng = np.random.default_rng(secrets.randbits(128)) if query.epsilon else None
-        table = site_table(self._data.source, schema)
-        secure = task.secure_aggregation is not None
-        answer = site_answer(query, table, min_count=min_count, rng=rng, secure=secure)
+            answer = evaluation_answer(query, scores, min_count=min_count)
+        else:
+            rng = np.random.default_rng(secrets.randbits(128)) if query.epsilon else None
+            table = site_table(self._data.source, schema)
+            answer = site_answer(query, table, min_count=min_count, rng=rng, secure=secure)
         if not secure:
             return {"answer": answer}
         return {"masked": self._masked(task, answer_vector(query, answer))}

@@ -3,6 +3,7 @@ computed on its own rows only, combined, and compared with the pooled computatio
 
     python -m federation.analytics                        # NCCTG lung cancer, 3 institutions
     python -m federation.analytics --plot km.png          # and the Kaplan-Meier curves
+    python -m federation.analytics --data gbsg2           # German breast cancer study, 3 sites
     python -m federation.analytics --csv a.csv b.csv --numeric age,bmi --time days --event died
 
 The last line printed is one JSON object: the combined statistics, what each site
@@ -25,6 +26,7 @@ from federation.analytics.counts import DEFAULT_MIN_COUNT, combine_histograms, q
 from federation.analytics.survival import SurvivalCurve, combine_tables, kaplan_meier, log_rank, risk_table
 
 LUNG_NUMERIC = ("age", "ph.karno", "pat.karno", "meal.cal", "wt.loss")
+GBSG2_NUMERIC = ("age", "tsize", "pnodes", "progrec", "estrec")
 
 
 def lung_sites(num_sites: int) -> list[pd.DataFrame]:
@@ -38,6 +40,17 @@ def lung_sites(num_sites: int) -> list[pd.DataFrame]:
     for site in sites:
         site["event"] = (site["status"] == 1).astype(int)
     return sites
+
+
+def gbsg2_sites(num_sites: int, seed: int = 0) -> list[pd.DataFrame]:
+    """The German Breast Cancer Study Group 2 data (shipped with lifelines): 686 patients,
+    recurrence-free survival in days (``cens`` 1: recurrence or death), dealt to ``num_sites``
+    sites at random (seeded): the trial has no site column."""
+    from lifelines.datasets import load_gbsg2
+
+    data = load_gbsg2().rename(columns={"cens": "event"})
+    order = np.random.default_rng(seed).permutation(len(data))
+    return [data.iloc[np.sort(part)].reset_index(drop=True) for part in np.array_split(order, num_sites)]
 
 
 def csv_sites(paths: Sequence[str]) -> list[pd.DataFrame]:
@@ -141,7 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m federation.analytics", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--sites", type=int, default=3, help="built-in lung data: the largest institutions")
+    parser.add_argument(
+        "--data",
+        choices=["lung", "gbsg2"],
+        default="lung",
+        help="built-in survival data (lifelines): NCCTG lung cancer by institution, or GBSG2 dealt to sites",
+    )
+    parser.add_argument(
+        "--sites", type=int, default=3, help="lung: the largest institutions; gbsg2: random shares"
+    )
     parser.add_argument("--csv", nargs="+", metavar="FILE", help="one CSV file per site instead")
     parser.add_argument("--numeric", help="comma-separated numeric columns (CSV)")
     parser.add_argument("--time", default="time")
@@ -155,8 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--plot", type=Path, help="write the Kaplan-Meier curves to this PNG")
     args = parser.parse_args(argv)
-    sites = csv_sites(args.csv) if args.csv else lung_sites(args.sites)
-    numeric = args.numeric.split(",") if args.numeric else list(LUNG_NUMERIC)
+    if args.csv:
+        sites = csv_sites(args.csv)
+    else:
+        sites = gbsg2_sites(args.sites) if args.data == "gbsg2" else lung_sites(args.sites)
+    builtin_numeric = GBSG2_NUMERIC if args.data == "gbsg2" else LUNG_NUMERIC
+    numeric = args.numeric.split(",") if args.numeric else list(builtin_numeric)
     columns, column_differences = column_figures(sites, numeric)
     low, high, width = args.bins
     histogram = histogram_figures(

@@ -15,8 +15,8 @@ was suppressed or noised.
 Under secure aggregation a site sends its answer as one fixed-length vector
 (:func:`answer_vector`) masked so that the server sees only the sum of all sites'
 (:mod:`federation.privacy.secure_sum`); the server then suppresses the small cells of the
-total instead (:func:`combine_total`). Kinds whose answer has no fixed length (survival
-times are each site's own) or that read a model are asked in the clear.
+total instead (:func:`combine_total`). A survival answer has no fixed length (the times are
+each site's own), so survival curves are asked in the clear.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ SECURE_KINDS = frozenset(
         QueryKind.QUANTILES,
         QueryKind.CROSS_TABLE,
         QueryKind.CORRELATION,
+        QueryKind.EVALUATION,
     }
 )
 #: The counting kinds, to which DP noise applies (one row moves one cell by one).
@@ -673,8 +674,27 @@ def _evaluation_json(evaluation: SiteEvaluation | MulticlassEvaluation) -> Json:
 # --- secure aggregation: one vector per site ------------------------------------------------
 
 
+def _evaluation_shapes(query: Query) -> dict[str, tuple[int, ...]]:
+    """The counts of one version's evaluation, in the order a secure vector holds them."""
+    c = query.num_classes
+    if c == 2:
+        return {
+            "confusion": (2, 2),
+            "positive_scores": (SCORE_BINS,),
+            "negative_scores": (SCORE_BINS,),
+            "squared_error": (),
+            "calibration_rows": (CALIBRATION_BINS,),
+            "calibration_scores": (CALIBRATION_BINS,),
+            "calibration_positives": (CALIBRATION_BINS,),
+        }
+    return {"confusion": (c, c), "class_scores": (c, SCORE_BINS), "other_scores": (c, SCORE_BINS)}
+
+
 def vector_length(query: Query) -> int:
     """The length of a site's answer as a vector (SECURE_KINDS only)."""
+    if query.kind is QueryKind.EVALUATION:
+        per_version = sum(int(np.prod(shape)) for shape in _evaluation_shapes(query).values())
+        return per_version * len(query.versions)
     if query.kind is QueryKind.COLUMNS:
         return 4 * len(query.columns)
     if query.kind is QueryKind.CORRELATION:
@@ -697,6 +717,15 @@ def answer_vector(query: Query, answer: Json) -> NDArray[np.float64]:
     if query.kind is QueryKind.CORRELATION:
         parts = [[answer["count"]], answer["totals"], np.ravel(np.asarray(answer["products"]))]
         return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+    if query.kind is QueryKind.EVALUATION:
+        versions = _object(answer["versions"], "versions")
+        return np.concatenate(
+            [
+                np.ravel(np.asarray(_object(versions[str(v)], str(v))[name], dtype=np.float64))
+                for v in query.versions
+                for name in _evaluation_shapes(query)
+            ]
+        )
     vector = np.ravel(np.asarray(answer["counts"], dtype=np.float64))
     if vector.size != vector_length(query):
         raise ConfigurationError("the answer does not fit the query")
@@ -721,6 +750,8 @@ def answer_of_vector(query: Query, vector: NDArray[np.float64]) -> Json:
                 for name, c in zip(query.columns, cells, strict=True)
             }
         }
+    if query.kind is QueryKind.EVALUATION:
+        return {"versions": _evaluation_of_vector(query, vector)}
     if query.kind is QueryKind.CORRELATION:
         k = len(query.columns)
         return {
@@ -729,6 +760,21 @@ def answer_of_vector(query: Query, vector: NDArray[np.float64]) -> Json:
             "products": vector[1 + k :].reshape(k, k).tolist(),
         }
     return {"counts": np.rint(vector).astype(np.int64).reshape(_count_shape(query)).tolist()}
+
+
+def _evaluation_of_vector(query: Query, vector: NDArray[np.float64]) -> dict[str, Json]:
+    versions: dict[str, Json] = {}
+    position = 0
+    for version in query.versions:
+        fields: Json = {}
+        for name, shape in _evaluation_shapes(query).items():
+            size = int(np.prod(shape))
+            values = vector[position : position + size].reshape(shape)
+            position += size
+            exact = name in ("squared_error", "calibration_scores")  # sums of scores, not counts
+            fields[name] = values.tolist() if exact else np.rint(values).astype(np.int64).tolist()
+        versions[str(version)] = fields
+    return versions
 
 
 # --- combining ------------------------------------------------------------------------------
@@ -837,7 +883,7 @@ def _example_weighted(sites: Mapping[str, Json], name: str) -> float | None:
     return sum(rows * value for rows, value in usable) / total if total else None
 
 
-def _evaluation_result(query: Query, answers: Mapping[str, Json]) -> Json:
+def _evaluation_result(query: Query, answers: Mapping[str, Json], *, with_sites: bool = True) -> Json:
     result: Json = {}
     for version in (str(v) for v in query.versions):
         parts = {
@@ -846,12 +892,13 @@ def _evaluation_result(query: Query, answers: Mapping[str, Json]) -> Json:
         }
         total = _sum(list(parts.values()))
         sites = {name: _evaluation_metrics(part) for name, part in parts.items()}
+        weighted = {
+            name: _example_weighted(sites, name) for name in ("accuracy", "balanced_accuracy", "roc_auc")
+        }
         result[version] = {
             "combined": _evaluation_metrics(total),
-            "sites": sites,
-            "example_weighted": {
-                name: _example_weighted(sites, name) for name in ("accuracy", "balanced_accuracy", "roc_auc")
-            },
+            "sites": sites if with_sites else {},
+            "example_weighted": weighted if with_sites else {},
         }
     return {"versions": result}
 
@@ -949,6 +996,9 @@ def combine_total(query: Query, total: Json, *, min_count: int) -> Json:
     elif query.kind is QueryKind.CORRELATION:
         if int(total["count"]) < min_count:  # type: ignore[call-overload]
             raise ConfigurationError(f"fewer complete rows in total than the sites' minimum ({min_count})")
+    elif query.kind is QueryKind.EVALUATION:
+        # Each site refused below its minimum of held-out rows; the total holds only sums.
+        return _evaluation_result(query, {"total": total}, with_sites=False)
     else:
         cells, small_cells = suppress(np.asarray(total["counts"], dtype=np.int64), min_count)
         total = {"counts": cells.tolist(), "suppressed": small_cells.tolist()}

@@ -188,18 +188,19 @@ def _evaluation(result: Json, spec: Json) -> tuple[list[Table], list[str]]:
         table.rows.append(_evaluation_row("Combined (exact)", part["combined"]))
         table.rows.extend(_evaluation_row(str(name), metrics) for name, metrics in part["sites"].items())
         weighted = part["example_weighted"]
-        table.rows.append(
-            [
-                "Example-weighted mean of sites (former approximation)",
-                "–",
-                number(weighted.get("accuracy")),
-                number(weighted.get("balanced_accuracy")),
-                "–",
-                "–",
-                number(weighted.get("roc_auc")),
-                "–",
-            ]
-        )
+        if weighted:  # in the clear only: under secure aggregation no site's figure exists
+            table.rows.append(
+                [
+                    "Example-weighted mean of sites (former approximation)",
+                    "–",
+                    number(weighted.get("accuracy")),
+                    number(weighted.get("balanced_accuracy")),
+                    "–",
+                    "–",
+                    number(weighted.get("roc_auc")),
+                    "–",
+                ]
+            )
         tables.append(table)
     notes = [
         "Combined figures come from the sites' summed confusion matrices and score histograms: exact, "

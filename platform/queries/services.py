@@ -137,6 +137,12 @@ def query_create(
         raise Conflict("no site has approved the study: no one could answer", code="not_approved")
     if secure and len(sites) < 2:
         raise InvalidInput("a secure sum needs at least two sites")
+    if secure and _masked_body_bytes(parsed) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+        raise InvalidInput(
+            "a site's masked answer to this query would exceed the largest body the server takes; "
+            "ask about fewer versions, bins or columns at once",
+            code="too_large",
+        )
     query = Query.objects.create(
         study=study,
         spec=parsed.to_json(),
@@ -158,6 +164,11 @@ def query_create(
         },
     )
     return query
+
+
+def _masked_body_bytes(parsed: QuerySpec) -> int:
+    """The size of a site's masked answer in its JSON body: base64 of 8-byte lanes."""
+    return masked_length(vector_length(parsed)) * 8 * 4 // 3 + 100
 
 
 def _open_locked(query_id: int) -> Query:

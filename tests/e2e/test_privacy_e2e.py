@@ -35,6 +35,14 @@ def check_secure_rounds(figures: dict) -> None:
     assert figures["secure_aggregation_rounds"] == ROUNDS
     assert figures["training_stopped_after"] is None
     assert figures["round_latency_median_ms"] is not None
+    # The agents' evaluation of the final model was summed securely too: the server saw only
+    # the total counts, which give the accuracy the job's final round reported.
+    evaluation = figures["cross_site_evaluation"]
+    assert evaluation["sites"] == {}
+    assert evaluation["rows"] == 90
+    assert evaluation["combined"]["accuracy"] == pytest.approx(
+        figures["sites_final_evaluation"]["accuracy"], abs=1e-4
+    )
 
 
 def test_secure_aggregation_on_the_embedded_default(tmp_path: Path) -> None:

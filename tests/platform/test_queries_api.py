@@ -286,3 +286,17 @@ def test_only_coordinators_ask_and_only_the_sites_own_data_owner_decides(
     wrong = decide(owners["Hospital A"], sites["Hospital B"], study, query["id"])
     assert wrong.status_code == 403
     assert wrong.json()["error"]["code"] == "not_your_institution"
+
+
+def test_a_secure_query_too_large_for_one_body_is_refused_before_anyone_is_asked(
+    coordinator_client: APIClient,
+    study: Study,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 5_000  # 200 bins: 800 lanes, 8.6 kB masked
+    spec = {"kind": "histogram", "column": "age", "edges": list(range(201))}
+    response = coordinator_client.post(
+        f"/api/v1/studies/{study.pk}/queries/", {"query": spec, "secure_aggregation": True}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_large"

@@ -43,3 +43,15 @@ def test_the_sites_own_csv_files(tmp_path: Path, capsys: pytest.CaptureFixture[s
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (result["sites"], sorted(result["columns"])) == (2, ["age", "wt.loss"])
     assert max(result["max_abs_difference_from_pooled"].values()) < 1e-9
+
+
+def test_the_german_breast_cancer_study_dealt_to_three_sites(capsys: pytest.CaptureFixture[str]) -> None:
+    from lifelines.datasets import load_gbsg2
+
+    assert main(["--data", "gbsg2", "--bins", "20", "85", "5"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sum(result["rows"]) == len(load_gbsg2()) == 686
+    assert max(result["max_abs_difference_from_pooled"].values()) < 1e-9
+    assert result["columns"]["pnodes"]["count"] == 686
+    # Every site shares the trial's population: the log-rank test finds no difference.
+    assert result["log_rank"]["p_value"] > 0.05

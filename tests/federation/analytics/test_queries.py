@@ -322,3 +322,23 @@ def test_queries_describe_themselves() -> None:
     assert query.kind is QueryKind.CROSS_TABLE
     assert query.describe() == "cross-table: ward by outcome"
     assert query.to_json()["row_levels"] == ["a", "b", "c"]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), classes=st.sampled_from([2, 3]))
+def test_a_securely_summed_evaluation_gives_the_clear_combined_figures(seed: int, classes: int) -> None:
+    rng = np.random.default_rng(seed)
+    query = parse_query({"kind": "evaluation", "versions": [3, 5], "num_classes": classes}, SCHEMA)
+    answers = []
+    for size in (30, 45, 25):
+        labels = rng.integers(0, classes, size)
+        raw = rng.random((size, classes))
+        scores = raw / raw.sum(axis=1, keepdims=True)
+        pair = (labels, scores[:, 1] if classes == 2 else scores)
+        answers.append(evaluation_answer(query, [pair, pair], min_count=5))
+    total = answer_of_vector(query, np.sum([answer_vector(query, a) for a in answers], axis=0))
+    secure = combine_total(query, parse_answer(query, total, secure=True), min_count=5)
+    clear = combine_answers(query, {f"site {i}": parse_answer(query, a) for i, a in enumerate(answers)})
+    for version in ("3", "5"):
+        assert _close(secure["versions"][version]["combined"], clear["versions"][version]["combined"])
+        assert secure["versions"][version]["sites"] == {}
