@@ -11,10 +11,9 @@ logged and recorded in ``state_dir/answers.jsonl`` with the epsilon it spent, ne
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
+import math
 import secrets
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
@@ -28,21 +27,24 @@ from federation.analytics.queries import (
     QueryKind,
     answer_vector,
     evaluation_answer,
+    evaluation_site_metrics,
     parse_query,
     site_answer,
 )
 from federation.data.schema import DataSchema
 from federation.errors import FederationError
-from federation.privacy import secagg
-from federation.privacy.secure_sum import masked_input, to_text
 from federation.protocol import ModelVersionRef, QueryTask, StudySettings
 from silo_agent.client import AgentClient
 from silo_agent.config import Policy
-from silo_agent.errors import TaskError
+from silo_agent.errors import ApiError
 from silo_agent.local_data import DataCache, site_table
 from silo_agent.policy import needs_server_approvals, study_refusal
+from silo_agent.secure_sum_keys import QuestionKeys
 
 logger = logging.getLogger(__name__)
+
+#: The largest answer the agent sends; the server takes 2.5 MB JSON bodies.
+MAX_ANSWER_BYTES = 2_500_000
 
 #: Scores a model version on the site's held-out rows: (class indices, scores).
 Scorer = Callable[[StudySettings, ModelVersionRef], tuple[NDArray[np.int64], NDArray[np.float64]]]
@@ -54,8 +56,13 @@ def spent_epsilon(answers_file: Path) -> float:
         return 0.0
     total = 0.0
     for line in answers_file.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        total += float(entry.get("epsilon") or 0.0)
+        try:
+            total += float(json.loads(line).get("epsilon") or 0.0)
+        except (ValueError, TypeError, AttributeError):
+            logger.error(
+                "%s holds an unreadable line: counting every noised query as over the limit", answers_file
+            )
+            return math.inf
     return total
 
 
@@ -103,41 +110,49 @@ class QueryAnswerer:
         self._policy = policy
         self._data = data
         self._institution_id = institution_id
-        self._keys = state_dir / "query-keys"
+        self._keys = QuestionKeys(state_dir / "query-keys", "secure answer")
         self._answers = state_dir / "answers.jsonl"
         self._scorer = scorer
 
     def answer(self, task: QueryTask) -> bool:
-        """Send the answer (or this step of a secure one) or the refusal; True if a refusal."""
+        """Send the answer (or this step of a secure one) or the refusal; True if a refusal.
+        Whatever goes wrong here ends in a refusal with its reason, never in a query left
+        waiting at this site until its deadline."""
         try:
             schema = DataSchema.from_json(dict(task.data_schema))
             query = parse_query(dict(task.query), schema)
         except FederationError as error:
-            raise TaskError(f"the query cannot be read: {error}") from None
+            return self._refuse(task, None, f"this site cannot read the query: {error}")
         approved = self._client.me().approved_study_ids() if needs_server_approvals(self._policy) else ()
         reason = query_refusal(self._policy, task, query, approved, spent_epsilon(self._answers))
-        body = None
-        if reason is None:
-            try:
-                body = self._body(task, query, schema)
-            except (TaskError, FederationError) as error:
-                # The detail stays in this log; the coordinator learns that this site cannot answer.
-                logger.error(
-                    "the query %d of study %r cannot be answered: %s", task.query_id, task.study_name, error
-                )
-                reason = f"this site could not answer: {_public_reason(error)} (the agent's log says more)"
         if reason is not None:
-            logger.warning("refusing query %d of study %r: %s", task.query_id, task.study_name, reason)
-            self._client.post_query(task.query_id, {"refused": reason})
-            self._record(task, query, refused=reason)
-            return True
-        assert body is not None
-        self._client.post_query(task.query_id, body)
+            return self._refuse(task, query, reason)
+        try:
+            body = self._body(task, query, schema)
+        except Exception as error:  # any failure with this site's own data ends in a refusal
+            # The detail stays in this log; the coordinator learns that this site cannot answer.
+            logger.exception("the query %d of study %r cannot be answered", task.query_id, task.study_name)
+            return self._refuse(task, query, f"this site could not answer: {_public_reason(error)}")
+        if len(json.dumps(body)) > MAX_ANSWER_BYTES:
+            return self._refuse(task, query, "this site's answer would be larger than the server takes")
+        try:
+            self._client.post_query(task.query_id, body)
+        except ApiError as error:
+            if error.status >= 500:
+                raise
+            logger.error("the server refused this site's answer to query %d: %s", task.query_id, error)
+            return self._refuse(task, query, f"the server did not take this site's answer ({error.code})")
         self._record(task, query, refused=None)
         if self._phase(task) == "mask":
-            self._key_file(task.query_id).unlink(missing_ok=True)
+            self._keys.discard(task.query_id)
         logger.info("answered query %d of study %r (%s)", task.query_id, task.study_name, query.describe())
         return False
+
+    def _refuse(self, task: QueryTask, query: Query | None, reason: str) -> bool:
+        logger.warning("refusing query %d of study %r: %s", task.query_id, task.study_name, reason)
+        self._client.post_query(task.query_id, {"refused": reason})
+        self._record(task, query, refused=reason)
+        return True
 
     @staticmethod
     def _phase(task: QueryTask) -> str:
@@ -147,7 +162,7 @@ class QueryAnswerer:
         min_count = self._policy.analytics.min_count
         if self._phase(task) == "keys":
             return {
-                "public_key": base64.b64encode(self._new_key(task.query_id)).decode(),
+                "public_key": self._keys.new_public_key(task.query_id),
                 "min_count": min_count,
             }
         secure = task.secure_aggregation is not None
@@ -161,53 +176,38 @@ class QueryAnswerer:
             answer = site_answer(query, table, min_count=min_count, rng=rng, secure=secure)
         if not secure:
             return {"answer": answer}
-        return {"masked": self._masked(task, answer_vector(query, answer))}
+        masked: dict[str, object] = {"masked": self._masked(task, answer_vector(query, answer))}
+        if query.kind is QueryKind.EVALUATION:  # its own figures, never its histograms
+            return {**masked, "metrics": evaluation_site_metrics(query, answer)}
+        return masked
 
-    def _record(self, task: QueryTask, query: Query, *, refused: str | None) -> None:
+    def _record(self, task: QueryTask, query: Query | None, *, refused: str | None) -> None:
         """The site's own record: the query, the step, the epsilon spent or the refusal."""
         final = self._phase(task) in ("", "mask")
+        spent = query is not None and query.epsilon and refused is None and final
         entry = {
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "study_id": task.study_id,
             "study": task.study_name,
             "query_id": task.query_id,
-            "query": query.describe(),
+            "query": query.describe() if query is not None else "unreadable",
             "step": self._phase(task) or "answer",
-            "epsilon": query.epsilon if refused is None and final and query.epsilon else None,
+            "epsilon": query.epsilon if spent and query is not None else None,
             "refused": refused,
         }
         self._answers.parent.mkdir(parents=True, exist_ok=True)
         with self._answers.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
 
-    def _key_file(self, query_id: int) -> Path:
-        return self._keys / f"{query_id}.key"
-
-    def _new_key(self, query_id: int) -> bytes:
-        self._keys.mkdir(mode=0o700, parents=True, exist_ok=True)
-        private_key = secagg.private_key_bytes()
-        descriptor = os.open(self._key_file(query_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(private_key)
-        return secagg.public_key_bytes(private_key)
-
     def _masked(self, task: QueryTask, vector: NDArray[np.float64]) -> str:
-        key_file = self._key_file(task.query_id)
-        if not key_file.exists():
-            raise TaskError("this site's key for the secure query is lost; the coordinator must ask again")
-        roster_json = dict((task.secure_aggregation or {}).get("roster", {}))  # type: ignore[call-overload]
-        try:
-            roster = {int(site): base64.b64decode(str(key)) for site, key in roster_json.items()}
-            masked = masked_input(
-                vector,
-                site_id=self._institution_id,
-                private_key=key_file.read_bytes(),
-                roster=roster,
-                question=f"query-{task.query_id}",
-            )
-        except (FederationError, ValueError, TypeError) as error:
-            raise TaskError(f"the secure answer cannot be masked: {error}") from None
-        return to_text(masked)
+        roster = dict((task.secure_aggregation or {}).get("roster", {}))  # type: ignore[call-overload]
+        return self._keys.masked(
+            task.query_id,
+            vector,
+            site_id=self._institution_id,
+            roster=roster,
+            question=f"query-{task.query_id}",
+        )
 
 
 def _public_reason(error: Exception) -> str:
@@ -215,4 +215,4 @@ def _public_reason(error: Exception) -> str:
     text = str(error)
     if "minimum" in text:
         return text  # the site's own threshold, a policy fact
-    return "its data could not be read for this query"
+    return "its data could not be read for this query (the agent's log says why)"

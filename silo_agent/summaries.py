@@ -15,10 +15,8 @@ site's own account of what it told the server), without any value from the file.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
 from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,14 +24,13 @@ from pathlib import Path
 from federation.data.agreement import SiteSummary, summary_vector, undeclared_values
 from federation.data.schema import DataSchema
 from federation.errors import FederationError
-from federation.privacy import secagg
-from federation.privacy.secure_sum import masked_input, to_text
 from federation.protocol import SummaryTask
 from silo_agent.client import AgentClient
 from silo_agent.config import Policy
 from silo_agent.errors import TaskError
 from silo_agent.local_data import DataCache, site_summary
 from silo_agent.policy import needs_server_approvals, study_refusal
+from silo_agent.secure_sum_keys import QuestionKeys
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +78,7 @@ class SummaryAnswerer:
         self._policy = policy
         self._data = data
         self._institution_id = institution_id
-        self._keys = state_dir / "summary-keys"
+        self._keys = QuestionKeys(state_dir / "summary-keys", "secure summary")
         self._answers = state_dir / "answers.jsonl"
 
     def answer(self, task: SummaryTask) -> bool:
@@ -109,7 +106,7 @@ class SummaryAnswerer:
         self._client.post_summary(task.request_id, body)
         self._record(task, rows=summary.count, refused=None)
         if self._phase(task) == "mask":
-            self._key_file(task.request_id).unlink(missing_ok=True)  # one use, once it is delivered
+            self._keys.discard(task.request_id)
         logger.info(
             "answered the summary request of study %r%s: %d rows, %d numeric feature sums, "
             "%d category counts",
@@ -153,37 +150,17 @@ class SummaryAnswerer:
         if task.secure_aggregation is None:
             return {"summary": summary.to_json()}
         if self._phase(task) == "keys":
-            return {"public_key": base64.b64encode(self._new_key(task.request_id)).decode()}
+            return {"public_key": self._keys.new_public_key(task.request_id)}
         if self._phase(task) == "mask":
             return {"masked": self._masked(task, schema, summary)}
         raise TaskError(f"unknown step of a secure summary: {self._phase(task)!r}")
 
-    def _key_file(self, request_id: int) -> Path:
-        return self._keys / f"{request_id}.key"
-
-    def _new_key(self, request_id: int) -> bytes:
-        """A fresh key pair for the request; the private key stays in the state folder (0600)."""
-        self._keys.mkdir(mode=0o700, parents=True, exist_ok=True)
-        private_key = secagg.private_key_bytes()
-        descriptor = os.open(self._key_file(request_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(private_key)
-        return secagg.public_key_bytes(private_key)
-
     def _masked(self, task: SummaryTask, schema: DataSchema, summary: SiteSummary) -> str:
-        key_file = self._key_file(task.request_id)
-        if not key_file.exists():
-            raise TaskError("this site's key for the secure summary is lost; the coordinator must ask again")
-        roster_json = (task.secure_aggregation or {}).get("roster", {})
-        try:
-            roster = {int(site): base64.b64decode(str(key)) for site, key in dict(roster_json).items()}  # type: ignore[call-overload]
-            masked = masked_input(
-                summary_vector(summary, schema),
-                site_id=self._institution_id,
-                private_key=key_file.read_bytes(),
-                roster=roster,
-                question=f"summary-request-{task.request_id}",
-            )
-        except (FederationError, ValueError, TypeError) as error:
-            raise TaskError(f"the secure summary cannot be masked: {error}") from None
-        return to_text(masked)
+        roster = dict((task.secure_aggregation or {}).get("roster", {}))  # type: ignore[call-overload]
+        return self._keys.masked(
+            task.request_id,
+            summary_vector(summary, schema),
+            site_id=self._institution_id,
+            roster=roster,
+            question=f"summary-request-{task.request_id}",
+        )

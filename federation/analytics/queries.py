@@ -52,8 +52,9 @@ Json = dict[str, object]
 #: The most bins a histogram may ask for, and the most fine bins of a quantile query.
 MAX_HISTOGRAM_BINS = 200
 MAX_QUANTILE_BINS = 1000
-#: The most model versions one evaluation compares.
+#: The most model versions one evaluation compares, and the largest id a version may have.
 MAX_VERSIONS = 10
+MAX_VERSION_ID = 2**63 - 1
 #: The largest epsilon a query may spend (beyond it the noise protects little).
 MAX_QUERY_EPSILON = 10.0
 
@@ -104,8 +105,8 @@ class Query:
     #: optional grid step to which each time is rounded up.
     time: str = ""
     event: str = ""
-    #: The event column's level that marks the event, when it is categorical (the second class).
-    event_level: str = ""
+    #: The event column's two levels when it is categorical: censored, then the event.
+    event_levels: tuple[str, ...] = ()
     time_step: float | None = None
     #: EVALUATION: model versions (ids) and the task's class count (2: binary).
     versions: tuple[int, ...] = ()
@@ -200,7 +201,7 @@ _KEYS: dict[QueryKind, set[str]] = {
     QueryKind.QUANTILES: {"column", "edges", "probabilities"},
     QueryKind.CROSS_TABLE: {"rows", "by", "row_levels", "by_levels"},
     QueryKind.CORRELATION: {"columns"},
-    QueryKind.SURVIVAL: {"time", "event", "time_step", "event_level"},
+    QueryKind.SURVIVAL: {"time", "event", "time_step", "event_levels"},
     QueryKind.EVALUATION: {"versions", "num_classes"},
 }
 
@@ -307,8 +308,9 @@ def _parse_survival(data: Mapping[str, object], levels: Mapping[str, tuple[str, 
     if not isinstance(event, str) or event not in levels:
         raise ConfigurationError(f"event must name a column of the study's schema, got {event!r}")
     step = data.get("time_step")
-    if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or not step > 0):
-        raise ConfigurationError("time_step must be a positive number")
+    if not isinstance(step, int | float) or isinstance(step, bool) or not step > 0 or not math.isfinite(step):
+        # Without a grid the times sent would be patients' own times.
+        raise ConfigurationError("time_step must be a positive number: each time is rounded up to its grid")
     if event == time:
         raise ConfigurationError("time and event must be different columns")
     event_levels = levels[event]
@@ -316,8 +318,8 @@ def _parse_survival(data: Mapping[str, object], levels: Mapping[str, tuple[str, 
         QueryKind.SURVIVAL,
         time=time,
         event=event,
-        event_level=event_levels[1] if event_levels else "",
-        time_step=None if step is None else float(step),
+        event_levels=tuple(event_levels or ()),
+        time_step=float(step),
     )
 
 
@@ -326,7 +328,9 @@ def _parse_evaluation(data: Mapping[str, object], levels: Mapping[str, tuple[str
     if (
         not isinstance(versions, list)
         or not 1 <= len(versions) <= MAX_VERSIONS
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in versions)
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_VERSION_ID for v in versions
+        )
         or len(set(versions)) != len(versions)
     ):
         raise ConfigurationError(f"versions must list 1 to {MAX_VERSIONS} distinct model version ids")
@@ -434,38 +438,73 @@ def _cross_counts(query: Query, table: SiteTable) -> NDArray[np.int64]:
     return counts
 
 
-def _event_flags(query: Query, table: SiteTable) -> NDArray[np.bool_]:
-    if query.event_level:
-        return np.asarray(
-            [value == query.event_level for value in table.categorical[query.event]], dtype=bool
-        )
-    flags = table.numeric[query.event]
+def _event_flags(query: Query, table: SiteTable) -> NDArray[np.float64]:
+    """1 for the event, 0 for censored, NaN where the event is not known (those rows are left out)."""
+    if query.event_levels:
+        levels = {level: float(i) for i, level in enumerate(query.event_levels)}
+        values = table.categorical[query.event]
+        return np.asarray([levels.get(value, np.nan) for value in values], dtype=np.float64)
+    flags = np.asarray(table.numeric[query.event], dtype=np.float64)
     if not np.all(np.isin(flags[np.isfinite(flags)], (0.0, 1.0))):
         raise ConfigurationError(f"the event column {query.event!r} must hold 0 or 1")
-    return np.asarray(flags == 1.0)
+    return flags
 
 
 def _survival_answer(query: Query, table: SiteTable, min_count: int) -> Json:
+    """The site's risk table on the query's time grid, each step merged into the next until
+    its events, its censored rows and its exits are each none or at least ``min_count``:
+    every count sent, and every difference of two, is 0 or at least the minimum."""
     times = table.numeric[query.time]
     events = _event_flags(query, table)
-    known = np.isfinite(times)
-    times, events = times[known], events[known]
-    if times.size == 0:
-        raise ConfigurationError(f"no row has a time in {query.time!r}")
-    if query.time_step is not None:
-        times = np.ceil(times / query.time_step) * query.time_step
-    risk = _risk_table(times, events)
-    event_counts, small = suppress(risk.events, min_count)
+    known = np.isfinite(times) & ~np.isnan(events)
+    times, events = times[known], events[known].astype(bool)
+    if times.size < min_count:
+        raise ConfigurationError(f"fewer rows with a time and an event than the site's minimum ({min_count})")
+    step = query.time_step or 1.0
+    risk = risk_table(np.ceil(times / step) * step, events.astype(np.int64))
+    exits = -np.diff(np.append(risk.at_risk, 0))
+    kept, merged = _merge_small_steps(exits, risk.events, min_count)
     return {
-        "times": risk.times.tolist(),
-        "at_risk": risk.at_risk.tolist(),
-        "events": event_counts.tolist(),
-        "suppressed": small.tolist(),
+        "times": risk.times[kept].tolist(),
+        "at_risk": risk.at_risk[_first_of_groups(kept)].tolist(),
+        "events": [int(total) for total in np.add.reduceat(risk.events, _first_of_groups(kept))],
+        "suppressed": merged.tolist(),
     }
 
 
-def _risk_table(times: NDArray[np.float64], events: NDArray[np.bool_]) -> RiskTable:
-    return risk_table(times, events.astype(np.int64))
+def _merge_small_steps(
+    exits: NDArray[np.int64], events: NDArray[np.int64], min_count: int
+) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
+    """Which steps end a group (reported at that step's time), and whether the group merged
+    several steps. Steps join the next until the group's exits, events and censored rows
+    are each 0 or at least ``min_count``; what is left at the end joins the groups before it.
+    A site whose totals cannot meet the minimum (say 3 events with a minimum of 5) refuses."""
+
+    def enough(left: int, died: int) -> bool:
+        return all(count == 0 or count >= min_count for count in (left, died, left - died))
+
+    groups: list[tuple[int, int, int]] = []  # (last step, exits, events)
+    left_sum = died_sum = 0
+    for index, (left, died) in enumerate(zip(exits.tolist(), events.tolist(), strict=True)):
+        left_sum, died_sum = left_sum + left, died_sum + died
+        if enough(left_sum, died_sum):
+            groups.append((index, left_sum, died_sum))
+            left_sum = died_sum = 0
+    while left_sum and groups and not enough(left_sum, died_sum):
+        _, left, died = groups.pop()
+        left_sum, died_sum = left_sum + left, died_sum + died
+    if left_sum:
+        if not enough(left_sum, died_sum):
+            raise ConfigurationError(
+                f"this site's events or censored rows are fewer than its minimum ({min_count}) in total"
+            )
+        groups.append((len(exits) - 1, left_sum, died_sum))
+    kept = np.asarray([end for end, _, _ in groups], dtype=np.intp)
+    return kept, (kept - _first_of_groups(kept)) > 0
+
+
+def _first_of_groups(kept: NDArray[np.intp]) -> NDArray[np.intp]:
+    return np.concatenate([[0], kept[:-1] + 1]).astype(np.intp) if kept.size else kept
 
 
 def evaluation_answer(
@@ -508,6 +547,8 @@ def _evaluation_counts(query: Query, labels: NDArray[np.int64], scores: NDArray[
 
 # --- checking an answer ---------------------------------------------------------------------
 
+#: The largest count an answer may hold: float64 represents every whole number up to it.
+MAX_COUNT = 2**53
 #: The most distinct times one site's survival answer may list.
 MAX_SURVIVAL_TIMES = 100_000
 
@@ -517,8 +558,14 @@ def _int_array(value: object, shape: tuple[int, ...], what: str) -> NDArray[np.i
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise ConfigurationError(f"{what} must be numbers") from None
-    if array.shape != shape or not np.all(np.isfinite(array)) or np.any(array < 0) or np.any(array % 1):
-        raise ConfigurationError(f"{what} must be {shape} non-negative whole numbers")
+    if (
+        array.shape != shape
+        or not np.all(np.isfinite(array))
+        or np.any(array < 0)
+        or np.any(array > MAX_COUNT)
+        or np.any(array % 1)
+    ):
+        raise ConfigurationError(f"{what} must be {shape} whole numbers from 0 to 2^53")
     return array.astype(np.int64)
 
 
@@ -565,8 +612,8 @@ def parse_answer(query: Query, data: object, *, secure: bool = False) -> Json:
         k = len(query.columns)
         count = _int_array(answer.get("count"), (), "count")
         products = _float_array(answer.get("products"), (k, k), "products")
-        if not np.allclose(products, products.T):
-            raise ConfigurationError("products must be symmetric")
+        if not np.allclose(products, products.T) or np.any(np.diag(products) < 0):
+            raise ConfigurationError("products must be symmetric with sums of squares on the diagonal")
         totals = _float_array(answer.get("totals"), (k,), "totals")
         return {"count": int(count), "totals": totals.tolist(), "products": products.tolist()}
     if query.kind in (QueryKind.HISTOGRAM, QueryKind.QUANTILES, QueryKind.CROSS_TABLE):
@@ -595,7 +642,8 @@ def _column_answer(answer: Mapping[str, object], name: str) -> Json:
     total = float(_float_array(column.get("sum"), (), f"{name}.sum"))
     total_sq = float(_float_array(column.get("sum_sq"), (), f"{name}.sum_sq"))
     # Cauchy-Schwarz: sum^2 <= n * sum of squares for any real values.
-    if total_sq < 0 or total * total > present * total_sq * (1 + 1e-9) + 1e-9:
+    impossible = total * total > present * total_sq * (1 + 1e-9) + 1e-9
+    if total_sq < 0 or impossible or (present == 0 and (total or total_sq)):
         raise ConfigurationError(f"{name}: no {present} real values have these sums")
     suppressed = column.get("suppressed", False)
     if not isinstance(suppressed, bool):
@@ -633,10 +681,10 @@ def _survival_of(answer: Mapping[str, object]) -> _SurvivalAnswer:
         _int_array(answer.get("at_risk"), shape, "at_risk"),
         _int_array(answer.get("events"), shape, "events"),
     )
-    marks = _marks(answer.get("suppressed"), shape, "suppressed")
-    if np.any(table.events[marks]):
-        raise ConfigurationError("a suppressed time step is sent with 0 events")
-    return _SurvivalAnswer(table, marks)
+    if np.any(table.at_risk < 1):
+        raise ConfigurationError("a time step is listed only while someone is at risk")
+    # A marked step merged several steps of the grid (the site's small counts).
+    return _SurvivalAnswer(table, _marks(answer.get("suppressed"), shape, "suppressed"))
 
 
 def _evaluation_versions(query: Query, answer: Mapping[str, object]) -> dict[str, Json]:
@@ -646,6 +694,29 @@ def _evaluation_versions(query: Query, answer: Mapping[str, object]) -> dict[str
 
 
 def _evaluation_of(query: Query, data: Mapping[str, object]) -> SiteEvaluation | MulticlassEvaluation:
+    """A site's (or the total's) counts of one version, checked to describe the same rows."""
+    evaluation = _evaluation_fields(query, data)
+    rows = evaluation.confusion.sum(axis=1)
+    if isinstance(evaluation, SiteEvaluation):
+        consistent = (
+            evaluation.positive_scores.sum() == rows[1]
+            and evaluation.negative_scores.sum() == rows[0]
+            and evaluation.calibration_rows.sum() == rows.sum()
+            and evaluation.calibration_positives.sum() == rows[1]
+            and 0 <= evaluation.squared_error <= rows.sum()
+            and np.all(evaluation.calibration_scores >= 0)
+        )
+    else:
+        consistent = bool(
+            np.all(evaluation.class_scores.sum(axis=1) == rows)
+            and np.all(evaluation.other_scores.sum(axis=1) == rows.sum() - rows)
+        )
+    if not consistent:
+        raise ConfigurationError("the evaluation's counts do not describe one set of rows")
+    return evaluation
+
+
+def _evaluation_fields(query: Query, data: Mapping[str, object]) -> SiteEvaluation | MulticlassEvaluation:
     c = query.num_classes
     if c == 2:
         return SiteEvaluation(
@@ -883,24 +954,79 @@ def _example_weighted(sites: Mapping[str, Json], name: str) -> float | None:
     return sum(rows * value for rows, value in usable) / total if total else None
 
 
-def _evaluation_result(query: Query, answers: Mapping[str, Json], *, with_sites: bool = True) -> Json:
+def _evaluation_result(
+    query: Query, answers: Mapping[str, Json], site_metrics: Mapping[str, Json] | None = None
+) -> Json:
+    """Each version's figures combined from ``answers`` (each site's counts, or the one
+    secure total), each site's figures (from its counts, or as it sent them beside a secure
+    sum: ``site_metrics``), and their example-weighted mean."""
     result: Json = {}
     for version in (str(v) for v in query.versions):
         parts = {
             name: _evaluation_of(query, _object(_object(a["versions"], "versions")[version], version))
             for name, a in answers.items()
         }
-        total = _sum(list(parts.values()))
-        sites = {name: _evaluation_metrics(part) for name, part in parts.items()}
+        if site_metrics is None:
+            sites = {name: _evaluation_metrics(part) for name, part in parts.items()}
+        else:
+            sites = {name: _object(metrics[version], version) for name, metrics in site_metrics.items()}  # type: ignore[misc]
         weighted = {
             name: _example_weighted(sites, name) for name in ("accuracy", "balanced_accuracy", "roc_auc")
         }
         result[version] = {
-            "combined": _evaluation_metrics(total),
-            "sites": sites if with_sites else {},
-            "example_weighted": weighted if with_sites else {},
+            "combined": _evaluation_metrics(_sum(list(parts.values()))),
+            "sites": sites,
+            "example_weighted": weighted if sites else {},
         }
     return {"versions": result}
+
+
+#: The figures a site may send of its own evaluation beside a secure sum: scalars, never a
+#: matrix or a histogram.
+SITE_METRIC_NAMES = (
+    "accuracy",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "macro_f1",
+    "roc_auc",
+    "roc_auc_bound",
+    "brier",
+)
+
+
+def evaluation_site_metrics(query: Query, answer: Json) -> Json:
+    """A site's own figures of each version, from its counts, to send beside its masked ones."""
+    versions = _object(answer["versions"], "versions")
+    figures: Json = {}
+    for version in (str(v) for v in query.versions):
+        metrics = _evaluation_metrics(_evaluation_of(query, _object(versions[version], version)))
+        scalars = {name: metrics[name] for name in SITE_METRIC_NAMES if name in metrics}
+        figures[version] = json_safe({"rows": metrics["rows"], **scalars})
+    return figures
+
+
+def parse_site_metrics(query: Query, data: object) -> Json:
+    """A site's figures sent beside a secure evaluation, checked: per version its rows and
+    known figures, each a proportion or missing."""
+    versions = _same_keys({"metrics": data}, "metrics", [str(v) for v in query.versions])
+    checked: Json = {}
+    for version in versions:
+        figures = _object(_object(data, "metrics")[version], f"metrics.{version}")
+        unknown = sorted(set(figures) - {"rows", *SITE_METRIC_NAMES})
+        if unknown:
+            raise ConfigurationError(f"metrics.{version} holds unknown figures: {', '.join(unknown)}")
+        values: Json = {"rows": int(_int_array(figures.get("rows"), (), f"metrics.{version}.rows"))}
+        for name in SITE_METRIC_NAMES:
+            value = figures.get(name)
+            if value is None:
+                continue
+            number = float(_float_array(value, (), f"metrics.{version}.{name}"))
+            if not 0.0 <= number <= 1.0:
+                raise ConfigurationError(f"metrics.{version}.{name} must lie in [0, 1]")
+            values[name] = number
+        checked[version] = values
+    return checked
 
 
 def _sum(parts: Sequence[SiteEvaluation | MulticlassEvaluation]) -> SiteEvaluation | MulticlassEvaluation:
@@ -910,9 +1036,24 @@ def _sum(parts: Sequence[SiteEvaluation | MulticlassEvaluation]) -> SiteEvaluati
     return total
 
 
+def json_safe(value: object) -> object:
+    """``value`` with every non-finite number as None: a result is stored and sent as JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def combine_answers(query: Query, answers: Mapping[str, Json]) -> Json:
     """The result of a query answered in the clear: per site and combined. ``answers`` maps
     each site's name to its checked answer (:func:`parse_answer`)."""
+    return json_safe(_combine_answers(query, answers))  # type: ignore[return-value]
+
+
+def _combine_answers(query: Query, answers: Mapping[str, Json]) -> Json:
     if not answers:
         raise ConfigurationError("no answer to combine")
     if query.kind is QueryKind.EVALUATION:
@@ -977,9 +1118,19 @@ def _stats(query: Query, answer: Json) -> Json:
     return _histogram_stats(query, _bin_counts(query, answer))
 
 
-def combine_total(query: Query, total: Json, *, min_count: int) -> Json:
+def combine_total(
+    query: Query, total: Json, *, min_count: int, site_metrics: Mapping[str, Json] | None = None
+) -> Json:
     """The result of a securely summed query: the total only, its cells below ``min_count``
-    (the largest of the sites' minimums) suppressed here, since no site saw the total."""
+    (the largest of the sites' minimums) suppressed here, since no site saw the total. An
+    evaluation also lists each site's own figures (``site_metrics``, checked by
+    :func:`parse_site_metrics`)."""
+    return json_safe(_combine_total(query, total, min_count=min_count, site_metrics=site_metrics))  # type: ignore[return-value]
+
+
+def _combine_total(
+    query: Query, total: Json, *, min_count: int, site_metrics: Mapping[str, Json] | None
+) -> Json:
     if query.kind is QueryKind.COLUMNS:
         columns = {}
         for name, (sums, _) in _columns_of(total).items():
@@ -998,7 +1149,7 @@ def combine_total(query: Query, total: Json, *, min_count: int) -> Json:
             raise ConfigurationError(f"fewer complete rows in total than the sites' minimum ({min_count})")
     elif query.kind is QueryKind.EVALUATION:
         # Each site refused below its minimum of held-out rows; the total holds only sums.
-        return _evaluation_result(query, {"total": total}, with_sites=False)
+        return _evaluation_result(query, {"total": total}, site_metrics or {})
     else:
         cells, small_cells = suppress(np.asarray(total["counts"], dtype=np.int64), min_count)
         total = {"counts": cells.tolist(), "suppressed": small_cells.tolist()}

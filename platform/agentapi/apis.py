@@ -555,11 +555,17 @@ class QueryAnswerApi(AgentView):
         masked = serializers.CharField(
             required=False, max_length=10_000_000, help_text="secure aggregation, mask step: base64 uint64s"
         )
+        metrics = serializers.DictField(
+            required=False,
+            help_text="with an evaluation's masked counts: the site's own figures per version (scalars)",
+        )
 
         def validate(self, attrs: dict[str, object]) -> dict[str, object]:
-            if set(attrs) not in ({"answer"}, {"refused"}, {"public_key", "min_count"}, {"masked"}):
+            steps = ({"answer"}, {"refused"}, {"public_key", "min_count"}, {"masked"}, {"masked", "metrics"})
+            if set(attrs) not in steps:
                 raise serializers.ValidationError(
-                    "send answer, refused, masked, or public_key with min_count"
+                    "send answer, refused, masked (with metrics for an evaluation), "
+                    "or public_key with min_count"
                 )
             return attrs
 

@@ -45,9 +45,6 @@ def work_for(*, credential: AgentCredential) -> dict[str, object] | None:
     summary = summary_task_for(credential=credential)
     if summary is not None:
         return summary
-    query = query_task_for(credential=credential)
-    if query is not None:
-        return query
     rounds = (
         _open_rounds_for(credential.institution_id)
         .select_related("job__study", "base_version")
@@ -59,7 +56,8 @@ def work_for(*, credential: AgentCredential) -> dict[str, object] | None:
         approved = approved_site_id_list(job=round_.job)
         if secure_rounds.site_pending(round_, credential.institution_id, approved):
             return task_for(round_, credential.institution_id)
-    return None
+    # Queries come after the rounds: one a site cannot answer never holds its training up.
+    return query_task_for(credential=credential)
 
 
 def study_settings(job: Job) -> StudySettings:
@@ -90,26 +88,33 @@ def query_task_for(*, credential: AgentCredential) -> dict[str, object] | None:
     query, _ = awaiting
     evaluation = None
     if query.spec.get("kind") == "evaluation":
-        versions = list(
-            ModelVersion.objects.filter(pk__in=query.spec["versions"]).select_related("job__study")
-        )
-        by_id = {v.pk: v for v in versions}
-        ordered = [by_id[v] for v in query.spec["versions"] if v in by_id]
-        evaluation = {
-            "study": study_settings(ordered[0].job).to_json(),
-            "versions": [{"id": v.pk, "sha256": v.sha256, "size": v.size} for v in ordered],
-        }
+        evaluation = _evaluation_of(query.spec["versions"])
+        if evaluation is None:
+            query_services.query_fail(query=query, reason="a model version it names no longer exists")
+            return None
     task = QueryTask(
         query_id=query.pk,
         deadline_at=query.deadline_at.isoformat(),
         study_id=query.study.pk,
         study_name=query.study.name,
-        data_schema=query.study.data_schema,
+        data_schema=query.data_schema,
         query=query.spec,
         secure_aggregation=query_services.secure_step(query),
         evaluation=evaluation,
     )
     return task.to_json()
+
+
+def _evaluation_of(version_ids: list[int]) -> dict[str, object] | None:
+    """An evaluation's study settings and model versions, or None if a version is gone."""
+    by_id = {v.pk: v for v in ModelVersion.objects.filter(pk__in=version_ids).select_related("job__study")}
+    if set(by_id) != set(version_ids):
+        return None
+    ordered = [by_id[v] for v in version_ids]
+    return {
+        "study": study_settings(ordered[0].job).to_json(),
+        "versions": [{"id": v.pk, "sha256": v.sha256, "size": v.size} for v in ordered],
+    }
 
 
 def task_for(round_: Round, institution_id: int) -> dict[str, object]:

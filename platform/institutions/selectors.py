@@ -8,7 +8,7 @@ from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 
 from accounts.selectors import Scope, scope_queryset
-from fedplatform.errors import NotFound
+from fedplatform.errors import Forbidden, NotFound
 from institutions.models import AgentCredential, EnrollmentToken, Institution
 
 #: An agent counts as online when its credential was last seen at most this long ago.
@@ -42,6 +42,13 @@ def institution_get(*, scope: Scope, institution_id: int) -> Institution:
     if institution is None:
         raise NotFound("no such institution")
     return institution
+
+
+def own_institution_get(*, scope: Scope, institution_id: int) -> Institution:
+    """The institution a data owner decides for: only their own."""
+    if institution_id != scope.institution_id:
+        raise Forbidden("a data owner decides only for their own institution", code="not_your_institution")
+    return institution_get(scope=scope, institution_id=institution_id)
 
 
 def credential_list(*, institution: Institution) -> QuerySet[AgentCredential]:

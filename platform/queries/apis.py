@@ -10,9 +10,8 @@ from rest_framework.response import Response
 
 from accounts.permissions import IsDataOwner
 from fedplatform.api_base import ApiView, error_responses, request_actor, request_scope
-from fedplatform.errors import Forbidden
 from fedplatform.serializers import MAX_ID, InstitutionRefSerializer
-from institutions.selectors import institution_get
+from institutions.selectors import own_institution_get
 from queries import services
 from studies.apis import DecisionChoice, DecisionChoiceField
 from studies.models import Decision
@@ -140,11 +139,9 @@ class QueryDecideApi(ApiView):
         study, query = services.scoped_query_get(scope=scope, study_id=study_id, query_id=query_id)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        if serializer.validated_data["institution"] != scope.institution_id:
-            raise Forbidden(
-                "a data owner decides only for their own institution", code="not_your_institution"
-            )
-        institution = institution_get(scope=scope, institution_id=serializer.validated_data["institution"])
+        institution = own_institution_get(
+            scope=scope, institution_id=serializer.validated_data["institution"]
+        )
         services.query_decide(
             query=query,
             institution=institution,

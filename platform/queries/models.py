@@ -18,6 +18,9 @@ class Query(models.Model):
     study = models.ForeignKey("studies.Study", on_delete=models.CASCADE, related_name="queries")
     #: ``federation.analytics.queries.Query.to_json()``, checked against the study's schema.
     spec = models.JSONField()
+    #: The study's data schema when the query was asked: every site reads the same columns
+    #: and levels, whatever a later data agreement widens.
+    data_schema = models.JSONField()
     title = models.CharField(max_length=300)
     state = models.CharField(max_length=10, choices=QueryState.choices, default=QueryState.OPEN)
     #: Summed so that the server sees only the total: ``phase`` is then "keys", then "mask".
@@ -54,6 +57,8 @@ class QuerySite(models.Model):
     public_key = models.CharField(max_length=100, blank=True)
     min_count = models.PositiveIntegerField(null=True, blank=True)
     masked = models.TextField(blank=True)
+    #: Beside a secure evaluation's masked counts: the site's own figures (scalars only).
+    site_metrics = models.JSONField(null=True, blank=True)
     answered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

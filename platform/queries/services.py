@@ -13,8 +13,6 @@ charged to each answering site's privacy ledger (:class:`QuerySpend`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -35,6 +33,7 @@ from federation.analytics.queries import (
     combine_total,
     parse_answer,
     parse_query,
+    parse_site_metrics,
     vector_length,
 )
 from federation.data import DataSchema
@@ -42,6 +41,7 @@ from federation.data.text import TextSchema, parse_data_schema
 from federation.errors import FederationError
 from federation.privacy.secure_sum import from_text, masked_length, unmasked_sum
 from fedplatform.errors import Conflict, InvalidInput, NotFound
+from fedplatform.secure_sum_steps import SecurePhase, masked_of, public_key_of, refusal_of
 from institutions.models import AgentCredential, Institution
 from queries.models import Query, QuerySite, QuerySpend, QueryState
 from studies.agreement import secure_promised
@@ -49,27 +49,24 @@ from studies.models import Decision, Study
 from studies.selectors import study_get
 from training.models import ModelVersion
 
-#: Longest refusal reason kept from an agent.
-MAX_REASON_CHARS = 2000
-#: An X25519 public key.
-KEY_BYTES = 32
-
-
-class SecurePhase:
-    KEYS = "keys"
-    MASK = "mask"
+#: The fewest sites a secure sum hides each one's answer among.
+MIN_SECURE_SITES = 3
 
 
 def _schema(study: Study) -> DataSchema:
-    schema = parse_data_schema(dict(study.data_schema))
+    return _tabular(study.data_schema)
+
+
+def _tabular(data_schema: Mapping[str, object]) -> DataSchema:
+    schema = parse_data_schema(dict(data_schema))
     if isinstance(schema, TextSchema):
         raise InvalidInput("a text study has no columns to query; its models can still be evaluated by jobs")
     return schema
 
 
 def query_spec(query: Query) -> QuerySpec:
-    """The stored question, parsed again against the study's schema."""
-    return parse_query(query.spec, _schema(query.study))
+    """The stored question, parsed again against the schema it was asked under."""
+    return parse_query(query.spec, _tabular(query.data_schema))
 
 
 def _num_classes(study: Study) -> int:
@@ -119,8 +116,13 @@ def query_create(
         parsed = parse_query(dict(spec), schema)
     except FederationError as error:
         raise InvalidInput(f"query: {error}") from None
+    sites = list(study.participants.filter(decision=Decision.APPROVED).select_related("institution"))
+    if not sites:
+        raise Conflict("no site has approved the study: no one could answer", code="not_approved")
     promised = secure_promised(study)
-    secure = promised if secure_aggregation is None else secure_aggregation
+    secure = (
+        _secure_by_default(parsed, promised, len(sites)) if secure_aggregation is None else secure_aggregation
+    )
     secure = secure and parsed.secure_supported
     if promised and not secure:
         raise InvalidInput(
@@ -132,11 +134,9 @@ def query_create(
         raise InvalidInput(
             f"a {parsed.kind.value} query cannot be summed securely", code="secure_unsupported"
         )
-    sites = list(study.participants.filter(decision=Decision.APPROVED).select_related("institution"))
-    if not sites:
-        raise Conflict("no site has approved the study: no one could answer", code="not_approved")
-    if secure and len(sites) < 2:
-        raise InvalidInput("a secure sum needs at least two sites")
+    if secure and len(sites) < MIN_SECURE_SITES:
+        # With two, each site's data owner would read the other's answer as total minus own.
+        raise InvalidInput(f"a secure sum needs at least {MIN_SECURE_SITES} sites", code="too_few_sites")
     if secure and _masked_body_bytes(parsed) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
         raise InvalidInput(
             "a site's masked answer to this query would exceed the largest body the server takes; "
@@ -146,6 +146,7 @@ def query_create(
     query = Query.objects.create(
         study=study,
         spec=parsed.to_json(),
+        data_schema=study.data_schema,
         title=_title(parsed),
         secure_aggregation=secure,
         phase=SecurePhase.KEYS if secure else "",
@@ -164,6 +165,13 @@ def query_create(
         },
     )
     return query
+
+
+def _secure_by_default(parsed: QuerySpec, promised: bool, sites: int) -> bool:
+    """As the study's privacy settings say; an evaluation, whose score histograms come close
+    to each held-out row's label and score, is summed securely wherever it can be (each
+    site then sends only its own scalar figures in the clear)."""
+    return promised or (parsed.kind is QueryKind.EVALUATION and sites >= MIN_SECURE_SITES)
 
 
 def _masked_body_bytes(parsed: QuerySpec) -> int:
@@ -243,15 +251,6 @@ def secure_step(query: Query) -> dict[str, object] | None:
     return step
 
 
-def _refusal_of(body: Mapping[str, object]) -> str | None:
-    refusal = body.get("refused")
-    if refusal is None:
-        return None
-    if not isinstance(refusal, str) or not refusal.strip():
-        raise InvalidInput("refused must be the reason, a non-empty string")
-    return refusal.strip()[:MAX_REASON_CHARS]
-
-
 def _record_step(query: Query, site: QuerySite, body: Mapping[str, object]) -> None:
     spec = query_spec(query)
     if not query.secure_aggregation:
@@ -262,31 +261,28 @@ def _record_step(query: Query, site: QuerySite, body: Mapping[str, object]) -> N
         except FederationError as error:
             raise InvalidInput(f"answer: {error}") from None
     elif query.phase == SecurePhase.KEYS:
-        site.public_key = _public_key(body)
+        site.public_key = public_key_of(body, asks="public_key and min_count")
         min_count = body.get("min_count")
         if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
             raise InvalidInput("min_count must be the site's minimum cell count, a positive integer")
         site.min_count = min_count
     else:
-        if "masked" not in body:
-            raise Conflict("this step asks for masked (or refused)", code="wrong_phase")
-        try:
-            from_text(body["masked"], masked_length(vector_length(spec)))
-        except FederationError as error:
-            raise InvalidInput(f"masked: {error}") from None
-        site.masked = str(body["masked"])
+        site.masked = masked_of(body, vector_length(spec))
+        site.site_metrics = _site_metrics(spec, body)
 
 
-def _public_key(body: Mapping[str, object]) -> str:
-    if "public_key" not in body:
-        raise Conflict("this step asks for public_key and min_count (or refused)", code="wrong_phase")
+def _site_metrics(spec: QuerySpec, body: Mapping[str, object]) -> dict[str, object] | None:
+    """Beside its masked counts, an evaluating site sends its own figures (scalars only)."""
+    if spec.kind is not QueryKind.EVALUATION:
+        if "metrics" in body:
+            raise InvalidInput("metrics go only with an evaluation's masked counts")
+        return None
+    if "metrics" not in body:
+        raise InvalidInput("an evaluation's masked counts come with the site's own metrics")
     try:
-        key = base64.b64decode(str(body["public_key"]), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput("public_key must be base64") from None
-    if len(key) != KEY_BYTES:
-        raise InvalidInput(f"public_key must be {KEY_BYTES} bytes")
-    return str(body["public_key"])
+        return parse_site_metrics(spec, body["metrics"])
+    except FederationError as error:
+        raise InvalidInput(f"metrics: {error}") from None
 
 
 @transaction.atomic
@@ -300,13 +296,17 @@ def query_answer_record(
         raise Conflict("this site's data owner has not approved this query", code="not_approved")
     if not _awaits(query, site):
         raise Conflict("this site has answered this step already", code="answered")
-    refusal = _refusal_of(body)
+    refusal = refusal_of(body)
     if refusal is not None:
         site.refusal = refusal
     else:
         _record_step(query, site, body)
     site.answered_at = timezone.now()
     site.save()
+    if refusal is None:
+        _charge_noise(query, site)
+    # Recorded before the query moves on, so the trail reads answer, then result; the
+    # query's row is locked already and nothing after this waits for another's lock.
     audit_record(
         actor=f"agent:{credential.pk}",
         kind="query.refused" if refusal else "query.answered",
@@ -320,6 +320,17 @@ def query_answer_record(
     )
     _advance(query)
     return site
+
+
+def _charge_noise(query: Query, site: QuerySite) -> None:
+    """A noised answer spends the site's epsilon once it is sent, whatever becomes of the
+    query (the agent's own record counts it the same way)."""
+    epsilon = query.spec.get("epsilon")
+    sent = site.answer is not None or bool(site.masked)
+    if isinstance(epsilon, int | float) and sent:
+        QuerySpend.objects.get_or_create(
+            query=query, institution_id=site.institution_id, defaults={"epsilon": epsilon}
+        )
 
 
 def _advance(query: Query) -> None:
@@ -346,7 +357,9 @@ def _result(query: Query, sites: list[QuerySite]) -> dict[str, object]:
     min_count = max(s.min_count or 1 for s in sites)
     # The total is checked as a site's answer is: it must be what real rows could give.
     checked = parse_answer(spec, answer_of_vector(spec, total), secure=True)
-    return {**combine_total(spec, checked, min_count=min_count), "min_count": min_count}
+    figures = {s.institution.name: dict(s.site_metrics) for s in sites if s.site_metrics is not None}
+    result = combine_total(spec, checked, min_count=min_count, site_metrics=figures or None)
+    return {**result, "min_count": min_count}
 
 
 def _finish(query: Query, sites: list[QuerySite]) -> None:
@@ -362,10 +375,6 @@ def _finish(query: Query, sites: list[QuerySite]) -> None:
     query.finished_at = timezone.now()
     query.save(update_fields=["result", "state", "finished_at"])
     epsilon = query.spec.get("epsilon")
-    if isinstance(epsilon, int | float):
-        QuerySpend.objects.bulk_create(
-            [QuerySpend(query=query, institution_id=s.institution_id, epsilon=float(epsilon)) for s in sites]
-        )
     audit_record(
         actor="system",
         kind="query.complete",
@@ -377,6 +386,14 @@ def _finish(query: Query, sites: list[QuerySite]) -> None:
             **({"epsilon_per_site": epsilon} if epsilon else {}),
         },
     )
+
+
+@transaction.atomic
+def query_fail(*, query: Query, reason: str) -> None:
+    """End an open query that cannot be answered, with the reason."""
+    locked = Query.objects.select_for_update().get(pk=query.pk)
+    if locked.state == QueryState.OPEN:
+        _fail(locked, reason)
 
 
 def _fail(query: Query, reason: str) -> None:

@@ -15,8 +15,6 @@ columns under the versions trained so far.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -35,6 +33,7 @@ from federation.models import model_config_from_json
 from federation.privacy.secure_sum import FRACTION_BITS, from_text, masked_length, unmasked_sum
 from federation.protocol import SummaryTask
 from fedplatform.errors import Conflict, InvalidInput
+from fedplatform.secure_sum_steps import SecurePhase, masked_of, public_key_of, refusal_of
 from institutions.models import AgentCredential, Institution
 from studies.model_limits import check_model_size
 from studies.models import (
@@ -46,11 +45,6 @@ from studies.models import (
     SummaryRequest,
     SummaryRequestState,
 )
-
-#: Longest refusal reason kept from an agent.
-MAX_REASON_CHARS = 2000
-#: An X25519 public key.
-KEY_BYTES = 32
 
 
 def secure_promised(study: Study) -> bool:
@@ -118,13 +112,6 @@ def summary_request_open(
     return request
 
 
-class SecurePhase:
-    """The two steps of a secure request: every site's key, then every site's masked input."""
-
-    KEYS = "keys"
-    MASK = "mask"
-
-
 def _open_requests_for(institution_id: int):  # type: ignore[no-untyped-def]
     approved = StudyParticipant.objects.filter(
         study=OuterRef("study"), institution=institution_id, decision=Decision.APPROVED
@@ -170,15 +157,6 @@ def summary_task_for(*, credential: AgentCredential) -> dict[str, object] | None
     return None
 
 
-def _refusal_of(body: Mapping[str, object]) -> str | None:
-    refusal = body.get("refused")
-    if refusal is None:
-        return None
-    if not isinstance(refusal, str) or not refusal.strip():
-        raise InvalidInput("refused must be the reason, a non-empty string")
-    return refusal.strip()[:MAX_REASON_CHARS]
-
-
 def _plain_summary(body: Mapping[str, object], schema: DataSchema) -> dict[str, object]:
     if "summary" not in body:
         raise Conflict("this request asks for a summary: send summary (or refused)", code="wrong_phase")
@@ -186,28 +164,6 @@ def _plain_summary(body: Mapping[str, object], schema: DataSchema) -> dict[str, 
         return SiteSummary.from_json(body["summary"], schema).to_json()
     except FederationError as error:
         raise InvalidInput(f"summary: {error}") from None
-
-
-def _public_key(body: Mapping[str, object]) -> str:
-    if "public_key" not in body:
-        raise Conflict("this step asks for public_key (or refused)", code="wrong_phase")
-    try:
-        key = base64.b64decode(str(body["public_key"]), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput("public_key must be base64") from None
-    if len(key) != KEY_BYTES:
-        raise InvalidInput(f"public_key must be {KEY_BYTES} bytes")
-    return str(body["public_key"])
-
-
-def _masked(body: Mapping[str, object], schema: DataSchema) -> str:
-    if "masked" not in body:
-        raise Conflict("this step asks for masked (or refused)", code="wrong_phase")
-    try:
-        from_text(body["masked"], masked_length(summary_length(schema)))
-    except FederationError as error:
-        raise InvalidInput(f"masked: {error}") from None
-    return str(body["masked"])
 
 
 def _locked_request(credential: AgentCredential, request_id: int) -> SummaryRequest:
@@ -244,15 +200,15 @@ def summary_answer_record(
         raise Conflict("this site sent no key for this request: it is not in the sum", code="not_in_roster")
     answer = answer or SummaryAnswer(request=request, institution_id=credential.institution_id)
     schema = _tabular_schema(request.study)
-    refusal = _refusal_of(body)
+    refusal = refusal_of(body)
     if refusal is not None:
         answer.refusal = refusal
     elif not request.secure_aggregation:
         answer.summary = _plain_summary(body, schema)
     elif request.phase == SecurePhase.KEYS:
-        answer.public_key = _public_key(body)
+        answer.public_key = public_key_of(body)
     else:
-        answer.masked = _masked(body, schema)
+        answer.masked = masked_of(body, summary_length(schema))
     answer.save()
     _audit_answer(credential, request, refusal)
     _advance(request)

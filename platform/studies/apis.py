@@ -15,9 +15,8 @@ from accounts.selectors import Scope
 from federation.aggregation.strategies import StrategyName
 from federation.models.base import MAX_SEED
 from fedplatform.api_base import ApiView, error_responses, request_actor, request_scope
-from fedplatform.errors import Forbidden
 from fedplatform.serializers import MAX_ID, InstitutionRefSerializer
-from institutions.selectors import institution_get
+from institutions.selectors import own_institution_get
 from studies import agreement, selectors, services
 from studies.models import Decision, ScalingMode, Study, StudyParticipant
 
@@ -233,11 +232,9 @@ class StudyDecideApi(ApiView):
         study = selectors.study_get(scope=scope, study_id=study_id)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        if serializer.validated_data["institution"] != scope.institution_id:
-            raise Forbidden(
-                "a data owner decides only for their own institution", code="not_your_institution"
-            )
-        institution = institution_get(scope=scope, institution_id=serializer.validated_data["institution"])
+        institution = own_institution_get(
+            scope=scope, institution_id=serializer.validated_data["institution"]
+        )
         participant = services.study_decide(
             study=study,
             institution=institution,

@@ -101,7 +101,8 @@ def test_a_bad_query_shows_the_reason_on_the_form(coordinator: Client, study: St
 
 def test_a_survival_query_draws_its_curves(coordinator: Client, study: Study) -> None:
     response = coordinator.post(
-        f"/studies/{study.pk}/queries/", {"kind": "survival", "time": "age", "event": "outcome"}
+        f"/studies/{study.pk}/queries/",
+        {"kind": "survival", "time": "age", "event": "outcome", "time_step": "5"},
     )
     assert response.status_code == 302
     page = text(coordinator.get(response["Location"]))

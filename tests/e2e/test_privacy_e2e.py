@@ -36,10 +36,11 @@ def check_secure_rounds(figures: dict) -> None:
     assert figures["training_stopped_after"] is None
     assert figures["round_latency_median_ms"] is not None
     # The agents' evaluation of the final model was summed securely too: the server saw only
-    # the total counts, which give the accuracy the job's final round reported.
+    # the total counts, which give the accuracy the job's final round reported, and each
+    # site's own scalar figures.
     evaluation = figures["cross_site_evaluation"]
-    assert evaluation["sites"] == {}
     assert evaluation["rows"] == 90
+    assert sorted(evaluation["site_rows"].values()) == [30, 30, 30]
     assert evaluation["combined"]["accuracy"] == pytest.approx(
         figures["sites_final_evaluation"]["accuracy"], abs=1e-4
     )

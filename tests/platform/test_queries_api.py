@@ -11,15 +11,26 @@ import pandas as pd
 import pytest
 from platform_world import Site
 from rest_framework.test import APIClient
-from world import study_approve_all
+from world import job_make, job_run, study_approve_all
 
 from accounts.models import Role
-from federation.analytics.queries import SiteTable, answer_vector, parse_query, site_answer
+from agentapi.selectors import query_task_for
+from federation.analytics.queries import (
+    SiteTable,
+    answer_vector,
+    combine_answers,
+    evaluation_answer,
+    evaluation_site_metrics,
+    parse_answer,
+    parse_query,
+    site_answer,
+)
 from federation.data import DataSchema
 from federation.privacy import secagg
 from federation.privacy.secure_sum import masked_input, to_text
+from institutions.models import AgentCredential
 from queries.models import QuerySpend
-from studies.models import Study
+from studies.models import Study, StudyParticipant
 
 pytestmark = [pytest.mark.django_db, pytest.mark.analytics]
 
@@ -42,7 +53,7 @@ FRAMES = {
             "outcome": RNG.choice(["no", "yes"], rows),
         }
     )
-    for name, rows in (("Hospital A", 40), ("Hospital B", 55))
+    for name, rows in (("Hospital A", 40), ("Hospital B", 55), ("Hospital C", 35))
 }
 
 
@@ -105,7 +116,7 @@ def test_a_query_is_answered_only_after_its_data_owner_approves_and_combines_to_
 ) -> None:
     spec = {"kind": "cross_table", "rows": "ward", "by": "outcome"}
     query = ask(coordinator_client, study, spec)
-    assert [s["answer"] for s in query["sites"]] == ["awaiting approval", "awaiting approval"]
+    assert [s["answer"] for s in query["sites"]] == ["awaiting approval"] * 3
     assert sites["Hospital A"].work() is None  # nothing to answer before its data owner approves
 
     approve_all(owners, sites, study, query["id"])
@@ -129,7 +140,7 @@ def test_a_query_is_answered_only_after_its_data_owner_approves_and_combines_to_
         index=["icu", "onco"], columns=["no", "yes"]
     )
     assert done["result"]["combined"]["counts"] == expected.to_numpy().tolist()
-    assert set(done["result"]["sites"]) == {"Hospital A", "Hospital B"}
+    assert set(done["result"]["sites"]) == set(FRAMES)
 
     # A data owner reads the combined result and only its own site's part.
     own = owners["Hospital A"].get(f"/api/v1/studies/{study.pk}/queries/{query['id']}/").json()
@@ -245,7 +256,7 @@ def test_a_noised_query_is_charged_to_every_answering_sites_ledger(
     for name, site in sites.items():
         answer = site_answer(parsed, table(name), min_count=1, rng=np.random.default_rng(0))
         site.client.post(f"/api/agent/v1/queries/{query['id']}", {"answer": answer}, format="json")
-    assert QuerySpend.objects.filter(query_id=query["id"]).count() == 2
+    assert QuerySpend.objects.filter(query_id=query["id"]).count() == 3
     institution = sites["Hospital A"].institution.pk
     ledger = coordinator_client.get(f"/api/v1/institutions/{institution}/privacy-ledger/").json()
     assert ledger["total_epsilon"] == pytest.approx(0.5)
@@ -257,7 +268,10 @@ def test_a_noised_query_is_charged_to_every_answering_sites_ledger(
     [
         ({"query": {"kind": "histogram", "column": "ward", "edges": [0, 1]}}, "invalid"),
         (
-            {"query": {"kind": "survival", "time": "age", "event": "outcome"}, "secure_aggregation": True},
+            {
+                "query": {"kind": "survival", "time": "age", "event": "outcome", "time_step": 30},
+                "secure_aggregation": True,
+            },
             "secure_unsupported",
         ),
         ({"query": {"kind": "evaluation", "versions": [999999]}}, "invalid"),
@@ -288,6 +302,64 @@ def test_only_coordinators_ask_and_only_the_sites_own_data_owner_decides(
     assert wrong.json()["error"]["code"] == "not_your_institution"
 
 
+def test_a_secure_sum_of_two_sites_is_refused_since_each_could_subtract_its_own(
+    coordinator_client: APIClient, sites: dict[str, Site], study: Study
+) -> None:
+    StudyParticipant.objects.filter(study=study, institution=sites["Hospital C"].institution).update(
+        decision="declined"
+    )
+    response = coordinator_client.post(
+        f"/api/v1/studies/{study.pk}/queries/",
+        {"query": {"kind": "columns"}, "secure_aggregation": True},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_few_sites"
+
+
+def test_a_noised_answer_is_charged_even_if_the_query_then_fails(
+    coordinator_client: APIClient, sites: dict[str, Site], owners: dict[str, APIClient], study: Study
+) -> None:
+    spec = {"kind": "histogram", "column": "age", "edges": [0, 60, 200], "epsilon": 0.25}
+    query = ask(coordinator_client, study, spec)
+    approve_all(owners, sites, study, query["id"])
+    parsed = parse_query(spec, DataSchema.from_json(SCHEMA))
+    answer = site_answer(parsed, table("Hospital A"), min_count=1, rng=np.random.default_rng(0))
+    sites["Hospital A"].client.post(f"/api/agent/v1/queries/{query['id']}", {"answer": answer}, format="json")
+    sites["Hospital B"].client.post(
+        f"/api/agent/v1/queries/{query['id']}", {"refused": "policy"}, format="json"
+    )
+    assert (
+        coordinator_client.get(f"/api/v1/studies/{study.pk}/queries/{query['id']}/").json()["state"]
+        == "failed"
+    )
+    charged = QuerySpend.objects.filter(query_id=query["id"])
+    assert [(s.institution_id, s.epsilon) for s in charged] == [(sites["Hospital A"].institution.pk, 0.25)]
+
+
+def test_a_query_reads_the_schema_it_was_asked_under(
+    coordinator_client: APIClient, sites: dict[str, Site], owners: dict[str, APIClient], study: Study
+) -> None:
+    query = ask(coordinator_client, study, {"kind": "cross_table", "rows": "ward", "by": "outcome"})
+    widened = {
+        **SCHEMA,
+        "features": [
+            SCHEMA["features"][0],
+            {**SCHEMA["features"][1], "categories": ["icu", "onco", "neuro"]},
+        ],
+    }
+    Study.objects.filter(pk=study.pk).update(data_schema=widened)  # as a later data agreement would
+    approve_all(owners, sites, study, query["id"])
+    task = sites["Hospital A"].work()
+    assert task["study"]["data_schema"] == SCHEMA
+    parsed = parse_query(task["query"], DataSchema.from_json(task["study"]["data_schema"]))
+    answer = site_answer(parsed, table("Hospital A"), min_count=1)
+    response = sites["Hospital A"].client.post(
+        f"/api/agent/v1/queries/{query['id']}", {"answer": answer}, format="json"
+    )
+    assert response.status_code == 200, response.content
+
+
 def test_a_secure_query_too_large_for_one_body_is_refused_before_anyone_is_asked(
     coordinator_client: APIClient,
     study: Study,
@@ -300,3 +372,58 @@ def test_a_secure_query_too_large_for_one_body_is_refused_before_anyone_is_asked
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "too_large"
+
+
+def test_an_evaluation_is_summed_securely_by_default_with_each_sites_own_figures_beside(
+    coordinator_client: APIClient, sites: dict[str, Site], owners: dict[str, APIClient], study: Study
+) -> None:
+    version = job_run(job_make(study, num_rounds=1, min_updates=3)).model_versions.get(number=0)
+    query = ask(coordinator_client, study, {"kind": "evaluation", "versions": [version.pk]})
+    assert query["secure_aggregation"] is True  # three sites: the score histograms stay hidden
+    approve_all(owners, sites, study, query["id"])
+    parsed = parse_query(query["query"], DataSchema.from_json(SCHEMA))
+    rng = np.random.default_rng(3)
+    answers = {}
+    for name in sites:
+        labels = rng.integers(0, 2, 20)
+        answers[name] = evaluation_answer(
+            parsed, [(labels, np.clip(labels * 0.4 + rng.random(20) * 0.6, 0, 1))], min_count=5
+        )
+    keys = {name: secagg.private_key_bytes() for name in sites}
+    for name, site in sites.items():
+        public = base64.b64encode(secagg.public_key_bytes(keys[name])).decode()
+        site.client.post(
+            f"/api/agent/v1/queries/{query['id']}", {"public_key": public, "min_count": 5}, format="json"
+        )
+    for name, site in sites.items():
+        assert site.work()["kind"] == "train"  # the job's open round comes before any query
+        task = query_task_for(credential=AgentCredential.objects.get(pk=site.credential_id))
+        assert task is not None
+        assert task["evaluation"]["versions"][0]["sha256"] == version.sha256
+        roster = {int(k): base64.b64decode(v) for k, v in task["secure_aggregation"]["roster"].items()}
+        masked = masked_input(
+            answer_vector(parsed, answers[name]),
+            site_id=site.institution.pk,
+            private_key=keys[name],
+            roster=roster,
+            question=f"query-{query['id']}",
+        )
+        without = site.client.post(
+            f"/api/agent/v1/queries/{query['id']}", {"masked": to_text(masked)}, format="json"
+        )
+        assert without.status_code == 400  # an evaluation's masked counts come with the site's figures
+        body = {"masked": to_text(masked), "metrics": evaluation_site_metrics(parsed, answers[name])}
+        assert (
+            site.client.post(f"/api/agent/v1/queries/{query['id']}", body, format="json").status_code == 200
+        )
+    result = coordinator_client.get(f"/api/v1/studies/{study.pk}/queries/{query['id']}/").json()["result"]
+    clear = combine_answers(parsed, {name: parse_answer(parsed, a) for name, a in answers.items()})
+    secure_part, clear_part = result["versions"][str(version.pk)], clear["versions"][str(version.pk)]
+    assert secure_part["combined"]["accuracy"] == pytest.approx(clear_part["combined"]["accuracy"], abs=1e-12)
+    assert secure_part["combined"]["roc_auc"] == pytest.approx(clear_part["combined"]["roc_auc"], abs=1e-9)
+    for name in sites:
+        assert secure_part["sites"][name]["accuracy"] == pytest.approx(clear_part["sites"][name]["accuracy"])
+        assert "confusion" not in secure_part["sites"][name]  # scalars only
+    assert secure_part["example_weighted"]["accuracy"] == pytest.approx(
+        clear_part["example_weighted"]["accuracy"]
+    )

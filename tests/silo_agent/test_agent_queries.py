@@ -13,7 +13,7 @@ import pytest
 
 from federation.protocol import QueryTask
 from silo_agent.config import AnalyticsPolicy, DataSource, DataSourceKind, Policy, load_config
-from silo_agent.errors import ConfigError
+from silo_agent.errors import ApiError, ConfigError
 from silo_agent.local_data import DataCache
 from silo_agent.queries import QueryAnswerer, spent_epsilon
 
@@ -107,13 +107,19 @@ def test_missing_values_are_counted_not_refused(tmp_path: Path) -> None:
     }
 
 
-def test_a_survival_query_reads_a_boolean_event_column(tmp_path: Path) -> None:
-    body = answer(tmp_path, POLICY, task({"kind": "survival", "time": "days", "event": "died"}))
-    survival = body["answer"]
-    assert survival["times"] == [10.0 * (i + 1) for i in range(12)]  # type: ignore[index]
-    assert survival["at_risk"] == list(range(12, 0, -1))  # type: ignore[index]
-    # One death per step, below the minimum of 5: every event cell is suppressed.
-    assert all(survival["suppressed"][i] == (i % 2 == 1) for i in range(12))  # type: ignore[index]
+def test_a_survival_query_reads_a_boolean_event_column_and_merges_small_steps(tmp_path: Path) -> None:
+    one_step = answer(
+        tmp_path, POLICY, task({"kind": "survival", "time": "days", "event": "died", "time_step": 10})
+    )
+    # One exit every 10 days, below the minimum of 5: steps merge until 5 died and 5 were
+    # censored; the last two rows join the step before.
+    assert one_step["answer"] == {"times": [120.0], "at_risk": [12], "events": [6], "suppressed": [True]}
+    lenient = Policy(approved_studies=("Wards",), analytics=AnalyticsPolicy(min_count=1))
+    query = {"kind": "survival", "time": "days", "event": "died", "time_step": 10}
+    exact = answer(tmp_path, lenient, task(query, query_id=11))["answer"]
+    assert exact["times"] == [10.0 * (i + 1) for i in range(12)]  # type: ignore[index]
+    assert exact["at_risk"] == list(range(12, 0, -1))  # type: ignore[index]
+    assert exact["events"] == [i % 2 for i in range(12)]  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
@@ -196,3 +202,40 @@ def test_the_analytics_policy_is_read_from_the_agent_file(tmp_path: Path) -> Non
     config.write_text(config.read_text().replace("min_count = 11", "min_count = 0"))
     with pytest.raises(ConfigError, match="min_count"):
         load_config(config)
+
+
+def test_a_query_the_agent_cannot_read_is_refused_not_left_waiting(tmp_path: Path) -> None:
+    body = answer(tmp_path, POLICY, task({"kind": "median", "column": "age"}))
+    assert "cannot read the query" in str(body["refused"])
+
+
+class RefusingServer(RecordingClient):
+    """Refuses the first answer with a 400, as a server whose check an answer fails."""
+
+    def post_query(self, query_id: int, body: Mapping[str, object]) -> None:
+        if "answer" in body:
+            raise ApiError(400, "invalid", "answer: counts must be whole numbers")
+        super().post_query(query_id, body)
+
+
+def test_an_answer_the_server_refuses_ends_in_a_refusal(tmp_path: Path) -> None:
+    client = RefusingServer()
+    QueryAnswerer(
+        client=client,  # type: ignore[arg-type]
+        policy=POLICY,
+        data=site_file(tmp_path),
+        institution_id=2,
+        state_dir=tmp_path / "state",
+        scorer=lambda study, version: (np.zeros(1, dtype=np.int64), np.zeros(1)),
+    ).answer(task({"kind": "columns"}))
+    [(_, body)] = client.sent
+    assert "did not take this site's answer (invalid)" in str(body["refused"])
+
+
+def test_an_unreadable_own_record_stops_noised_answers(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "answers.jsonl").write_text("{not json\n")
+    assert spent_epsilon(tmp_path / "state" / "answers.jsonl") == float("inf")
+    noised = {"kind": "histogram", "column": "age", "edges": [0, 50, 100], "epsilon": 0.1}
+    limited = Policy(approved_studies=("Wards",), analytics=AnalyticsPolicy(max_epsilon=5.0))
+    assert "past its limit" in str(answer(tmp_path, limited, task(noised))["refused"])

@@ -152,7 +152,8 @@ def test_histograms_cross_tables_and_quantile_bounds_are_the_pooled_ones(
 @given(split=splits)
 def test_kaplan_meier_is_lifelines_on_the_pool(split: tuple[int, list[int]]) -> None:
     frames = sites_of(split)
-    result = over_the_wire(parse_query({"kind": "survival", "time": "days", "event": "died"}, SCHEMA), frames)
+    query = parse_query({"kind": "survival", "time": "days", "event": "died", "time_step": 1}, SCHEMA)
+    result = over_the_wire(query, frames)
     pooled = pd.concat(frames, ignore_index=True)
     fitter = KaplanMeierFitter().fit(pooled["days"], pooled["died"])
     combined = result["combined"]
@@ -164,10 +165,56 @@ def test_kaplan_meier_is_lifelines_on_the_pool(split: tuple[int, list[int]]) -> 
 def test_a_label_with_two_classes_is_an_event_column_its_second_class_the_event() -> None:
     frames = sites_of((3, [40, 50]))
     result = over_the_wire(
-        parse_query({"kind": "survival", "time": "days", "event": "outcome"}, SCHEMA), frames
+        parse_query({"kind": "survival", "time": "days", "event": "outcome", "time_step": 7}, SCHEMA), frames
     )
     pooled = pd.concat(frames, ignore_index=True)
     assert sum(result["combined"]["events"]) == int((pooled["outcome"] == "yes").sum())
+
+
+@settings(max_examples=30, deadline=None)
+@given(split=splits, min_count=st.integers(2, 8), step=st.sampled_from([1, 10, 30]))
+def test_survival_steps_merge_until_every_count_reaches_the_minimum(
+    split: tuple[int, list[int]], min_count: int, step: int
+) -> None:
+    """Every count a site sends, and every difference of two, is 0 or at least its minimum;
+    the combined curve is lifelines' on the pooled rows with each time moved to the end of
+    its site's merged step (the coarsening is all that changes)."""
+    query = parse_query({"kind": "survival", "time": "days", "event": "died", "time_step": step}, SCHEMA)
+    frames, moved = [], []
+    for frame in sites_of(split):
+        died, censored = int(frame["died"].sum()), int(len(frame) - frame["died"].sum())
+        if any(0 < count < min_count for count in (died, censored, len(frame))):
+            with pytest.raises(ConfigurationError, match="minimum"):
+                site_answer(query, table_of(frame), min_count=min_count)
+            continue  # the site refuses: its totals alone would break its minimum
+        frames.append(frame)
+        answer = site_answer(query, table_of(frame), min_count=min_count)
+        at_risk, events = np.asarray(answer["at_risk"]), np.asarray(answer["events"])
+        exits = -np.diff(np.append(at_risk, 0))
+        for count in (*events, *exits, *(exits - events)):
+            assert count == 0 or count >= min_count
+        assert at_risk[0] == len(frame)
+        assert events.sum() == frame["died"].sum()
+        ends = np.asarray(answer["times"])
+        grid = np.ceil(frame["days"].to_numpy() / step) * step
+        moved.append(
+            frame.assign(days=ends[np.searchsorted(ends, grid, side="left").clip(max=len(ends) - 1)])
+        )
+    if not frames:
+        return
+    result = over_the_wire(query, frames, min_count=min_count)
+    pooled = pd.concat(moved, ignore_index=True)
+    expected = (
+        KaplanMeierFitter()
+        .fit(pooled["days"], pooled["died"])
+        .survival_function_at_times(result["combined"]["times"])
+    )
+    np.testing.assert_allclose(result["combined"]["survival"], expected.to_numpy(), atol=1e-12)
+
+
+def test_a_survival_query_needs_a_time_grid() -> None:
+    with pytest.raises(ConfigurationError, match="time_step"):
+        parse_query({"kind": "survival", "time": "days", "event": "died"}, SCHEMA)
 
 
 def test_small_cells_are_suppressed_at_the_site_exactly_below_the_threshold() -> None:
