@@ -126,13 +126,22 @@ def _correlation(result: Json, spec: Json) -> tuple[list[Table], list[str]]:
 def _survival(result: Json, spec: Json) -> tuple[list[Table], list[str]]:
     combined = result["combined"]
     assert isinstance(combined, Mapping)
-    table = Table("Combined Kaplan–Meier estimate", ["Time", "At risk", "Events", "Survival", "95% band"])
+    table = Table(
+        "Combined Kaplan–Meier estimate", ["Time", "At risk", "Events", "Survival", "95% band", "Merged"]
+    )
     times = list(combined["times"])
     for i in range(min(len(times), MAX_TABLE_ROWS)):
-        events = _cell(combined["events"][i], combined["suppressed"][i], True)
         band = f"{number(combined['lower'][i], 3)} – {number(combined['upper'][i], 3)}"
+        merged = "yes" if combined["suppressed"][i] else ""
         table.rows.append(
-            [number(times[i]), number(combined["at_risk"][i]), events, number(combined["survival"][i]), band]
+            [
+                number(times[i]),
+                number(combined["at_risk"][i]),
+                number(combined["events"][i]),
+                number(combined["survival"][i]),
+                band,
+                merged,
+            ]
         )
     notes = []
     if len(times) > MAX_TABLE_ROWS:
@@ -146,6 +155,10 @@ def _survival(result: Json, spec: Json) -> tuple[list[Table], list[str]]:
             f"{test['degrees_of_freedom']} degrees of freedom, p = {number(test['p_value'], 4)}."
         )
     notes.append("Each band is the exponential Greenwood 95% interval (as lifelines draws it).")
+    notes.append(
+        "Times are rounded up to the query's grid; a site merges a step into the next until its "
+        "counts reach the site's minimum (marked \u201cmerged\u201d where any site did)."
+    )
     return [table], notes
 
 

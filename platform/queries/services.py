@@ -180,7 +180,9 @@ def _masked_body_bytes(parsed: QuerySpec) -> int:
 
 
 def _open_locked(query_id: int) -> Query:
-    query = Query.objects.select_for_update().filter(pk=query_id).select_related("study").first()
+    # Only the query's row: the study's stays free for its own writers (the data agreement
+    # locks the study, then its request; a query never waits for those).
+    query = Query.objects.select_for_update(of=("self",)).filter(pk=query_id).select_related("study").first()
     if query is None:
         raise NotFound("no such query")
     if query.state != QueryState.OPEN or query.deadline_at <= timezone.now():

@@ -108,3 +108,36 @@ def test_a_survival_query_draws_its_curves(coordinator: Client, study: Study) ->
     page = text(coordinator.get(response["Location"]))
     assert "survival: age until outcome" in page
     assert 'data-state="open"' in page
+
+
+def test_a_survival_result_shows_its_curve_table_and_merged_steps(
+    coordinator: Client,
+    owner_a: Client,
+    owner_b: Client,
+    study: Study,
+    hospital_a: Institution,
+    hospital_b: Institution,
+) -> None:
+    spec = {"kind": "survival", "time": "age", "event": "outcome", "time_step": 10}
+    response = coordinator.post(f"/studies/{study.pk}/queries/", {**spec, "time_step": "10"})
+    assert response.status_code == 302
+    query = Query.objects.get()
+    for owner in (owner_a, owner_b):
+        owner.post(f"/studies/{study.pk}/queries/{query.pk}/decision/", {"decision": "approve"})
+    parsed = parse_query(query.spec, DataSchema.from_json(query.data_schema))
+    rng = np.random.default_rng(1)
+    for institution in (hospital_a, hospital_b):
+        credential = AgentCredential.objects.get(pk=agent_make(institution).credential.pk)
+        ages = rng.integers(20, 90, 40).astype(float)
+        outcomes = list(rng.choice(["no", "yes"], 40))
+        table = SiteTable(
+            numeric={"age": ages, "bmi": ages, "glucose": ages}, categorical={"outcome": outcomes}
+        )
+        body = {"answer": site_answer(parsed, table, min_count=5)}
+        query_answer_record(credential=credential, query_id=query.pk, body=body)
+    page = text(coordinator.get(f"/studies/{study.pk}/queries/{query.pk}/"))
+    assert 'data-state="complete"' in page
+    assert 'data-testid="query-chart"' in page
+    assert "Combined Kaplan–Meier estimate" in page
+    assert "Log-rank test between sites" in page
+    assert '<th scope="col">Merged</th>' in page

@@ -24,6 +24,9 @@ from studies.models import Study
 from studies.selectors import study_get
 from training.models import ModelVersion
 
+#: The newest queries a study's page lists (the API pages through all of them).
+MAX_LISTED_QUERIES = 100
+
 KIND_LABELS = {
     QueryKind.COLUMNS: "Counts, means and spread",
     QueryKind.HISTOGRAM: "Histogram",
@@ -141,7 +144,8 @@ def query_list_view(request: HttpRequest, study_id: int) -> HttpResponseBase:
 
 
 def _list_page(request: HttpRequest, scope: Scope, study: Study, form: QueryForm) -> HttpResponse:
-    queries = [services.query_view(query=q, scope=scope) for q in services.query_list(study=study)]
+    latest = services.query_list(study=study)[:MAX_LISTED_QUERIES]
+    queries = [services.query_view(query=q, scope=scope) for q in latest]
     context = {"study": study, "queries": queries, "form": form, "kind_labels": KIND_LABELS}
     return page(request, "console/queries/list.html", context, section="studies")
 
