@@ -33,6 +33,7 @@ ERROR_DESCRIPTIONS = {
     403: "This account's role may not do this.",
     404: "No such object, or it lies outside this account's institution.",
     409: "Conflicts with the object's current state.",
+    413: "The body is larger than this route takes.",
     429: "Too many attempts from this address: ask again after `Retry-After` seconds.",
 }
 

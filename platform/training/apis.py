@@ -11,11 +11,13 @@ from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import serializers, status
+from rest_framework.parsers import MultiPartParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from fedplatform.api_base import ApiView, error_responses, json_error_responses, request_actor, request_scope
+from fedplatform.errors import TooLarge
 from fedplatform.serializers import MAX_ID, InstitutionRefSerializer
 from institutions.selectors import institution_get
 from studies.models import Decision, Study
@@ -309,6 +311,55 @@ class JobModelListApi(ApiView):
         queryset = selectors.model_version_list(job=job)
         return self.paginated_response(
             queryset=queryset, serializer_class=ModelVersionOutputSerializer, context={"scope": scope}
+        )
+
+
+#: Room a multipart body needs beyond the model file: the name, part headers and boundaries.
+UPLOAD_ENVELOPE_BYTES = 64 * 1024
+
+
+class JobModelUploadApi(ApiView):
+    """A model trained elsewhere, in the job's format, added as its next version (coordinators)."""
+
+    parser_classes = (MultiPartParser,)  # type: ignore[assignment]
+
+    class InputSerializer(serializers.Serializer):
+        tensors = serializers.FileField(help_text="the model as a safetensors file in the job's format")
+        name = serializers.CharField(max_length=200, help_text="what the model is, for people")
+
+        class Meta:
+            ref_name = "ModelUpload"
+
+    @extend_schema(
+        tags=TAGS,
+        request={"multipart/form-data": InputSerializer},
+        responses={201: ModelVersionOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)},
+    )
+    def post(self, request: Request, job_id: int) -> Response:
+        """Upload a model in the job's format (tensor names, shapes, dtypes) to a finished job:
+        it becomes the job's next version, which the sites can evaluate (docs/analytics.md)."""
+        scope = request_scope(request)
+        job = selectors.job_get(scope=scope, job_id=job_id)
+        limit = services.model_upload_limit(job=job)
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isdigit() and int(length) > limit + UPLOAD_ENVELOPE_BYTES:  # before the body is read
+            raise TooLarge(
+                f"the request body is {int(length)} bytes; a model of this job takes at most {limit}"
+            )
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = serializer.validated_data["tensors"]
+        if upload.size > limit:
+            raise TooLarge(f"the model is {upload.size} bytes; this job's format takes at most {limit}")
+        version = services.model_version_upload(
+            job_id=job.pk,
+            data=upload.read(),
+            name=serializer.validated_data["name"],
+            actor=request_actor(request),
+        )
+        return Response(
+            ModelVersionOutputSerializer(version, context={"scope": scope}).data,
+            status=status.HTTP_201_CREATED,
         )
 
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<int:job_id>/progress/", apis.JobProgressApi.as_view(), name="job-progress"),
     path("jobs/<int:job_id>/models/", apis.JobModelListApi.as_view(), name="job-models"),
+    path("jobs/<int:job_id>/models/upload/", apis.JobModelUploadApi.as_view(), name="job-model-upload"),
     path("models/<int:version_id>/download/", apis.ModelDownloadApi.as_view(), name="model-download"),
     path("models/<int:version_id>/bundle/", apis.ModelBundleApi.as_view(), name="model-bundle"),
     path(

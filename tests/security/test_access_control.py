@@ -292,6 +292,7 @@ ROUTES: dict[str, Rule] = {
     "api/v1/jobs/<int:job_id>/cancel/": api("POST"),
     "api/v1/jobs/<int:job_id>/progress/": api("GET"),
     "api/v1/jobs/<int:job_id>/models/": api("GET"),
+    "api/v1/jobs/<int:job_id>/models/upload/": api("POST"),
     "api/v1/models/<int:version_id>/download/": api("GET"),
     "api/v1/models/<int:version_id>/bundle/": api("GET"),
     "api/v1/me/": api("GET", gate=Gate.SIGNED_IN),
@@ -513,6 +514,11 @@ def _masked_body(world: World, principal: Principal) -> Body:
     return Body(encode_multipart(BOUNDARY, {"meta": json.dumps(meta), "tensors": upload}), MULTIPART_CONTENT)
 
 
+def _model_upload_body(world: World, principal: Principal) -> Body:
+    upload = SimpleUploadedFile("model.safetensors", b"not safetensors")
+    return Body(encode_multipart(BOUNDARY, {"name": "elsewhere", "tensors": upload}), MULTIPART_CONTENT)
+
+
 _PUBLIC_KEY = base64.b64encode(bytes(range(32))).decode()
 
 
@@ -523,6 +529,7 @@ def _own_institution(world: World, principal: Principal) -> int:
 #: Bodies that get past input validation, so that the scope check decides.
 BODIES: dict[str, Callable[[World, Principal], Body]] = {
     "api/agent/v1/heartbeat": lambda world, principal: json_body({"agent_version": "9.9"}),
+    "api/v1/jobs/<int:job_id>/models/upload/": _model_upload_body,
     "api/agent/v1/rounds/<int:round_id>/update": _update_body,
     "api/agent/v1/rounds/<int:round_id>/evaluation": lambda world, principal: json_body(
         {"num_examples": 5, "metrics": {"accuracy": 0.5}}

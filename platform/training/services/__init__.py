@@ -32,7 +32,9 @@ from training.services.jobs import (
     job_resume,
     job_start,
     model_bundle_download,
+    model_upload_limit,
     model_version_download,
+    model_version_upload,
 )
 from training.services.rounds import (
     TRANSIENT_DATABASE_ERRORS,
@@ -70,7 +72,9 @@ __all__ = [
     "job_resume",
     "job_start",
     "model_bundle_download",
+    "model_upload_limit",
     "model_version_download",
+    "model_version_upload",
     "round_aggregate",
     "round_fail_aggregation",
     "round_fail_unexpected",

@@ -13,10 +13,11 @@ from django.utils import timezone
 from accounts.selectors import Scope
 from audit.services import audit_record
 from federation.bundle import BundleContents, write_bundle
+from federation.errors import FederationError
 from federation.models import TextModelConfig, initial_weights, model_config_from_json
 from federation.types import ModelSpec, Weights
-from federation.wire import serialize_weights
-from fedplatform.errors import Conflict, InvalidInput, NotFound
+from federation.wire import deserialize_weights, max_update_bytes, serialize_weights
+from fedplatform.errors import Conflict, InvalidInput, NotFound, TooLarge
 from institutions.models import AgentCredential
 from studies.agreement import scaling_refusal, summary_request_open_exists
 from studies.models import Decision, Study
@@ -314,3 +315,53 @@ def model_bundle_download(*, scope: Scope, version_id: int, actor: str) -> tuple
         rounds=[{"number": r.number, "received": r.updates.count(), "metrics": r.metrics} for r in rounds],
     )
     return version, write_bundle(contents)
+
+
+#: Jobs a model may be uploaded to: none of their rounds can take it as a base any more.
+UPLOAD_STATES = (JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED)
+
+
+def model_upload_limit(*, job: Job) -> int:
+    """The largest blob a model of ``job``'s spec can be."""
+    if job.plan.model_spec is None:
+        raise Conflict("the job has built no model yet: its model's format is not known", code="no_model")
+    return max_update_bytes(job.plan.model_spec)
+
+
+@transaction.atomic
+def model_version_upload(*, job_id: int, data: bytes, name: str, actor: str) -> ModelVersion:
+    """A model trained elsewhere in the study's format (the job's tensor names, shapes and
+    dtypes), recorded as the job's next version so that the sites can evaluate it beside the
+    job's own (docs/analytics.md). Only a finished job takes one: no round starts from it."""
+    job = job_lock(job_id=job_id)
+    if job.state not in UPLOAD_STATES:
+        raise Conflict(
+            f"job {job.pk} is {job.state}; a model is uploaded to a finished job", code="invalid_state"
+        )
+    limit = model_upload_limit(job=job)
+    if len(data) > limit:
+        raise TooLarge(f"the model is {len(data)} bytes; this job's format takes at most {limit}")
+    spec = job.plan.model_spec
+    assert spec is not None  # model_upload_limit checked it
+    try:
+        weights = deserialize_weights(data, spec=spec)
+    except FederationError as error:
+        # The format's checks include finite values throughout.
+        raise InvalidInput(f"the model is not in this job's format: {error}", code="invalid_model") from None
+    last = job.model_versions.order_by("-number").first()
+    version = model_version_write(
+        job=job,
+        number=(last.number + 1) if last else 0,
+        weights=weights,
+        spec=spec,
+        parent=None,
+        round_=None,
+        provenance={"uploaded": {"by": actor, "name": name}},
+    )
+    audit_record(
+        actor=actor,
+        kind="model.uploaded",
+        job=job,
+        details={"version_id": version.pk, "number": version.number, "sha256": version.sha256, "name": name},
+    )
+    return version
