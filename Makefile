@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
-CODE := federation silo_agent platform tests bench deploy manage.py
+CODE := federation silo_agent platform tests bench deploy examples manage.py
 
 ## The main job: a whole federation on this machine, as separate processes over HTTP.
 demo: $(STAMP)

@@ -38,6 +38,8 @@ from types import FrameType
 
 import httpx
 
+from federation.errors import FederationError
+from federation.models.packages import ENTRY_POINT_GROUP, installed_model_packages
 from silo_agent import __version__
 from silo_agent.agent_loop import AgentLoop, LoopOptions
 from silo_agent.client import AgentClient, RetryPolicy, ServerView
@@ -150,7 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--schema", type=Path, metavar="PATH", help="the study's data schema (JSON); needed for CSV data"
     )
     _add_schema_commands(commands)
+    _add_models_commands(commands)
     return parser
+
+
+def _add_models_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``models list``: what model packages this site has installed, and their digests."""
+    text = "model packages installed at this site (docs/model-packages.md)"
+    models = commands.add_parser("models", help=text, description=text)
+    actions = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    text = "list the installed model packages: name, version, digest of their files, models; as JSON"
+    listing = actions.add_parser("list", help=text, description=text)
+    listing.add_argument(
+        "--path", action="append", metavar="FOLDER", help="look in this folder instead of the installed ones"
+    )
+    listing.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    listing.set_defaults(handler=command_models_list)
 
 
 def _add_schema_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -197,6 +214,19 @@ def _add_command(
 
 
 # --- commands ---------------------------------------------------------------------------
+
+
+def command_models_list(arguments: argparse.Namespace, runtime: Runtime) -> int:
+    """One JSON object per line and package: what a data owner compares with a study's."""
+    try:
+        packages = installed_model_packages(paths=arguments.path)
+    except FederationError as error:
+        raise ConfigError(str(error)) from None
+    for package in packages:
+        print(json.dumps(package.to_json()))
+    if not packages:
+        logger.info("no model package is installed (none registers %s entry points)", ENTRY_POINT_GROUP)
+    return EXIT_OK
 
 
 def command_enroll(arguments: argparse.Namespace, runtime: Runtime) -> int:

@@ -1,0 +1,1 @@
+"""Example models for fedhealth, registered under the ``fedhealth.models`` entry points."""
