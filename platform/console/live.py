@@ -194,6 +194,14 @@ def _sites(sites: list[SiteProgress], updates: Iterable[Update]) -> list[Payload
     ]
 
 
+def _origin(provenance: dict[str, object]) -> str:
+    """What made a version: the strategy, the initial model, or an upload (with its name)."""
+    uploaded = provenance.get("uploaded")
+    if isinstance(uploaded, dict):
+        return f"uploaded: {uploaded.get('name', '')}"
+    return str(provenance.get("strategy") or "initial model")
+
+
 def _model(scope: Scope, version: ModelVersion, best: ModelVersion | None) -> Payload:
     provenance = provenance_visible(scope=scope, version=version)
     updates = provenance.get("updates")
@@ -209,7 +217,7 @@ def _model(scope: Scope, version: ModelVersion, best: ModelVersion | None) -> Pa
         "size": version.size,
         "parent_number": version.parent.number if version.parent else None,
         "made_by_round": version.made_by_round.number if version.made_by_round else None,
-        "strategy": provenance.get("strategy") or "initial model",
+        "strategy": _origin(provenance),
         "num_updates": len(all_updates) if isinstance(all_updates, list) else len(visible_updates),
         "updates": [
             {

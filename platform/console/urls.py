@@ -63,6 +63,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/pause/", jobs.job_action, {"action": "pause"}, name="job-pause"),
     path("jobs/<int:job_id>/resume/", jobs.job_action, {"action": "resume"}, name="job-resume"),
     path("jobs/<int:job_id>/cancel/", jobs.job_cancel_view, name="job-cancel"),
+    path("jobs/<int:job_id>/models/upload/", jobs.model_upload_view, name="model-upload"),
     path("models/<int:version_id>/download", jobs.model_download, name="model-download"),
     path("models/<int:version_id>/bundle", jobs.model_bundle, name="model-bundle"),
     # the audit trail

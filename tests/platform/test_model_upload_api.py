@@ -7,10 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 from rest_framework.test import APIClient
 from safetensors.numpy import save
-from world import job_make, job_run, study_approve_all, study_make
+from world import job_make, job_run, person_make, study_approve_all, study_make
 
+from accounts.models import Role
 from federation.wire import deserialize_weights, serialize_weights
 from institutions.models import Institution
 from training.blobs import blob_store
@@ -91,3 +93,26 @@ def test_a_running_job_takes_no_upload_and_only_coordinators_upload(
     response = upload(coordinator_client, finished_job, model_bytes(finished_job))
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "invalid_state"
+
+
+def test_the_console_uploads_to_a_finished_job_and_lists_the_upload(finished_job: Job) -> None:
+    coordinator = Client()
+    coordinator.force_login(person_make("carla", Role.COORDINATOR, None, with_token=False).user)
+    page = coordinator.get(f"/jobs/{finished_job.pk}/").content.decode()
+    assert 'data-testid="model-upload-form"' in page
+    file = SimpleUploadedFile("model.safetensors", model_bytes(finished_job))
+    response = coordinator.post(
+        f"/jobs/{finished_job.pk}/models/upload/", {"tensors": file, "name": "registry model"}
+    )
+    assert response.status_code == 302
+    assert finished_job.model_versions.count() == 2
+    page = coordinator.get(f"/jobs/{finished_job.pk}/").content.decode()
+    assert "uploaded: registry model" in page
+    assert "is version 1: the sites can now evaluate it" in page
+    wrong = SimpleUploadedFile("model.safetensors", b"not safetensors")
+    coordinator.post(f"/jobs/{finished_job.pk}/models/upload/", {"tensors": wrong, "name": "broken"})
+    assert (
+        "the model is not in this job&#x27;s format"
+        in coordinator.get(f"/jobs/{finished_job.pk}/").content.decode()
+    )
+    assert finished_job.model_versions.count() == 2

@@ -326,6 +326,7 @@ ROUTES: dict[str, Rule] = {
     "jobs/<int:job_id>/pause/": console(POST=COORDINATORS),
     "jobs/<int:job_id>/resume/": console(POST=COORDINATORS),
     "jobs/<int:job_id>/cancel/": console(GET=COORDINATORS, POST=COORDINATORS),
+    "jobs/<int:job_id>/models/upload/": console(POST=COORDINATORS),
     "models/<int:version_id>/download": console(GET=PEOPLE),
     "models/<int:version_id>/bundle": console(GET=PEOPLE),
     "people/": console(GET=COORDINATORS, POST=COORDINATORS),
@@ -530,6 +531,7 @@ def _own_institution(world: World, principal: Principal) -> int:
 BODIES: dict[str, Callable[[World, Principal], Body]] = {
     "api/agent/v1/heartbeat": lambda world, principal: json_body({"agent_version": "9.9"}),
     "api/v1/jobs/<int:job_id>/models/upload/": _model_upload_body,
+    "jobs/<int:job_id>/models/upload/": _model_upload_body,
     "api/agent/v1/rounds/<int:round_id>/update": _update_body,
     "api/agent/v1/rounds/<int:round_id>/evaluation": lambda world, principal: json_body(
         {"num_examples": 5, "metrics": {"accuracy": 0.5}}

@@ -13,7 +13,7 @@ from accounts.selectors import Scope
 from console.access import actor_of, console_json_view, console_view, require_coordinator, scope_of
 from console.live import job_live
 from console.pages import page
-from fedplatform.errors import ServiceError
+from fedplatform.errors import ServiceError, TooLarge
 from training.blobs import BlobCorrupt
 from training.models import Job, JobState
 from training.selectors import job_get, job_list, model_version_get
@@ -23,7 +23,9 @@ from training.services import (
     job_resume,
     job_start,
     model_bundle_download,
+    model_upload_limit,
     model_version_download,
+    model_version_upload,
 )
 
 TRANSITIONS = {"start": job_start, "pause": job_pause, "resume": job_resume, "cancel": job_cancel}
@@ -106,6 +108,30 @@ def _not_downloadable(
     """Back to the job's page with the reason: the stored bytes no longer match their digest."""
     messages.error(request, f"The model cannot be downloaded: {error.message}.")
     return redirect("console:job-detail", job_id=model_version_get(scope=scope, version_id=version_id).job_id)
+
+
+@console_view
+@require_POST
+def model_upload_view(request: HttpRequest, job_id: int) -> HttpResponseBase:
+    """A model trained elsewhere, in the job's format, as its next version (coordinators)."""
+    scope = scope_of(request)
+    require_coordinator(scope)
+    job = job_get(scope=scope, job_id=job_id)
+    upload = request.FILES.get("tensors")
+    name = request.POST.get("name", "").strip()[:200]
+    if upload is None or not name:
+        messages.error(request, "Choose a safetensors file and give the model a name.")
+        return redirect("console:job-detail", job_id=job.pk)
+    try:
+        limit = model_upload_limit(job=job)
+        if upload.size is not None and upload.size > limit:
+            raise TooLarge(f"the model is {upload.size} bytes; this job's format takes at most {limit}")
+        version = model_version_upload(job_id=job.pk, data=upload.read(), name=name, actor=actor_of(request))
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"“{name}” is version {version.number}: the sites can now evaluate it.")
+    return redirect("console:job-detail", job_id=job.pk)
 
 
 @console_view
