@@ -174,6 +174,10 @@ def schema_levels(schema: DataSchema) -> dict[str, tuple[str, ...] | None]:
     return columns
 
 
+#: How a cross-table names the values of a yes/no (boolean, 0/1) column.
+BOOLEAN_LEVELS = ("no", "yes")
+
+
 def parse_query(data: object, schema: DataSchema) -> Query:
     """Check a query against ``schema``; :class:`ConfigurationError` says what is wrong."""
     if not isinstance(data, Mapping):
@@ -190,6 +194,8 @@ def parse_query(data: object, schema: DataSchema) -> Query:
     if unknown:
         raise ConfigurationError(f"a {kind.value} query takes no {', '.join(unknown)}")
     levels = schema_levels(schema)
+    if kind is QueryKind.CROSS_TABLE:  # a yes/no column counts as two levels there
+        levels |= {f.name: BOOLEAN_LEVELS for f in schema.features if f.kind is FeatureKind.BOOLEAN}
     query = _PARSERS[kind](data, levels)
     epsilon = _epsilon(data.get("epsilon"), kind)
     return Query(**{**_fields(query), "epsilon": epsilon})  # type: ignore[arg-type]
@@ -231,7 +237,11 @@ def _categorical_column(name: object, levels: Mapping[str, tuple[str, ...] | Non
     if not isinstance(name, str) or name not in levels:
         raise ConfigurationError(f"{what} must name a column of the study's schema, got {name!r}")
     if not levels[name]:
-        raise ConfigurationError(f"{what} {name!r} is not categorical with declared levels")
+        usable = ", ".join(n for n, kind in levels.items() if kind) or "none"
+        raise ConfigurationError(
+            f"{what} {name!r} is numeric; a cross-table counts categorical, yes/no or label columns "
+            f"(here: {usable}); a histogram counts a numeric one"
+        )
     return name
 
 
@@ -244,6 +254,10 @@ def _numbers(value: object, what: str) -> tuple[float, ...]:
 
 
 def _edges(value: object, most: int) -> tuple[float, ...]:
+    if value is None:
+        raise ConfigurationError(
+            "edges is required: the bin edges every site counts in, e.g. [0, 10, 20, 30]"
+        )
     edges = _numbers(value, "edges")
     if len(edges) < 2 or len(edges) - 1 > most or any(b <= a for a, b in itertools.pairwise(edges)):
         raise ConfigurationError(f"edges must be 2 to {most + 1} strictly increasing numbers")
@@ -432,10 +446,18 @@ def _cross_counts(query: Query, table: SiteTable) -> NDArray[np.int64]:
     row_index = {level: i for i, level in enumerate(query.row_levels)}
     by_index = {level: i for i, level in enumerate(query.by_levels)}
     counts = np.zeros((len(row_index), len(by_index)), dtype=np.int64)
-    for value, label in zip(table.categorical[query.rows], table.categorical[query.by], strict=True):
+    for value, label in zip(_level_values(table, query.rows), _level_values(table, query.by), strict=True):
         if value in row_index and label in by_index:
             counts[row_index[value], by_index[label]] += 1
     return counts
+
+
+def _level_values(table: SiteTable, column: str) -> list[str]:
+    """A categorical column's values; a yes/no column's 0/1 as "no"/"yes" ("" if missing)."""
+    if column in table.categorical:
+        return list(table.categorical[column])
+    named = {0.0: BOOLEAN_LEVELS[0], 1.0: BOOLEAN_LEVELS[1]}
+    return [named.get(float(value), "") for value in table.numeric[column]]
 
 
 def _event_flags(query: Query, table: SiteTable) -> NDArray[np.float64]:

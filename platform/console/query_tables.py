@@ -152,7 +152,7 @@ def _survival(result: Json, spec: Json) -> tuple[list[Table], list[str]]:
     if isinstance(test, Mapping):
         notes.append(
             f"Log-rank test between sites: chi² = {number(test['statistic'], 3)} on "
-            f"{test['degrees_of_freedom']} degrees of freedom, p = {number(test['p_value'], 4)}."
+            f"{test['degrees_of_freedom']} degrees of freedom, p = {_p_value(test['p_value'])}."
         )
     notes.append("Each band is the exponential Greenwood 95% interval (as lifelines draws it).")
     notes.append(
@@ -160,6 +160,12 @@ def _survival(result: Json, spec: Json) -> tuple[list[Table], list[str]]:
         "counts reach the site's minimum (marked \u201cmerged\u201d where any site did)."
     )
     return [table], notes
+
+
+def _p_value(value: object) -> str:
+    if not isinstance(value, float):
+        return "–"
+    return f"{value:.2g}" if value < 1e-3 else f"{value:.4f}"
 
 
 EVALUATION_COLUMNS = [

@@ -24,7 +24,15 @@ class QuerySiteOutputSerializer(serializers.Serializer):
     institution = InstitutionRefSerializer()
     decision = serializers.ChoiceField(choices=Decision.choices)
     answer = serializers.ChoiceField(
-        choices=["awaiting approval", "declined", "waiting", "answered", "refused"]
+        choices=[
+            "awaiting approval",
+            "not decided",
+            "declined",
+            "waiting",
+            "not answered",
+            "answered",
+            "refused",
+        ]
     )
     refusal = serializers.CharField(
         help_text="the site's reason, when it refused (its own data owner and coordinators)"

@@ -84,7 +84,10 @@ def _check_versions(study: Study, spec: Mapping[str, object]) -> dict[str, objec
     known = set(ModelVersion.objects.filter(job__study=study, pk__in=ids).values_list("pk", flat=True))
     unknown = [v for v in versions if v not in known]
     if unknown:
-        raise InvalidInput(f"versions {unknown} are not model versions of this study's jobs")
+        raise InvalidInput(
+            f"versions {unknown} are not model versions of this study's jobs: name them by their id "
+            "(the `id` of GET /api/v1/jobs/<job>/models/), not their number"
+        )
     classes = _num_classes(study)
     if classes < 2:
         raise InvalidInput("only a classification study's models can be evaluated this way")
@@ -492,8 +495,15 @@ def _site_state(query: Query, site: QuerySite) -> str:
     if site.refusal:
         return "refused"
     if site.decision != Decision.APPROVED:
-        return "awaiting approval" if site.decision == Decision.PENDING else "declined"
-    return "waiting" if _awaits(query, site) else "answered"
+        pending = site.decision == Decision.PENDING
+        return (
+            ("awaiting approval" if query.state == QueryState.OPEN else "not decided")
+            if pending
+            else "declined"
+        )
+    if not _awaits(query, site):
+        return "answered"
+    return "waiting" if query.state == QueryState.OPEN else "not answered"
 
 
 def _visible_result(query: Query, scope: Scope) -> dict[str, object] | None:

@@ -329,7 +329,8 @@ def test_cross_site_evaluation_is_scikit_learn_on_the_pooled_scores(seed: int, s
         ({"kind": "histogram", "column": "ward", "edges": [0, 1]}, "categorical"),
         ({"kind": "histogram", "column": "nope", "edges": [0, 1]}, "schema"),
         ({"kind": "histogram", "column": "age", "edges": [1, 0]}, "increasing"),
-        ({"kind": "cross_table", "rows": "age", "by": "outcome"}, "not categorical"),
+        ({"kind": "cross_table", "rows": "age", "by": "outcome"}, "is numeric; a cross-table counts"),
+        ({"kind": "histogram", "column": "age"}, "edges is required"),
         ({"kind": "median"}, "unknown query kind"),
         ({"kind": "columns", "sql": "drop"}, "takes no sql"),
         ({"kind": "evaluation", "versions": []}, "versions"),
@@ -362,6 +363,18 @@ def test_impossible_column_sums_are_refused() -> None:
     bad = {"columns": {"age": {"present": 2, "missing": 0, "sum": 10.0, "sum_sq": 1.0, "suppressed": False}}}
     with pytest.raises(ConfigurationError, match="real values"):
         parse_answer(query, bad)
+
+
+@settings(max_examples=15, deadline=None)
+@given(split=splits)
+def test_a_yes_no_column_is_cross_tabulated_as_two_levels(split: tuple[int, list[int]]) -> None:
+    frames = sites_of(split)
+    query = parse_query({"kind": "cross_table", "rows": "died", "by": "outcome"}, SCHEMA)
+    assert query.row_levels == ("no", "yes")
+    table = over_the_wire(query, frames)
+    pooled = pd.concat(frames, ignore_index=True)
+    expected = pd.crosstab(pooled["died"], pooled["outcome"]).reindex(index=[0.0, 1.0], columns=["no", "yes"])
+    assert table["combined"]["counts"] == expected.fillna(0).astype(int).to_numpy().tolist()
 
 
 def test_queries_describe_themselves() -> None:
