@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from federation.analytics.columns import ColumnSums, CrossProducts, column_sums, correlation, cross_products
+from federation.analytics.columns import (
+    ColumnSums,
+    CrossProducts,
+    column_sums,
+    combine_columns,
+    correlation,
+    cross_products,
+)
 from federation.analytics.counts import BinCounts, quantile_bounds, suppress
 from federation.analytics.evaluation import (
     CALIBRATION_BINS,
@@ -425,20 +432,30 @@ def site_answer(
     return _survival_answer(query, table, min_count)
 
 
+def _column_cell(sums: ColumnSums, suppressed: bool | None) -> Json:
+    """One column's sums as an answer holds them (``suppressed`` None: a secure sum's, unmarked)."""
+    cell: Json = {
+        "present": sums.present,
+        "missing": sums.missing,
+        "sum": sums.total,
+        "sum_sq": sums.total_sq,
+    }
+    return cell if suppressed is None else {**cell, "suppressed": suppressed}
+
+
+def _suppressed_column(sums: ColumnSums, min_count: int) -> tuple[ColumnSums, bool]:
+    """A mean of fewer than ``min_count`` values is not sent: only the missing count is."""
+    small = 0 < sums.present < min_count
+    return (ColumnSums(0, sums.missing, 0.0, 0.0) if small else sums), small
+
+
 def _columns_answer(query: Query, table: SiteTable, min_count: int, secure: bool) -> Json:
     answer: Json = {}
     for name in query.columns:
         sums = column_sums(table.numeric[name])
-        small = not secure and 0 < sums.present < min_count
-        if small:  # a mean of too few values: only the missing count is sent
-            sums = ColumnSums(0, sums.missing, 0.0, 0.0)
-        answer[name] = {
-            "present": sums.present,
-            "missing": sums.missing,
-            "sum": sums.total,
-            "sum_sq": sums.total_sq,
-            **({} if secure else {"suppressed": small}),
-        }
+        answer[name] = (
+            _column_cell(sums, None) if secure else _column_cell(*_suppressed_column(sums, min_count))
+        )
     return {"columns": answer}
 
 
@@ -479,27 +496,28 @@ def _survival_answer(query: Query, table: SiteTable, min_count: int) -> Json:
     times = table.numeric[query.time]
     events = _event_flags(query, table)
     known = np.isfinite(times) & ~np.isnan(events)
-    times, events = times[known], events[known].astype(bool)
+    times, events = times[known], events[known]
     if times.size < min_count:
         raise ConfigurationError(f"fewer rows with a time and an event than the site's minimum ({min_count})")
     step = query.time_step or 1.0
-    risk = risk_table(np.ceil(times / step) * step, events.astype(np.int64))
+    risk = risk_table(np.ceil(times / step) * step, events)
     exits = -np.diff(np.append(risk.at_risk, 0))
-    kept, merged = _merge_small_steps(exits, risk.events, min_count)
+    ends = _merge_small_steps(exits, risk.events, min_count)
+    starts = _first_of_groups(ends)
     return {
-        "times": risk.times[kept].tolist(),
-        "at_risk": risk.at_risk[_first_of_groups(kept)].tolist(),
-        "events": [int(total) for total in np.add.reduceat(risk.events, _first_of_groups(kept))],
-        "suppressed": merged.tolist(),
+        "times": risk.times[ends].tolist(),
+        "at_risk": risk.at_risk[starts].tolist(),
+        "events": [int(total) for total in np.add.reduceat(risk.events, starts)],
+        "suppressed": ((ends - starts) > 0).tolist(),  # the group merged several steps
     }
 
 
 def _merge_small_steps(
     exits: NDArray[np.int64], events: NDArray[np.int64], min_count: int
-) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
-    """Which steps end a group (reported at that step's time), and whether the group merged
-    several steps. Steps join the next until the group's exits, events and censored rows
-    are each 0 or at least ``min_count``; what is left at the end joins the groups before it.
+) -> NDArray[np.intp]:
+    """Which steps end a group (reported at that step's time). Steps join the next until the
+    group's exits, events and censored rows are each 0 or at least ``min_count``; what is
+    left at the end joins the groups before it.
     A site whose totals cannot meet the minimum (say 3 events with a minimum of 5) refuses."""
 
     def enough(left: int, died: int) -> bool:
@@ -521,8 +539,7 @@ def _merge_small_steps(
                 f"this site's events or censored rows are fewer than its minimum ({min_count}) in total"
             )
         groups.append((len(exits) - 1, left_sum, died_sum))
-    kept = np.asarray([end for end, _, _ in groups], dtype=np.intp)
-    return kept, (kept - _first_of_groups(kept)) > 0
+    return np.asarray([end for end, _, _ in groups], dtype=np.intp)
 
 
 def _first_of_groups(kept: NDArray[np.intp]) -> NDArray[np.intp]:
@@ -549,22 +566,8 @@ def evaluation_answer(
 
 def _evaluation_counts(query: Query, labels: NDArray[np.int64], scores: NDArray[np.float64]) -> Json:
     if query.num_classes == 2:
-        binary = site_evaluation(labels, scores if scores.ndim == 1 else scores[:, 1])
-        return {
-            "confusion": binary.confusion.tolist(),
-            "positive_scores": binary.positive_scores.tolist(),
-            "negative_scores": binary.negative_scores.tolist(),
-            "squared_error": binary.squared_error,
-            "calibration_rows": binary.calibration_rows.tolist(),
-            "calibration_scores": binary.calibration_scores.tolist(),
-            "calibration_positives": binary.calibration_positives.tolist(),
-        }
-    multi = site_multiclass_evaluation(labels, scores)
-    return {
-        "confusion": multi.confusion.tolist(),
-        "class_scores": multi.class_scores.tolist(),
-        "other_scores": multi.other_scores.tolist(),
-    }
+        return _evaluation_json(site_evaluation(labels, scores if scores.ndim == 1 else scores[:, 1]))
+    return _evaluation_json(site_multiclass_evaluation(labels, scores))
 
 
 # --- checking an answer ---------------------------------------------------------------------
@@ -670,13 +673,7 @@ def _column_answer(answer: Mapping[str, object], name: str) -> Json:
     suppressed = column.get("suppressed", False)
     if not isinstance(suppressed, bool):
         raise ConfigurationError(f"{name}.suppressed must be true or false")
-    return {
-        "present": present,
-        "missing": missing,
-        "sum": total,
-        "sum_sq": total_sq,
-        "suppressed": suppressed,
-    }
+    return _column_cell(ColumnSums(present, missing, total, total_sq), suppressed)
 
 
 @dataclass(frozen=True)
@@ -738,23 +735,18 @@ def _evaluation_of(query: Query, data: Mapping[str, object]) -> SiteEvaluation |
     return evaluation
 
 
+#: An evaluation's fields that hold sums of scores, not counts.
+_SCORE_SUM_FIELDS = frozenset({"squared_error", "calibration_scores"})
+
+
 def _evaluation_fields(query: Query, data: Mapping[str, object]) -> SiteEvaluation | MulticlassEvaluation:
-    c = query.num_classes
-    if c == 2:
-        return SiteEvaluation(
-            _int_array(data.get("confusion"), (2, 2), "confusion"),
-            _int_array(data.get("positive_scores"), (SCORE_BINS,), "positive_scores"),
-            _int_array(data.get("negative_scores"), (SCORE_BINS,), "negative_scores"),
-            float(_float_array(data.get("squared_error"), (), "squared_error")),
-            _int_array(data.get("calibration_rows"), (CALIBRATION_BINS,), "calibration_rows"),
-            _float_array(data.get("calibration_scores"), (CALIBRATION_BINS,), "calibration_scores"),
-            _int_array(data.get("calibration_positives"), (CALIBRATION_BINS,), "calibration_positives"),
-        )
-    return MulticlassEvaluation(
-        _int_array(data.get("confusion"), (c, c), "confusion"),
-        _int_array(data.get("class_scores"), (c, SCORE_BINS), "class_scores"),
-        _int_array(data.get("other_scores"), (c, SCORE_BINS), "other_scores"),
-    )
+    values: dict[str, object] = {}
+    for name, shape in _evaluation_shapes(query).items():
+        read = _float_array if name in _SCORE_SUM_FIELDS else _int_array
+        values[name] = read(data.get(name), shape, name)
+    if query.num_classes != 2:
+        return MulticlassEvaluation(**values)  # type: ignore[arg-type]
+    return SiteEvaluation(**{**values, "squared_error": float(values["squared_error"])})  # type: ignore[arg-type]
 
 
 def _evaluation_json(evaluation: SiteEvaluation | MulticlassEvaluation) -> Json:
@@ -864,7 +856,7 @@ def _evaluation_of_vector(query: Query, vector: NDArray[np.float64]) -> dict[str
             size = int(np.prod(shape))
             values = vector[position : position + size].reshape(shape)
             position += size
-            exact = name in ("squared_error", "calibration_scores")  # sums of scores, not counts
+            exact = name in _SCORE_SUM_FIELDS
             fields[name] = values.tolist() if exact else np.rint(values).astype(np.int64).tolist()
         versions[str(version)] = fields
     return versions
@@ -1111,18 +1103,10 @@ def _frame(query: Query) -> Json:
 def _total(query: Query, answers: Sequence[Json]) -> Json:
     """The sum of the sites' answers, a cell suppressed anywhere marked."""
     if query.kind is QueryKind.COLUMNS:
-        columns: dict[str, Json] = {}
-        for name in query.columns:
-            cells = [_columns_of(a)[name] for a in answers]
-            total = sum((s for s, _ in cells), ColumnSums(0, 0, 0.0, 0.0))
-            columns[name] = {
-                "present": total.present,
-                "missing": total.missing,
-                "sum": total.total,
-                "sum_sq": total.total_sq,
-                "suppressed": any(m for _, m in cells),
-            }
-        return {"columns": columns}
+        parts = [_columns_of(answer) for answer in answers]
+        totals = combine_columns([{name: sums for name, (sums, _) in part.items()} for part in parts])
+        marked = {name: any(part[name][1] for part in parts) for name in totals}
+        return {"columns": {name: _column_cell(totals[name], marked[name]) for name in query.columns}}
     if query.kind is QueryKind.CORRELATION:
         return answer_of_vector(query, np.sum([answer_vector(query, a) for a in answers], axis=0))
     counts = np.sum([np.asarray(a["counts"], dtype=np.int64) for a in answers], axis=0)
@@ -1154,18 +1138,10 @@ def _combine_total(
     query: Query, total: Json, *, min_count: int, site_metrics: Mapping[str, Json] | None
 ) -> Json:
     if query.kind is QueryKind.COLUMNS:
-        columns = {}
-        for name, (sums, _) in _columns_of(total).items():
-            small = 0 < sums.present < min_count
-            kept = ColumnSums(0, sums.missing, 0.0, 0.0) if small else sums
-            columns[name] = {
-                "present": kept.present,
-                "missing": kept.missing,
-                "sum": kept.total,
-                "sum_sq": kept.total_sq,
-                "suppressed": small,
-            }
-        total = {"columns": columns}
+        columns = {
+            name: _suppressed_column(sums, min_count) for name, (sums, _) in _columns_of(total).items()
+        }
+        total = {"columns": {name: _column_cell(*cell) for name, cell in columns.items()}}
     elif query.kind is QueryKind.CORRELATION:
         if int(total["count"]) < min_count:  # type: ignore[call-overload]
             raise ConfigurationError(f"fewer complete rows in total than the sites' minimum ({min_count})")

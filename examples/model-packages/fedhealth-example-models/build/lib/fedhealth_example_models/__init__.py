@@ -1,1 +1,0 @@
-"""Example models for fedhealth, registered under the ``fedhealth.models`` entry points."""
