@@ -27,11 +27,14 @@ PACKAGE = "fedhealth-example-models"
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example package built from its folder and installed into a folder of its own
-    (offline: no index, the virtual environment's setuptools)."""
+    """The example package built from a copy of its folder (the build writes beside its
+    sources) and installed into a folder of its own (offline: no index, the virtual
+    environment's setuptools)."""
+    source = tmp_path_factory.mktemp("source") / EXAMPLE.name
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     target = tmp_path_factory.mktemp("site-packages")
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
-    command += ["--no-build-isolation", "--target", str(target), str(EXAMPLE)]
+    command += ["--no-build-isolation", "--target", str(target), str(source)]
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
     return target
 
