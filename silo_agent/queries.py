@@ -16,7 +16,6 @@ import logging
 import math
 import secrets
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from silo_agent.config import Policy
 from silo_agent.errors import ApiError
 from silo_agent.local_data import DataCache, site_table
 from silo_agent.policy import needs_server_approvals, study_refusal
-from silo_agent.secure_sum_keys import QuestionKeys
+from silo_agent.secure_sum_keys import ANSWERS_FILE, QuestionKeys, append_answer_record, secure_phase
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ class QueryAnswerer:
         self._data = data
         self._institution_id = institution_id
         self._keys = QuestionKeys(state_dir / "query-keys", "secure answer")
-        self._answers = state_dir / "answers.jsonl"
+        self._state_dir = state_dir
         self._scorer = scorer
 
     def answer(self, task: QueryTask) -> bool:
@@ -124,7 +123,9 @@ class QueryAnswerer:
         except FederationError as error:
             return self._refuse(task, None, f"this site cannot read the query: {error}")
         approved = self._client.me().approved_study_ids() if needs_server_approvals(self._policy) else ()
-        reason = query_refusal(self._policy, task, query, approved, spent_epsilon(self._answers))
+        reason = query_refusal(
+            self._policy, task, query, approved, spent_epsilon(self._state_dir / ANSWERS_FILE)
+        )
         if reason is not None:
             return self._refuse(task, query, reason)
         try:
@@ -143,7 +144,7 @@ class QueryAnswerer:
             logger.error("the server refused this site's answer to query %d: %s", task.query_id, error)
             return self._refuse(task, query, f"the server did not take this site's answer ({error.code})")
         self._record(task, query, refused=None)
-        if self._phase(task) == "mask":
+        if secure_phase(task.secure_aggregation) == "mask":
             self._keys.discard(task.query_id)
         logger.info("answered query %d of study %r (%s)", task.query_id, task.study_name, query.describe())
         return False
@@ -154,13 +155,9 @@ class QueryAnswerer:
         self._record(task, query, refused=reason)
         return True
 
-    @staticmethod
-    def _phase(task: QueryTask) -> str:
-        return str((task.secure_aggregation or {}).get("phase", ""))
-
     def _body(self, task: QueryTask, query: Query, schema: DataSchema) -> dict[str, object]:
         min_count = self._policy.analytics.min_count
-        if self._phase(task) == "keys":
+        if secure_phase(task.secure_aggregation) == "keys":
             return {
                 "public_key": self._keys.new_public_key(task.query_id),
                 "min_count": min_count,
@@ -183,21 +180,18 @@ class QueryAnswerer:
 
     def _record(self, task: QueryTask, query: Query | None, *, refused: str | None) -> None:
         """The site's own record: the query, the step, the epsilon spent or the refusal."""
-        final = self._phase(task) in ("", "mask")
+        final = secure_phase(task.secure_aggregation) in ("", "mask")
         spent = query is not None and query.epsilon and refused is None and final
         entry = {
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "study_id": task.study_id,
             "study": task.study_name,
             "query_id": task.query_id,
             "query": query.describe() if query is not None else "unreadable",
-            "step": self._phase(task) or "answer",
+            "step": secure_phase(task.secure_aggregation) or "answer",
             "epsilon": query.epsilon if spent and query is not None else None,
             "refused": refused,
         }
-        self._answers.parent.mkdir(parents=True, exist_ok=True)
-        with self._answers.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        append_answer_record(self._state_dir, entry)
 
     def _masked(self, task: QueryTask, vector: NDArray[np.float64]) -> str:
         roster = dict((task.secure_aggregation or {}).get("roster", {}))  # type: ignore[call-overload]

@@ -1,12 +1,15 @@
-"""The site's keys for secure sums (the data agreement's summaries, federated queries): one
-X25519 key pair per question, its private half in the state folder (0600) from the keys
-step until the masked input is delivered, then deleted."""
+"""What the site's answers to questions share (the data agreement's summaries, federated
+queries): the keys for secure sums, one X25519 key pair per question, its private half in
+the state folder (0600) from the keys step until the masked input is delivered, then
+deleted; the step a task asks for; and the site's own record of what it answered."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,22 @@ from federation.errors import FederationError
 from federation.privacy import secagg
 from federation.privacy.secure_sum import masked_input, to_text
 from silo_agent.errors import TaskError
+
+#: The site's own record of every answer and refusal, in its state folder.
+ANSWERS_FILE = "answers.jsonl"
+
+
+def secure_phase(secure_aggregation: Mapping[str, object] | None) -> str:
+    """The secure step a task asks for ("keys", "mask"), or "" for an answer in the clear."""
+    return str((secure_aggregation or {}).get("phase", ""))
+
+
+def append_answer_record(state_dir: Path, entry: Mapping[str, object]) -> None:
+    """One line of the site's record (``state_dir/answers.jsonl``), stamped with the time."""
+    path = state_dir / ANSWERS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"at": datetime.now(UTC).isoformat(timespec="seconds"), **entry}) + "\n")
 
 
 class QuestionKeys:

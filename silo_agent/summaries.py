@@ -15,10 +15,8 @@ site's own account of what it told the server), without any value from the file.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Collection
-from datetime import UTC, datetime
 from pathlib import Path
 
 from federation.data.agreement import SiteSummary, summary_vector, undeclared_values
@@ -30,7 +28,7 @@ from silo_agent.config import Policy
 from silo_agent.errors import TaskError
 from silo_agent.local_data import DataCache, site_summary
 from silo_agent.policy import needs_server_approvals, study_refusal
-from silo_agent.secure_sum_keys import QuestionKeys
+from silo_agent.secure_sum_keys import QuestionKeys, append_answer_record, secure_phase
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +77,7 @@ class SummaryAnswerer:
         self._data = data
         self._institution_id = institution_id
         self._keys = QuestionKeys(state_dir / "summary-keys", "secure summary")
-        self._answers = state_dir / "answers.jsonl"
+        self._state_dir = state_dir
 
     def answer(self, task: SummaryTask) -> bool:
         """Send the summary (or this step of a secure one) or the refusal; True if a refusal."""
@@ -105,13 +103,15 @@ class SummaryAnswerer:
         assert body is not None
         self._client.post_summary(task.request_id, body)
         self._record(task, rows=summary.count, refused=None)
-        if self._phase(task) == "mask":
+        if secure_phase(task.secure_aggregation) == "mask":
             self._keys.discard(task.request_id)
         logger.info(
             "answered the summary request of study %r%s: %d rows, %d numeric feature sums, "
             "%d category counts",
             task.study_name,
-            "" if task.secure_aggregation is None else f" (secure aggregation, {self._phase(task)} step)",
+            ""
+            if task.secure_aggregation is None
+            else f" (secure aggregation, {secure_phase(task.secure_aggregation)} step)",
             summary.count,
             len(summary.numeric),
             sum(len(counts) for counts in summary.categories.values()),
@@ -130,30 +130,23 @@ class SummaryAnswerer:
         """The site's own record of what it answered (``state_dir/answers.jsonl``): the
         request, the step, the rows summarised or the refusal; never a value."""
         entry = {
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "study_id": task.study_id,
             "study": task.study_name,
             "request_id": task.request_id,
-            "step": self._phase(task) or "summary",
+            "step": secure_phase(task.secure_aggregation) or "summary",
             "rows": rows,
             "refused": refused,
         }
-        self._answers.parent.mkdir(parents=True, exist_ok=True)
-        with self._answers.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-
-    @staticmethod
-    def _phase(task: SummaryTask) -> str:
-        return str((task.secure_aggregation or {}).get("phase", ""))
+        append_answer_record(self._state_dir, entry)
 
     def _body(self, task: SummaryTask, schema: DataSchema, summary: SiteSummary) -> dict[str, object]:
         if task.secure_aggregation is None:
             return {"summary": summary.to_json()}
-        if self._phase(task) == "keys":
+        if secure_phase(task.secure_aggregation) == "keys":
             return {"public_key": self._keys.new_public_key(task.request_id)}
-        if self._phase(task) == "mask":
+        if secure_phase(task.secure_aggregation) == "mask":
             return {"masked": self._masked(task, schema, summary)}
-        raise TaskError(f"unknown step of a secure summary: {self._phase(task)!r}")
+        raise TaskError(f"unknown step of a secure summary: {secure_phase(task.secure_aggregation)!r}")
 
     def _masked(self, task: SummaryTask, schema: DataSchema, summary: SiteSummary) -> str:
         roster = dict((task.secure_aggregation or {}).get("roster", {}))  # type: ignore[call-overload]

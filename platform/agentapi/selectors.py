@@ -82,10 +82,9 @@ def study_settings(job: Job) -> StudySettings:
 def query_task_for(*, credential: AgentCredential) -> dict[str, object] | None:
     """The oldest open query (or step) this institution's data owner approved and its agent
     has not yet answered, as a task; an evaluation carries the study's settings and versions."""
-    awaiting = query_services.query_awaiting(credential=credential)
-    if awaiting is None:
+    query = query_services.query_awaiting(credential=credential)
+    if query is None:
         return None
-    query, _ = awaiting
     evaluation = None
     if query.spec.get("kind") == "evaluation":
         evaluation = _evaluation_of(query.spec["versions"])

@@ -10,10 +10,10 @@ from rest_framework.response import Response
 
 from accounts.permissions import IsDataOwner
 from fedplatform.api_base import ApiView, error_responses, request_actor, request_scope
-from fedplatform.serializers import MAX_ID, InstitutionRefSerializer
+from fedplatform.serializers import InstitutionRefSerializer
 from institutions.selectors import own_institution_get
 from queries import services
-from studies.apis import DecisionChoice, DecisionChoiceField
+from studies.apis import DecisionChoice, DecisionInputSerializer
 from studies.models import Decision
 from studies.selectors import study_get
 
@@ -127,14 +127,7 @@ class QueryDecideApi(ApiView):
 
     permission_classes = (IsDataOwner,)
 
-    class InputSerializer(serializers.Serializer):
-        institution = serializers.IntegerField(
-            min_value=1, max_value=MAX_ID, help_text="the caller's own institution"
-        )
-        decision = DecisionChoiceField(choices=[choice.value for choice in DecisionChoice])
-
-        class Meta:
-            ref_name = "QueryDecision"
+    InputSerializer = DecisionInputSerializer
 
     @extend_schema(
         tags=TAGS,

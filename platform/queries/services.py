@@ -228,7 +228,7 @@ def _awaits(query: Query, site: QuerySite) -> bool:
     return bool(site.public_key) and not site.masked
 
 
-def query_awaiting(*, credential: AgentCredential) -> tuple[Query, QuerySite] | None:
+def query_awaiting(*, credential: AgentCredential) -> Query | None:
     """The oldest open query (or step of one) this institution's agent owes an answer."""
     sites = (
         QuerySite.objects.filter(
@@ -240,10 +240,7 @@ def query_awaiting(*, credential: AgentCredential) -> tuple[Query, QuerySite] | 
         .select_related("query__study")
         .order_by("query_id")
     )
-    for site in sites:
-        if _awaits(site.query, site):
-            return site.query, site
-    return None
+    return next((site.query for site in sites if _awaits(site.query, site)), None)
 
 
 def secure_step(query: Query) -> dict[str, object] | None:
@@ -523,8 +520,6 @@ def _only_sites(result: dict[str, object], names: set[str]) -> dict[str, object]
             trimmed[key] = {name: part for name, part in value.items() if name in names}
         elif key == "versions" and isinstance(value, dict):
             trimmed[key] = {v: _only_sites(dict(part), names) for v, part in value.items()}
-        elif key == "log_rank":
-            trimmed[key] = value  # a test over every site, not any site's data
-        else:
+        else:  # the combined figures, and the log-rank test over every site
             trimmed[key] = value
     return trimmed

@@ -207,19 +207,23 @@ class DecisionChoiceField(serializers.ChoiceField):
     the participants' ``decision`` enum (pending|approved|declined) and make drf-spectacular warn."""
 
 
+class DecisionInputSerializer(serializers.Serializer):
+    """A data owner's decision for their own institution: about a study, or a query of one."""
+
+    institution = serializers.IntegerField(
+        min_value=1, max_value=MAX_ID, help_text="the caller's own institution"
+    )
+    decision = DecisionChoiceField(choices=[choice.value for choice in DecisionChoice])
+
+    class Meta:
+        ref_name = "DecisionInput"
+
+
 class StudyDecideApi(ApiView):
     """A data owner approves or declines a study for their own institution (only they may)."""
 
     permission_classes = (IsDataOwner,)
-
-    class InputSerializer(serializers.Serializer):
-        institution = serializers.IntegerField(
-            min_value=1, max_value=MAX_ID, help_text="the caller's own institution"
-        )
-        decision = DecisionChoiceField(choices=[choice.value for choice in DecisionChoice])
-
-        class Meta:
-            ref_name = "StudyDecision"
+    InputSerializer = DecisionInputSerializer
 
     @extend_schema(
         tags=TAGS,
